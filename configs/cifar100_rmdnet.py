@@ -1,0 +1,12 @@
+"""RMDNet on CIFAR-100 with 50% symmetric label noise: SimSiam (800 ep) then RGRL (200 ep).
+
+  python -m rmdnet_jax.main --config=configs/cifar100_rmdnet.py --workdir=/tmp/rmdnet_c100
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'cifar100'
+  config.data.num_classes = 100
+  return config

@@ -1,0 +1,108 @@
+"""Every key of an rmdnet_jax run, with the paper-notes defaults (../shared/paper/rmdnet.md).
+
+The other configs import this and override a few keys. Command (RMDNet on CIFAR-10, 50% symmetric noise):
+
+  python -m rmdnet_jax.main --config=configs/cifar10_rmdnet.py --workdir=/tmp/rmdnet
+
+Keys marked "Reconstruction" implement choices the paper's available text does not fix.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                        # one seed for init, augmentation and data order (noise has its own)
+  config.stages = 'rm,rgrl'              # comma-separated stages to run, in order: rm (SimSiam), rgrl (distill)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'tfds'            # tfds | npz | synthetic (random images: smoke runs, benchmarks)
+  config.data.name = 'cifar10'           # cifar10 | cifar100
+  config.data.num_classes = 10           # must match data.name (100 for cifar100)
+  config.data.data_dir = ''              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets; gs:// works)
+  config.data.npz_path = ''              # with source=npz: x_train, y_train, x_test, y_test (+ coarse_train)
+  config.data.train_subset = 0           # >0: use only the first N training examples (id order)
+  config.data.test_subset = 0            # >0: evaluate on the first N test examples only
+  config.data.synthetic_train_size = 1024
+  config.data.synthetic_test_size = 256
+  config.data.synthetic_image_size = 32
+  config.data.synthetic_seed = 0
+
+  config.noise = ml_collections.ConfigDict()
+  config.noise.kind = 'symmetric'        # none | symmetric | asymmetric | pairflip | instance
+  config.noise.rate = 0.5                # flip probability r in [0, 1]
+  config.noise.seed = 0                  # noisy labels depend only on this seed and the clean labels
+  config.noise.symmetric_from_all = False  # True: flip to any of the C classes (realised rate r(C-1)/C)
+  config.noise.cifar100_grouping = 'superclass'  # asymmetric CIFAR-100: superclass | index_blocks
+
+  # The RM network (SimSiam) and, frozen, the RGRL teacher.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'resnet18'         # resnet18 | resnet34 | preact_resnet18 | resnet_tiny (tests)
+  config.model.width = 64                # channels of the first stage
+  config.model.projector_dim = 2048
+  config.model.projector_layers = 3
+  config.model.predictor_dim = 512       # predictor bottleneck
+  config.model.dtype = 'float32'         # compute dtype: float32 | bfloat16 (params stay float32)
+
+  # The RGRL student.
+  config.student = ml_collections.ConfigDict()
+  config.student.name = 'resnet18'       # the paper notes: same ResNet-18 as the teacher (option preact_resnet18)
+  config.student.width = 64
+
+  config.rm = _stage(epochs=800, batch_size=512, learning_rate=0.06, scale_lr_by_batch=True)
+  config.rm.augment = ml_collections.ConfigDict()
+  config.rm.augment.crop_scale_min = 0.2
+  config.rm.augment.brightness = 0.4
+  config.rm.augment.contrast = 0.4
+  config.rm.augment.saturation = 0.4
+  config.rm.augment.hue = 0.1
+  config.rm.augment.jitter_prob = 0.8
+  config.rm.augment.grayscale_prob = 0.2
+  config.rm.augment.flip_prob = 0.5
+  config.rm.knn_k = 200                  # kNN monitor (uses CLEAN train labels; a monitor, not a result)
+  config.rm.knn_temperature = 0.1
+
+  config.rgrl = _stage(epochs=200, batch_size=128, learning_rate=0.02, scale_lr_by_batch=False)
+  config.rgrl.augment = ml_collections.ConfigDict()
+  config.rgrl.augment.pad = 4
+  config.rgrl.augment.flip_prob = 0.5
+
+  config.method = ml_collections.ConfigDict()
+  config.method.name = 'ce'              # the noisy-label method whose loss RMDNet regularises
+  config.method.distill = True           # the RMDNet switch: False = the method alone (e.g. the CE baseline)
+
+  # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
+  config.relation = ml_collections.ConfigDict()
+  config.relation.K = 1.0                # weight of the relation terms
+  config.relation.node_weight = 1.0      # w_node
+  config.relation.edge_weight = 0.3      # w_edge
+  config.relation.edge_kind = 'frobenius'  # frobenius | kl | mse
+  config.relation.node_kind = 'frobenius'  # frobenius | cosine
+  config.relation.center = False         # True: Pearson-correlation graphs (rows centred)
+  config.relation.edge_topk = 0          # kl only: neighbours per node (0 = all B-1)
+  config.relation.temperature = 0.5      # kl only
+  config.relation.teacher_layer = 'backbone'  # backbone (pooled features) | projector
+  config.relation.projection_head = 'linear'  # phi: linear | mlp
+  config.relation.student_init = 'random'     # random | teacher (start from the teacher's backbone)
+  config.relation.teacher_checkpoint = ''     # RM checkpoint dir ('' = WORKDIR/rm)
+
+  config.eval_batch_size = 1024
+  config.log_every_steps = 0             # 0 = once per epoch
+  config.max_to_keep = 3                 # checkpoints kept per stage
+  config.allow_config_change = False     # True: resume a workdir whose saved config differs
+  return config
+
+
+def _stage(*, epochs, batch_size, learning_rate, scale_lr_by_batch) -> ml_collections.ConfigDict:
+  stage = ml_collections.ConfigDict()
+  stage.epochs = epochs
+  stage.batch_size = batch_size          # global batch over all devices and hosts
+  stage.learning_rate = learning_rate    # peak; with scale_lr_by_batch, per 256 images
+  stage.scale_lr_by_batch = scale_lr_by_batch
+  stage.warmup_epochs = 0
+  stage.momentum = 0.9
+  stage.nesterov = False
+  stage.weight_decay = 5e-4
+  stage.eval_every_epochs = 1            # test accuracy (RGRL) / kNN accuracy (RM); 0 = only at the end
+  stage.checkpoint_every_epochs = 1      # plus at the end and on SIGTERM
+  return stage

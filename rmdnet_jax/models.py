@@ -1,0 +1,249 @@
+"""CIFAR ResNets and the heads RMDNet puts on them.
+
+Backbones map images [B, H, W, 3] to pooled features [B, 8 * width]. All of them use the CIFAR stem (3x3 conv,
+stride 1, no max-pool), so 32x32 inputs keep enough resolution for four stages.
+
+* `SimSiamNet` — RM stage: backbone + projector + predictor. Its backbone (and optionally projector) is the
+  frozen teacher of the RGRL stage.
+* `StudentNet` — RGRL stage: backbone + linear classifier + projection head phi that maps student features into
+  the teacher's feature space, where the relation graphs are compared.
+
+BatchNorm takes an `axis_name`: inside `parallel.pmap_step` it is `parallel.AXIS`, so batch statistics are computed
+over the global batch and N devices train exactly like one device on the same batch.
+"""
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# PyTorch's BatchNorm default (momentum 0.1 in torch's convention) so schedules ported from torch recipes match.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class BasicBlock(nn.Module):
+  """Post-activation residual block of ResNet-18/34."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    # Zero-init of the last BN scale is deliberately not used: the SimSiam CIFAR recipe starts from torch defaults.
+    y = self.norm()(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, name='conv_proj')(residual)
+      residual = self.norm(name='norm_proj')(residual)
+    return nn.relu(residual + y)
+
+
+class PreActBlock(nn.Module):
+  """Pre-activation residual block (He et al. 2016), the DivideMix-protocol backbone of noisy-label papers."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(x))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.filters:
+      shortcut = self.conv(self.filters, (1, 1), self.strides, name='conv_proj')(y)
+    y = self.conv(self.filters, (3, 3), self.strides)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    return y + shortcut
+
+
+class CifarResNet(nn.Module):
+  """ResNet with the CIFAR stem. Returns globally average-pooled features [B, width * 2**(len(stages)-1)]."""
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: int = 64
+  preact: bool = False
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    # Cross-device statistics only matter in training; at inference the running averages are used.
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=self.dtype,
+                             axis_name=self.axis_name if train else None)
+    x = x.astype(self.dtype)
+    x = conv(self.width, (3, 3), name='conv_init')(x)
+    if not self.preact:
+      x = nn.relu(norm(name='bn_init')(x))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(self.width * 2**i, conv=conv, norm=norm, strides=strides)(x)
+    if self.preact:
+      x = nn.relu(norm(name='bn_final')(x))
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+PreActResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2), block_cls=PreActBlock, preact=True)
+# For tests and smoke runs only: one block per stage, use with a tiny width.
+ResNetTiny = functools.partial(CifarResNet, stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock)
+
+BACKBONES = {
+    'resnet18': ResNet18,
+    'resnet34': ResNet34,
+    'preact_resnet18': PreActResNet18,
+    'resnet_tiny': ResNetTiny,
+}
+
+
+def feature_dim(name: str, width: int) -> int:
+  """Size of the pooled backbone features of `BACKBONES[name]` at `width`."""
+  num_stages = len(BACKBONES[name].keywords['stage_sizes'])
+  return width * 2**(num_stages - 1)
+
+
+def make_backbone(name: str, width: int, dtype: Any, axis_name: Optional[str]) -> nn.Module:
+  if name not in BACKBONES:
+    raise ValueError(f'Unknown model.name {name!r}; choose one of {sorted(BACKBONES)} '
+                     '(e.g. --config.model.name=resnet18).')
+  return BACKBONES[name](width=width, dtype=dtype, axis_name=axis_name, name='backbone')
+
+
+def _norm(dtype, axis_name, train, use_scale=True, use_bias=True):
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, axis_name=axis_name if train else None,
+                      use_scale=use_scale, use_bias=use_bias)
+
+
+class Projector(nn.Module):
+  """SimSiam CIFAR projector: 3 x (linear, BN), ReLU between, the last BN without affine parameters."""
+  dim: int = 2048
+  num_layers: int = 3
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for i in range(self.num_layers):
+      x = nn.Dense(self.dim, use_bias=False, dtype=self.dtype)(x)
+      last = i == self.num_layers - 1
+      x = _norm(self.dtype, self.axis_name, train, use_scale=not last, use_bias=not last)(x)
+      if not last:
+        x = nn.relu(x)
+    return x.astype(jnp.float32)
+
+
+class Predictor(nn.Module):
+  """SimSiam predictor: bottleneck MLP dim -> hidden -> dim."""
+  dim: int = 2048
+  hidden_dim: int = 512
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(_norm(self.dtype, self.axis_name, train)(x))
+    x = nn.Dense(self.dim, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
+
+
+class SimSiamNet(nn.Module):
+  """Backbone + projector (+ predictor): the RM network and, frozen, the RGRL teacher."""
+  backbone_name: str = 'resnet18'
+  width: int = 64
+  projector_dim: int = 2048
+  projector_layers: int = 3
+  predictor_dim: int = 512
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  def setup(self):
+    self.backbone = make_backbone(self.backbone_name, self.width, self.dtype, self.axis_name)
+    self.projector = Projector(self.projector_dim, self.projector_layers, self.dtype, self.axis_name)
+    self.predictor = Predictor(self.projector_dim, self.predictor_dim, self.dtype, self.axis_name)
+
+  def __call__(self, x, train: bool = True):
+    """Returns dict(features [B, F], z [B, P] projection, p [B, P] prediction)."""
+    features = self.backbone(x, train=train)
+    z = self.projector(features, train=train)
+    return {'features': features, 'z': z, 'p': self.predictor(z, train=train)}
+
+  def encode(self, x, train: bool = False):
+    """Teacher view: dict(features, z) without the predictor (which the teacher never uses)."""
+    features = self.backbone(x, train=train)
+    return {'features': features, 'z': self.projector(features, train=train)}
+
+
+class StudentNet(nn.Module):
+  """RGRL network: backbone f, classifier W and projection head phi into the teacher's feature space."""
+  backbone_name: str = 'resnet18'
+  width: int = 64
+  num_classes: int = 10
+  embedding_dim: int = 512         # the teacher's feature dimension
+  projection_head: str = 'linear'  # 'linear' | 'mlp'
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  def setup(self):
+    self.backbone = make_backbone(self.backbone_name, self.width, self.dtype, self.axis_name)
+    self.classifier = nn.Dense(self.num_classes, dtype=self.dtype)
+    if self.projection_head == 'linear':
+      self.head = nn.Dense(self.embedding_dim, dtype=self.dtype)
+    elif self.projection_head == 'mlp':
+      self.head = nn.Sequential([nn.Dense(self.embedding_dim, dtype=self.dtype), nn.relu,
+                                 nn.Dense(self.embedding_dim, dtype=self.dtype)])
+    else:
+      raise ValueError(f"Unknown relation.projection_head {self.projection_head!r}; use 'linear' or 'mlp'.")
+
+  def __call__(self, x, train: bool = True):
+    """Returns dict(features [B, F], logits [B, C], embedding [B, D_teacher])."""
+    features = self.backbone(x, train=train)
+    return {'features': features,
+            'logits': self.classifier(features).astype(jnp.float32),
+            'embedding': self.head(features).astype(jnp.float32)}
+
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f'Unknown model.dtype {name!r}; use one of {sorted(DTYPES)}.')
+  return DTYPES[name]
+
+
+def simsiam_net(model_config, axis_name: Optional[str] = None) -> SimSiamNet:
+  """The RM network named by `config.model` (also the teacher's architecture)."""
+  return SimSiamNet(backbone_name=model_config.name, width=model_config.width,
+                    projector_dim=model_config.projector_dim, projector_layers=model_config.projector_layers,
+                    predictor_dim=model_config.predictor_dim, dtype=compute_dtype(model_config.dtype),
+                    axis_name=axis_name)
+
+
+def teacher_feature_dim(model_config, teacher_layer: str) -> int:
+  if teacher_layer == 'backbone':
+    return feature_dim(model_config.name, model_config.width)
+  if teacher_layer == 'projector':
+    return model_config.projector_dim
+  raise ValueError(f"Unknown relation.teacher_layer {teacher_layer!r}; use 'backbone' or 'projector'.")
+
+
+def student_net(config, axis_name: Optional[str] = None) -> StudentNet:
+  """The RGRL network named by `config.model` and `config.relation`."""
+  return StudentNet(backbone_name=config.student.name, width=config.student.width,
+                    num_classes=config.data.num_classes,
+                    embedding_dim=teacher_feature_dim(config.model, config.relation.teacher_layer),
+                    projection_head=config.relation.projection_head,
+                    dtype=compute_dtype(config.model.dtype), axis_name=axis_name)

@@ -1,0 +1,135 @@
+"""Everything that knows about devices: the one `jax.pmap`, batch sharding, per-example keys.
+
+The train steps are plain functions of `(state, batch, rng)` that only use the collectives below with `AXIS`;
+this module maps them over devices. The design card asks for `pmap` (in maintenance mode since JAX 0.8 and
+implemented on `jit` + `shard_map`); a move to `jit` + `jax.shard_map` over a `Mesh` touches only this file.
+
+State is *broadcast*, not replicated by hand (flax `examples/imagenet` style): `in_axes=None` for the state and
+`out_axes=None` for the new state, so the state lives as one fully replicated array per leaf and no
+replicate/unreplicate round trips exist anywhere else.
+"""
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = 'batch'
+
+
+def local_device_count() -> int:
+  return jax.local_device_count()
+
+
+def global_device_count() -> int:
+  return jax.device_count()
+
+
+def pmap_step(step_fn: Callable, *, sharded_argnums: Sequence[int], donate_argnums: Sequence[int] = (0,),
+              static_broadcasted_argnums: Sequence[int] = ()) -> Callable:
+  """pmaps `step_fn` over all devices: args in `sharded_argnums` are split on their leading (device) axis,
+  every other argument is broadcast, and every output is returned unmapped (outputs must be identical across
+  devices: the new state after `pmean`ed gradients, and `pmean`ed metrics).
+
+  Donating the state (argument 0 by default) lets XLA update parameters and optimizer state in place.
+  """
+  def axes(n):
+    return tuple(0 if i in sharded_argnums else None for i in range(n))
+
+  cache = {}
+
+  def mapped(*args):
+    n = len(args)
+    if n not in cache:
+      cache[n] = jax.pmap(step_fn, axis_name=AXIS, in_axes=axes(n), out_axes=None,
+                          donate_argnums=tuple(donate_argnums),
+                          static_broadcasted_argnums=tuple(static_broadcasted_argnums))
+    return cache[n](*args)
+
+  return mapped
+
+
+def replicated_sharding() -> NamedSharding:
+  """The sharding `pmap_step` gives its unmapped outputs: one full copy on every device."""
+  return NamedSharding(Mesh(np.array(jax.devices()), (AXIS,)), PartitionSpec())
+
+
+def replicate(tree: Any) -> Any:
+  """Puts a host/single-device pytree on all devices as `pmap_step` outputs would be."""
+  return jax.device_put(tree, replicated_sharding())
+
+
+def shard(batch: Any) -> Any:
+  """Reshapes this host's batch [b, ...] to [local_devices, b / local_devices, ...]."""
+  n = local_device_count()
+
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f'This host\'s batch of {x.shape[0]} examples does not split over {n} local devices; '
+                       'choose a batch size divisible by the total number of devices.')
+    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
+def global_mean(x: Any) -> Any:
+  """Mean over all devices (gradients, metrics, BatchNorm statistics use the same axis)."""
+  return lax.pmean(x, AXIS)
+
+
+def all_gather(x: jax.Array) -> jax.Array:
+  """Concatenates every device's [b, ...] into the global batch [B, ...], in global example order.
+
+  Gradients flow back through the gather (its transpose is a reduce-scatter); with the loss computed identically
+  on every device and gradients `pmean`ed afterwards, the update equals that of one device on the whole batch.
+  """
+  return lax.all_gather(x, AXIS, tiled=True)
+
+
+def global_example_index(local_batch_size: int) -> jax.Array:
+  """Index of each of this device's examples within the global batch: [b] ints."""
+  return lax.axis_index(AXIS) * local_batch_size + jnp.arange(local_batch_size)
+
+
+def per_example_keys(rng: jax.Array, local_batch_size: int) -> jax.Array:
+  """One key per example, derived from its position in the global batch, not from the device that holds it:
+  the same global batch gets the same augmentations on 1 or on N devices."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(global_example_index(local_batch_size))
+
+
+def host_batch_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """The part of every global batch that one host loads: contiguous, so that the pmap device order
+  (devices of host 0 first) reproduces the global example order."""
+  if global_batch_size % process_count:
+    raise ValueError(f'Global batch {global_batch_size} does not split over {process_count} hosts.')
+  per_host = global_batch_size // process_count
+  return slice(process_index * per_host, (process_index + 1) * per_host)
+
+
+@functools.lru_cache(maxsize=None)
+def _pmapped_apply(apply_fn: Callable) -> Callable:
+  return jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0))
+
+
+def map_batches(apply_fn: Callable, variables: Any, images: np.ndarray, batch_size: int) -> Any:
+  """Runs `apply_fn(variables, images_batch)` over all of `images` [N, ...] on all local devices.
+
+  The last batch is padded (and the padding dropped), so every N works. Returns host numpy arrays [N, ...].
+  Used for evaluation and feature extraction on this host's data (every host evaluates the full set).
+  """
+  n_dev = local_device_count()
+  batch_size = max(n_dev, batch_size - batch_size % n_dev)
+  fn = _pmapped_apply(apply_fn)
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    valid = len(chunk)
+    if valid < batch_size:
+      pad = np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)
+      chunk = np.concatenate([chunk, pad])
+    out = fn(variables, shard(chunk))
+    outputs.append(jax.tree.map(lambda x, v=valid: np.asarray(x).reshape((-1,) + x.shape[2:])[:v], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)

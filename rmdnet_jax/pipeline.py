@@ -1,0 +1,326 @@
+"""Runs the stages a config names — RM (SimSiam), teacher kNN check, RGRL (distillation) — and reports.
+
+    run(config, workdir)
+      data.load(config.data)                  -> uint8 host arrays, clean labels
+      noisy_labels_for_run(...)               -> WORKDIR/noisy_labels.npz (made once, reloaded on every resume)
+      RM:   loop.train(simsiam_step)          -> WORKDIR/rm/<step>     (Orbax)
+      checkpoints.restore_teacher(...)        -> frozen encoder
+      RGRL: loop.train(distill_step)          -> WORKDIR/rgrl/<step>   (Orbax)
+      WORKDIR/results.json + a printed summary
+
+Every stage resumes from its own latest checkpoint; a finished stage is not run again.
+"""
+import functools
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from rmdnet_jax import augment, checkpoints, config_checks, data, distill, loop, methods, metrics, noise, parallel
+from rmdnet_jax import simsiam
+from rmdnet_jax import train_state as train_state_lib
+
+# Independent random streams derived from config.seed (init, augmentation and data order of each stage).
+STREAM_RM, STREAM_RGRL = 1, 2
+# Keys whose change does not change the results: a run may be resumed with different values.
+RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
+                  'data.npz_path', 'max_to_keep', 'relation.teacher_checkpoint')
+
+
+class WorkdirConfigMismatch(RuntimeError):
+  """The work directory holds a run with another config."""
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Saves WORKDIR/config.json on the first run; later runs must have the same config (but RESUMABLE_KEYS)."""
+  path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    a, b = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
+    if changed and not config.allow_config_change:
+      detail = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed[:5])
+      raise WorkdirConfigMismatch(
+          f'{workdir} holds a run with a different config ({detail}); use a new --workdir, or pass '
+          '--config.allow_config_change=True to resume it with the new values.')
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(path + '.tmp', path)
+
+
+def _labels_digest(labels: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:16]
+
+
+def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                         workdir: str) -> noise.NoisyLabels:
+  """The run's noisy labels: made once from config.noise and saved in WORKDIR/noisy_labels.npz; every later
+  stage and resume reloads that file, so all of them see exactly the same labels."""
+  path = os.path.join(workdir, 'noisy_labels.npz')
+  n = config.noise
+  meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
+          'cifar100_grouping': n.cifar100_grouping, 'dataset': dataset.name,
+          'num_examples': int(len(dataset.train_labels)), 'clean_labels_sha256': _labels_digest(dataset.train_labels)}
+  if os.path.exists(path):
+    noisy, saved = noise.load_noisy_labels(path)
+    mismatched = [k for k in meta if saved.get(k) != meta[k]]
+    if mismatched:
+      raise WorkdirConfigMismatch(
+          f'{path} was made with {", ".join(f"{k}={saved.get(k)!r}" for k in mismatched)}, not '
+          f'{", ".join(f"{k}={meta[k]!r}" for k in mismatched)}; use a new --workdir for other noise or data.')
+    logging.info('Reloaded noisy labels from %s (realised rate %.4f).', path, noisy.realized_rate)
+    return noisy
+  noisy = noise.make_noisy_labels(
+      dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes, seed=n.seed,
+      coarse_labels=dataset.train_coarse_labels, images=dataset.train_images if n.kind == 'instance' else None,
+      symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping)
+  if jax.process_index() == 0:
+    noise.save_noisy_labels(path, noisy, meta)
+  logging.info('Made %s noisy labels (rate %.2f, seed %d): realised rate %.4f, saved to %s.', n.kind, n.rate,
+               n.seed, noisy.realized_rate, path)
+  return noisy
+
+
+def _schedule(stage_config, num_examples: int, log_every_steps: int) -> loop.StageSchedule:
+  steps_per_epoch = num_examples // stage_config.batch_size
+  if steps_per_epoch == 0:
+    raise config_checks.ConfigError(
+        f'The batch size {stage_config.batch_size} exceeds the {num_examples} training examples; lower it.')
+  return loop.StageSchedule(
+      num_steps=stage_config.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+      log_every_steps=log_every_steps or steps_per_epoch,
+      eval_every_steps=stage_config.eval_every_epochs * steps_per_epoch,
+      checkpoint_every_steps=stage_config.checkpoint_every_epochs * steps_per_epoch)
+
+
+def _stage_keys(config, stream: int):
+  init_rng, step_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), stream))
+  return init_rng, step_rng
+
+
+def _batches(arrays: dict, stage_config, *, seed: int, stream: int, start_step: int, num_steps: int):
+  host_slice = parallel.host_batch_slice(stage_config.batch_size, jax.process_index(), jax.process_count())
+  for batch in data.host_batches(arrays, start_step=start_step, num_steps=num_steps,
+                                 global_batch_size=stage_config.batch_size, seed=seed, stream=stream,
+                                 host_slice=host_slice):
+    yield parallel.shard(batch)
+
+
+def _resume(mngr, state, meta, total_steps: int, stage: str):
+  restored = checkpoints.restore_latest(mngr, state, meta)
+  if restored is None:
+    return state, 0
+  start = int(restored.step)
+  logging.info('%s: resuming from step %d of %d (%s).', stage, start, total_steps, mngr.directory)
+  return restored, start
+
+
+def _encoder_features_fn(config, dataset):
+  net_apply = distill.teacher_apply_fn(config)  # 'features' or 'z' per relation.teacher_layer
+
+  def apply(variables, images):
+    return net_apply(variables, augment.normalize(images, dataset.mean, dataset.std))
+
+  return apply
+
+
+def knn_monitor(config, dataset, variables) -> float:
+  """kNN accuracy of the encoder on the test set. Uses the CLEAN training labels: a monitor of representation
+  quality only, never a reported noisy-label result."""
+  apply = _encoder_features_fn(config, dataset)
+  train_features = parallel.map_batches(apply, variables, dataset.train_images, config.eval_batch_size)
+  test_features = parallel.map_batches(apply, variables, dataset.test_images, config.eval_batch_size)
+  return metrics.knn_accuracy(train_features, dataset.train_labels, test_features, dataset.test_labels,
+                              num_classes=dataset.num_classes, k=config.rm.knn_k,
+                              temperature=config.rm.knn_temperature)
+
+
+def rm_stage(config, dataset: data.Dataset, workdir: str, writer) -> Any:
+  """SimSiam pretraining on all training images (labels unused). Returns the final RM train state."""
+  sched = _schedule(config.rm, len(dataset.train_images), config.log_every_steps)
+  lr_fn = train_state_lib.learning_rate_schedule(config.rm, sched.steps_per_epoch)
+  init_rng, step_rng = _stage_keys(config, STREAM_RM)
+  state = parallel.replicate(simsiam.create_simsiam_state(init_rng, config, dataset.image_shape, lr_fn))
+  mngr = checkpoints.manager(os.path.join(workdir, 'rm'), max_to_keep=config.max_to_keep)
+  meta = checkpoints.stage_meta(config, 'rm', dataset.image_shape)
+  state, start = _resume(mngr, state, meta, sched.num_steps, 'rm')
+  if start >= sched.num_steps:
+    logging.info('rm: already complete (%d steps); skipping.', start)
+    return state
+  logging.info('rm: SimSiam on %d images, %d steps (%d epochs x %d), global batch %d on %d devices.',
+               len(dataset.train_images), sched.num_steps, config.rm.epochs, sched.steps_per_epoch,
+               config.rm.batch_size, parallel.global_device_count())
+  logging.info('rm: the kNN monitor uses the CLEAN training labels (a monitor of the encoder, not a result).')
+  step_fn = parallel.pmap_step(
+      functools.partial(simsiam.simsiam_step,
+                        view_kwargs=simsiam.view_kwargs(config, dataset.mean, dataset.std)),
+      sharded_argnums=(1,))
+  eval_fn = lambda s: {'knn_accuracy': knn_monitor(config, dataset, {'params': s.params,
+                                                                      'batch_stats': s.batch_stats})}
+  batches = _batches({'images': dataset.train_images}, config.rm, seed=config.seed, stream=STREAM_RM,
+                     start_step=start, num_steps=sched.num_steps)
+  state = loop.train(stage='rm', state=state, step_fn=step_fn, batches=batches, rng=step_rng, start_step=start,
+                     schedule=sched, mngr=mngr, meta=meta, writer=writer, learning_rate_fn=lr_fn,
+                     global_batch_size=config.rm.batch_size, eval_fn=eval_fn)
+  mngr.close()
+  return state
+
+
+def _teacher_dir(config, workdir: str) -> str:
+  return config.relation.teacher_checkpoint or os.path.join(workdir, 'rm')
+
+
+def load_teacher(config, dataset: data.Dataset, workdir: str) -> dict:
+  """The frozen teacher variables from the RM checkpoint, refusing one from another architecture or dataset."""
+  directory = _teacher_dir(config, workdir)
+  rm_sched = _schedule(config.rm, len(dataset.train_images), config.log_every_steps)
+  lr_fn = train_state_lib.learning_rate_schedule(config.rm, rm_sched.steps_per_epoch)
+  target = jax.eval_shape(
+      lambda: simsiam.create_simsiam_state(jax.random.key(0), config, dataset.image_shape, lr_fn))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()),
+                        target)
+  rm_state, step = checkpoints.restore_teacher(directory, target,
+                                               checkpoints.stage_meta(config, 'rm', dataset.image_shape))
+  if not config.relation.teacher_checkpoint and step < rm_sched.num_steps:
+    raise checkpoints.CheckpointError(
+        f'The RM stage in {directory} stopped at step {step} of {rm_sched.num_steps}; finish it first '
+        '(run with --config.stages=rm,rgrl) or set --config.relation.teacher_checkpoint explicitly.')
+  logging.info('Teacher: RM checkpoint %s at step %d.', directory, step)
+  return distill.teacher_variables({'params': rm_state.params, 'batch_stats': rm_state.batch_stats})
+
+
+def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer) -> dict:
+  """Restores the teacher exactly as RGRL does and reports its kNN accuracy: proves the RM -> RGRL hand-off."""
+  teacher = load_teacher(config, dataset, workdir)
+  accuracy = knn_monitor(config, dataset, teacher)
+  logging.info('Teacher kNN accuracy (clean labels, monitor): %.4f', accuracy)
+  writer.write_scalars(0, {'teacher/knn_accuracy': accuracy})
+  return {'teacher_knn_accuracy': accuracy}
+
+
+def _classify(config, dataset, variables, images) -> np.ndarray:
+  apply = distill.classify_fn(config)
+  fn = lambda v, x: apply(v, augment.normalize(x, dataset.mean, dataset.std))['logits']
+  return np.argmax(parallel.map_batches(fn, variables, images, config.eval_batch_size), axis=-1)
+
+
+def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir: str, writer) -> dict:
+  """Trains the student on the noisy labels with (method.distill) or without the relation terms."""
+  sched = _schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
+  lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, sched.steps_per_epoch)
+  init_rng, step_rng = _stage_keys(config, STREAM_RGRL)
+  needs_teacher = config.method.distill or config.relation.student_init == 'teacher'
+  teacher = load_teacher(config, dataset, workdir) if needs_teacher else None
+  state = parallel.replicate(
+      distill.create_distill_state(init_rng, config, dataset.image_shape, lr_fn, teacher))
+  mngr = checkpoints.manager(os.path.join(workdir, 'rgrl'), max_to_keep=config.max_to_keep)
+  meta = checkpoints.stage_meta(config, 'rgrl', dataset.image_shape)
+  state, start = _resume(mngr, state, meta, sched.num_steps, 'rgrl')
+
+  def eval_fn(s):
+    preds = _classify(config, dataset, {'params': s.params, 'batch_stats': s.batch_stats}, dataset.test_images)
+    return {'test_accuracy': float(np.mean(preds == dataset.test_labels))}
+
+  if start < sched.num_steps:
+    logging.info('rgrl: %s on %s noisy labels (realised rate %.4f)%s, %d steps, global batch %d.',
+                 config.method.name, config.noise.kind, noisy.realized_rate,
+                 f' + relation distillation (K={config.relation.K})' if config.method.distill else '',
+                 sched.num_steps, config.rgrl.batch_size)
+    step_fn = parallel.pmap_step(
+        functools.partial(
+            distill.distill_step,
+            teacher_apply=distill.teacher_apply_fn(config) if config.method.distill else None,
+            method_loss=methods.get_method_loss(config.method.name), K=config.relation.K,
+            relation_kwargs=distill.relation_kwargs(config),
+            view_kwargs=distill.view_kwargs(config, dataset.mean, dataset.std)),
+        sharded_argnums=(2,))
+    batches = _batches({'images': dataset.train_images, 'labels': noisy.labels}, config.rgrl, seed=config.seed,
+                       stream=STREAM_RGRL, start_step=start, num_steps=sched.num_steps)
+    state = loop.train(stage='rgrl', state=state, step_fn=step_fn, batches=batches, rng=step_rng,
+                       start_step=start, schedule=sched, mngr=mngr, meta=meta, writer=writer,
+                       learning_rate_fn=lr_fn, global_batch_size=config.rgrl.batch_size, eval_fn=eval_fn,
+                       step_args=(teacher if config.method.distill else None,))
+  else:
+    logging.info('rgrl: already complete (%d steps).', start)
+  mngr.close()
+  return final_report(config, dataset, noisy, state, workdir, eval_fn)
+
+
+def final_report(config, dataset, noisy, state, workdir, eval_fn) -> dict:
+  """Best and last test accuracy, and how the student treats the clean and the mislabelled training examples
+  (clean labels are used for this report only)."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  last = eval_fn(state)['test_accuracy']
+  history = [row['rgrl/test_accuracy'] for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+             if 'rgrl/test_accuracy' in row]
+  preds = _classify(config, dataset, variables, dataset.train_images)
+  is_clean = noisy.labels == dataset.train_labels
+  def mean_or_nan(x):
+    return float(np.mean(x)) if len(x) else float('nan')
+  return {
+      'test_accuracy_last': last,
+      'test_accuracy_best': max(history + [last]),
+      'train_accuracy_clean_subset': mean_or_nan(preds[is_clean] == dataset.train_labels[is_clean]),
+      'train_accuracy_noisy_subset': mean_or_nan(preds[~is_clean] == dataset.train_labels[~is_clean]),
+      'train_memorized_noisy_subset': mean_or_nan(preds[~is_clean] == noisy.labels[~is_clean]),
+      'noise_realized_rate': noisy.realized_rate,
+      'rgrl_steps': int(state.step),
+  }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs `config.stages` in `workdir` and returns (and writes to WORKDIR/results.json) the summary."""
+  config_checks.validate(config)
+  stages = config_checks.parse_stages(config.stages)
+  check_workdir_config(config, workdir)
+  dataset = data.load(config.data)
+  noisy = noisy_labels_for_run(config, dataset, workdir)
+  writer = metrics.create_writer(workdir)
+  if jax.process_index() == 0:
+    writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
+  results = {'workdir': os.path.abspath(workdir), 'dataset': dataset.name, 'noise': config.noise.kind,
+             'noise_rate': config.noise.rate, 'method': config.method.name, 'rmdnet': bool(config.method.distill),
+             'seed': config.seed}
+  for stage in stages:
+    if stage == 'rm':
+      rm_stage(config, dataset, workdir, writer)
+      results['rm_checkpoints'] = os.path.join(os.path.abspath(workdir), 'rm')
+    elif stage == 'teacher_knn':
+      results.update(teacher_knn_stage(config, dataset, workdir, writer))
+    elif stage == 'rgrl':
+      results.update(rgrl_stage(config, dataset, noisy, workdir, writer))
+      results['rgrl_checkpoints'] = os.path.join(os.path.abspath(workdir), 'rgrl')
+  writer.flush()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
+  if jax.process_index() == 0:
+    print(format_summary(results), flush=True)
+  return results
+
+
+def format_summary(results: dict) -> str:
+  rows = [(k, f'{v:.4f}' if isinstance(v, float) else str(v)) for k, v in results.items()]
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)
