@@ -17,7 +17,7 @@ def get_config():
   config.model.name = config.student.name = 'resnet_tiny'
   config.model.width = config.student.width = 8
   config.model.projector_dim = 64
-  config.model.predictor_dim = 16
+  config.model.predictor_dim = 32
   for stage in (config.rm, config.rgrl):
     stage.epochs = 2
     stage.batch_size = 64

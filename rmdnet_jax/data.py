@@ -90,12 +90,31 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
   return images, labels, coarse, numeric_ids
 
 
+def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
+  """Reads both splits of a prepared tfds CIFAR into host arrays, in id order.
+
+  Args:
+    name: 'cifar10' or 'cifar100'.
+    data_dir: tfds data_dir holding the ArrayRecord preparation; None for tfds' default
+      (~/tensorflow_datasets or $TFDS_DATA_DIR).
+
+  Returns:
+    The whole train and test splits, with CIFAR-100's coarse labels when present.
+
+  Raises:
+    ValueError: `name` is not a known dataset.
+    DataUnavailableError: the dataset is not prepared (as ArrayRecord) in `data_dir`.
+  """
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; use one of {sorted(DATASETS)}.')
+  train_images, train_labels, coarse, ids = _tfds_split(name, 'train', data_dir)
+  test_images, test_labels, _, _ = _tfds_split(name, 'test', data_dir)
+  return Dataset(name, DATASETS[name]['num_classes'], train_images, train_labels, test_images, test_labels,
+                 ids, coarse, mean=DATASETS[name]['mean'], std=DATASETS[name]['std'])
+
+
 def _load_tfds(cfg) -> Dataset:
-  data_dir = cfg.data_dir or None
-  train_images, train_labels, coarse, ids = _tfds_split(cfg.name, 'train', data_dir)
-  test_images, test_labels, _, _ = _tfds_split(cfg.name, 'test', data_dir)
-  return Dataset(cfg.name, DATASETS[cfg.name]['num_classes'], train_images, train_labels, test_images,
-                 test_labels, ids, coarse)
+  return load_tfds(cfg.name, cfg.data_dir or None)
 
 
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')

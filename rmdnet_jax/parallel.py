@@ -9,7 +9,7 @@ State is *broadcast*, not replicated by hand (flax `examples/imagenet` style): `
 replicate/unreplicate round trips exist anywhere else.
 """
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ def global_device_count() -> int:
 
 
 def pmap_step(step_fn: Callable, *, sharded_argnums: Sequence[int], donate_argnums: Sequence[int] = (0,),
-              static_broadcasted_argnums: Sequence[int] = ()) -> Callable:
+              devices: Optional[Sequence[jax.Device]] = None) -> Callable:
   """pmaps `step_fn` over all devices: args in `sharded_argnums` are split on their leading (device) axis,
   every other argument is broadcast, and every output is returned unmapped (outputs must be identical across
   devices: the new state after `pmean`ed gradients, and `pmean`ed metrics).
@@ -45,8 +45,7 @@ def pmap_step(step_fn: Callable, *, sharded_argnums: Sequence[int], donate_argnu
     n = len(args)
     if n not in cache:
       cache[n] = jax.pmap(step_fn, axis_name=AXIS, in_axes=axes(n), out_axes=None,
-                          donate_argnums=tuple(donate_argnums),
-                          static_broadcasted_argnums=tuple(static_broadcasted_argnums))
+                          donate_argnums=tuple(donate_argnums), devices=devices)
     return cache[n](*args)
 
   return mapped

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rmdnet_jax import augment, models, parallel
+from rmdnet_jax import augment, models, parallel, relation
 from rmdnet_jax import train_state as train_state_lib
 
 
@@ -22,9 +22,8 @@ def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
   constant. It is applied here, inside D, so that no caller can forget it.
   """
   z = jax.lax.stop_gradient(z)
-  p = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
-  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-  return -jnp.mean(jnp.sum(p * z, axis=-1))
+  # A zero row (possible with a narrow predictor, whose ReLU can switch off every unit) gives 0, not NaN.
+  return -jnp.mean(jnp.sum(relation.l2_normalize(p) * relation.l2_normalize(z), axis=-1))
 
 
 def simsiam_loss(p1, p2, z1, z2) -> jax.Array:
@@ -81,6 +80,6 @@ def simsiam_step(state: train_state_lib.TrainState, batch: Mapping[str, jax.Arra
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   # Collapse monitor from the SimSiam paper: per-dimension std of the l2-normalised projection is ~1/sqrt(dim)
   # for healthy training and drops to 0 when all outputs collapse to one vector.
-  z_normed = z1 / jnp.maximum(jnp.linalg.norm(z1, axis=-1, keepdims=True), 1e-12)
-  metrics = {'loss': loss, 'z_std': jnp.mean(jnp.std(parallel.all_gather(z_normed), axis=0))}
+  z_std = jnp.mean(jnp.std(parallel.all_gather(relation.l2_normalize(z1)), axis=0))
+  metrics = {'loss': loss, 'z_std': z_std}
   return new_state, parallel.global_mean(metrics)

@@ -301,16 +301,17 @@ def test_color_jitter_applies_each_op_once_in_every_order():
     every (op, slot) pair must have such a witness, which fails if, say, hue could never run last.
     """
     image = np.random.RandomState(2).rand(2, 2, 3).astype(np.float32)
-    strengths = dict(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25)
+    # Strong factors make the ops clip, and clipping is what keeps them from commuting.
+    strengths = dict(brightness=0.9, contrast=0.9, saturation=0.9, hue=0.5)
     us = np.asarray(jax.random.uniform(jax.random.key(3), (200, 8)))
     out = np.asarray(jax.jit(jax.vmap(lambda u: augment._color_jitter_from_uniforms(u, image, **strengths)))(us))
     witnessed = set()
     for u, got in zip(us, out):
         ops = {
-            "b": lambda x, f=0.5 + u[0]: np.clip(f * x, 0, 1),
-            "c": lambda x, f=0.5 + u[1]: np.clip(f * x + (1 - f) * _np_gray(x).mean(), 0, 1),
-            "s": lambda x, f=0.5 + u[2]: np.clip(f * x + (1 - f) * _np_gray(x)[..., None], 0, 1),
-            "h": lambda x, d=-0.25 + 0.5 * u[3]: _np_hue(x, d),
+            "b": lambda x, f=0.1 + 1.8 * u[0]: np.clip(f * x, 0, 1),
+            "c": lambda x, f=0.1 + 1.8 * u[1]: np.clip(f * x + (1 - f) * _np_gray(x).mean(), 0, 1),
+            "s": lambda x, f=0.1 + 1.8 * u[2]: np.clip(f * x + (1 - f) * _np_gray(x)[..., None], 0, 1),
+            "h": lambda x, d=-0.5 + u[3]: _np_hue(x, d),
         }
         matches = []
         for order in itertools.permutations("bcsh"):
