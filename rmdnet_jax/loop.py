@@ -80,7 +80,7 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
     the final state.
   """
   report = periodic_actions.ReportProgress(num_train_steps=schedule.num_steps, writer=writer,
-                                           every_steps=schedule.log_every_steps)
+                                           every_steps=schedule.log_every_steps, every_secs=60.0)
   sums, count, interval_start = None, 0, time.perf_counter()
   last_saved = start_step
 

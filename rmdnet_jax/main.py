@@ -3,6 +3,7 @@
 Kept short on purpose (as flax examples/imagenet): everything else is importable by tests and notebooks.
 """
 import os
+import sys
 
 # TensorFlow is imported by tfds/clu; hide accelerators from it so it never reserves GPU memory JAX needs.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -11,7 +12,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rmdnet_jax import pipeline  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, data, loop, pipeline  # noqa: E402
 
 # Per-example keys are never sharded, so the partitionable threefry buys nothing here, and on CPU it makes every
 # random op compile ~10x slower. Fixed for every run so that numbers stay comparable.
@@ -22,6 +23,10 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, noisy labels, m
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pod slices, multi-node GPU).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+USER_ERRORS = (config_checks.ConfigError, data.DataUnavailableError, checkpoints.CheckpointError,
+               pipeline.WorkdirConfigMismatch, loop.NonFiniteLossError)
 
 
 def _quiet_orbax(record) -> bool:
@@ -42,7 +47,12 @@ def main(argv):
     pass
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  pipeline.run(FLAGS.config, FLAGS.workdir)
+  try:
+    pipeline.run(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    # These carry one sentence that says what is wrong and how to fix it; a traceback would only bury it.
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -135,7 +135,8 @@ def _resume(mngr, state, meta, total_steps: int, stage: str):
   return restored, start
 
 
-def _encoder_features_fn(config, dataset):
+def encoder_features_fn(config, dataset):
+  """apply(variables, uint8 images) -> teacher-layer features; built once per stage so it compiles once."""
   net_apply = distill.teacher_apply_fn(config)  # 'features' or 'z' per relation.teacher_layer
 
   def apply(variables, images):
@@ -144,12 +145,11 @@ def _encoder_features_fn(config, dataset):
   return apply
 
 
-def knn_monitor(config, dataset, variables) -> float:
+def knn_monitor(config, dataset, variables, features_fn) -> float:
   """kNN accuracy of the encoder on the test set. Uses the CLEAN training labels: a monitor of representation
   quality only, never a reported noisy-label result."""
-  apply = _encoder_features_fn(config, dataset)
-  train_features = parallel.map_batches(apply, variables, dataset.train_images, config.eval_batch_size)
-  test_features = parallel.map_batches(apply, variables, dataset.test_images, config.eval_batch_size)
+  train_features = parallel.map_batches(features_fn, variables, dataset.train_images, config.eval_batch_size)
+  test_features = parallel.map_batches(features_fn, variables, dataset.test_images, config.eval_batch_size)
   return metrics.knn_accuracy(train_features, dataset.train_labels, test_features, dataset.test_labels,
                               num_classes=dataset.num_classes, k=config.rm.knn_k,
                               temperature=config.rm.knn_temperature)
@@ -175,8 +175,9 @@ def rm_stage(config, dataset: data.Dataset, workdir: str, writer) -> Any:
       functools.partial(simsiam.simsiam_step,
                         view_kwargs=simsiam.view_kwargs(config, dataset.mean, dataset.std)),
       sharded_argnums=(1,))
-  eval_fn = lambda s: {'knn_accuracy': knn_monitor(config, dataset, {'params': s.params,
-                                                                      'batch_stats': s.batch_stats})}
+  features_fn = encoder_features_fn(config, dataset)
+  eval_fn = lambda s: {'knn_accuracy': knn_monitor(
+      config, dataset, {'params': s.params, 'batch_stats': s.batch_stats}, features_fn)}
   batches = _batches({'images': dataset.train_images}, config.rm, seed=config.seed, stream=STREAM_RM,
                      start_step=start, num_steps=sched.num_steps)
   state = loop.train(stage='rm', state=state, step_fn=step_fn, batches=batches, rng=step_rng, start_step=start,
@@ -212,16 +213,20 @@ def load_teacher(config, dataset: data.Dataset, workdir: str) -> dict:
 def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer) -> dict:
   """Restores the teacher exactly as RGRL does and reports its kNN accuracy: proves the RM -> RGRL hand-off."""
   teacher = load_teacher(config, dataset, workdir)
-  accuracy = knn_monitor(config, dataset, teacher)
+  accuracy = knn_monitor(config, dataset, teacher, encoder_features_fn(config, dataset))
   logging.info('Teacher kNN accuracy (clean labels, monitor): %.4f', accuracy)
   writer.write_scalars(0, {'teacher/knn_accuracy': accuracy})
   return {'teacher_knn_accuracy': accuracy}
 
 
-def _classify(config, dataset, variables, images) -> np.ndarray:
+def logits_fn(config, dataset):
+  """apply(variables, uint8 images) -> student logits; built once per stage so it compiles once."""
   apply = distill.classify_fn(config)
-  fn = lambda v, x: apply(v, augment.normalize(x, dataset.mean, dataset.std))['logits']
-  return np.argmax(parallel.map_batches(fn, variables, images, config.eval_batch_size), axis=-1)
+  return lambda variables, images: apply(variables, augment.normalize(images, dataset.mean, dataset.std))['logits']
+
+
+def predict(config, variables, images, logits_apply) -> np.ndarray:
+  return np.argmax(parallel.map_batches(logits_apply, variables, images, config.eval_batch_size), axis=-1)
 
 
 def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir: str, writer) -> dict:
@@ -237,8 +242,10 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
   meta = checkpoints.stage_meta(config, 'rgrl', dataset.image_shape)
   state, start = _resume(mngr, state, meta, sched.num_steps, 'rgrl')
 
+  logits_apply = logits_fn(config, dataset)
+
   def eval_fn(s):
-    preds = _classify(config, dataset, {'params': s.params, 'batch_stats': s.batch_stats}, dataset.test_images)
+    preds = predict(config, {'params': s.params, 'batch_stats': s.batch_stats}, dataset.test_images, logits_apply)
     return {'test_accuracy': float(np.mean(preds == dataset.test_labels))}
 
   if start < sched.num_steps:
@@ -263,17 +270,17 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
   else:
     logging.info('rgrl: already complete (%d steps).', start)
   mngr.close()
-  return final_report(config, dataset, noisy, state, workdir, eval_fn)
+  return final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply)
 
 
-def final_report(config, dataset, noisy, state, workdir, eval_fn) -> dict:
+def final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply) -> dict:
   """Best and last test accuracy, and how the student treats the clean and the mislabelled training examples
   (clean labels are used for this report only)."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   last = eval_fn(state)['test_accuracy']
   history = [row['rgrl/test_accuracy'] for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
              if 'rgrl/test_accuracy' in row]
-  preds = _classify(config, dataset, variables, dataset.train_images)
+  preds = predict(config, variables, dataset.train_images, logits_apply)
   is_clean = noisy.labels == dataset.train_labels
   def mean_or_nan(x):
     return float(np.mean(x)) if len(x) else float('nan')

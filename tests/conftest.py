@@ -5,8 +5,10 @@ first module pytest loads.
 """
 import os
 
+# Tests are dominated by XLA compile time, not run time: LLVM's optimisation level 0 halves it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + TEST_XLA_FLAGS
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # As rmdnet_jax.main sets it (see there); also keeps CPU compile times of random ops low.
@@ -27,3 +29,12 @@ def shared_dir():
     if not (SHARED / "data" / "tfds" / "cifar10").is_dir():
         pytest.skip("../shared/data/tfds is not present (only on the team's machines)")
     return SHARED
+
+# Many tests build the same steps (each pipeline.run makes new pmapped functions): a persistent compilation cache
+# shared by the whole session turns their repeated XLA compiles into cache hits.
+import jax  # noqa: E402
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "RMDNET_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "rmdnet_jax_test_xla_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -36,6 +36,11 @@ def test_negative_cosine_stops_gradient_into_target():
   assert np.any(np.asarray(grad_p) != 0)
 
 
+def _config():
+  # One config for every step test here, so they share one compiled step (the schedule is baked into it).
+  return helpers.tiny_config(**{'rm.learning_rate': 0.5})
+
+
 def _state_and_step(config):
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch=4)
   state = simsiam.create_simsiam_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn)
@@ -55,8 +60,7 @@ def _run(step, state, batch, num_devices, steps=2):
 
 def test_simsiam_step_8_devices_equals_1_device():
   assert jax.device_count() == 8
-  config = helpers.tiny_config()
-  state, step = _state_and_step(config)
+  state, step = _state_and_step(_config())
   batch = {'images': helpers.images(16)}
   state8, m8 = _run(step, state, batch, 8)
   state1, m1 = _run(step, state, batch, 1)
@@ -71,12 +75,11 @@ def test_simsiam_step_8_devices_equals_1_device():
 
 
 def test_simsiam_step_loss_decreases_on_fixed_batch():
-  config = helpers.tiny_config(**{'rm.learning_rate': 0.5})
-  state, step = _state_and_step(config)
+  state, step = _state_and_step(_config())
   batch = {'images': helpers.images(16)}
-  fn = parallel.pmap_step(step, sharded_argnums=(1,), donate_argnums=())
+  fn = parallel.pmap_step(step, sharded_argnums=(1,), donate_argnums=(), devices=jax.devices()[:8])
   losses = []
-  sharded = parallel.shard(batch)
+  sharded = jax.tree.map(lambda x: x.reshape((8, -1) + x.shape[1:]), batch)
   for i in range(15):
     state, metrics = fn(state, sharded, jax.random.key(3))  # same views each step
     losses.append(float(metrics['loss']))
@@ -85,8 +88,7 @@ def test_simsiam_step_loss_decreases_on_fixed_batch():
 
 
 def test_simsiam_step_is_deterministic():
-  config = helpers.tiny_config()
-  state, step = _state_and_step(config)
+  state, step = _state_and_step(_config())
   batch = {'images': helpers.images(16)}
   a, _ = _run(step, state, batch, 8, steps=1)
   b, _ = _run(step, state, batch, 8, steps=1)

@@ -1,0 +1,1 @@
+"""Throughput and cost benchmarks of the RMDNet train steps (see benchmarks/README.md)."""

@@ -1,0 +1,118 @@
+"""Config validation (one clear sentence per rule), the CLI's override handling, and the config files."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar10_rmdnet, cifar100_rmdnet, default, simsiam_cifar10, tiny
+from rmdnet_jax import config_checks
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('get_config', [default.get_config, cifar10_rmdnet.get_config, cifar100_rmdnet.get_config,
+                                        simsiam_cifar10.get_config, tiny.get_config])
+def test_shipped_configs_are_valid(get_config):
+  config_checks.validate(get_config(), num_devices=8)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('noise.rate', 1.5, 'outside \\[0, 1\\]'),
+    ('noise.rate', -0.1, 'outside \\[0, 1\\]'),
+    ('noise.rate', float('nan'), 'outside \\[0, 1\\]'),
+    ('noise.kind', 'uniform', 'noise.kind'),
+    ('rm.batch_size', 12, 'multiple of the 8 devices'),
+    ('rgrl.batch_size', 0, 'multiple of the 8 devices'),
+    ('relation.K', -1.0, 'relation.K'),
+    ('relation.edge_weight', -0.3, 'must be >= 0'),
+    ('relation.edge_kind', 'l1', 'relation.edge_kind'),
+    ('relation.node_kind', 'l1', 'relation.node_kind'),
+    ('relation.edge_topk', 200, 'edge_topk'),
+    ('relation.temperature', 0.0, 'temperature'),
+    ('relation.teacher_layer', 'head', 'teacher_layer'),
+    ('relation.projection_head', 'conv', 'projection_head'),
+    ('relation.student_init', 'imagenet', 'student_init'),
+    ('method.name', 'mixup', 'method.name'),
+    ('stages', 'rm,finetune', 'Unknown stage'),
+    ('stages', '', 'stages is empty'),
+    ('data.source', 'web', 'data.source'),
+    ('data.name', 'svhn', 'data.name'),
+    ('data.num_classes', 100, 'has 10 classes'),
+    ('model.name', 'vit', 'model.name'),
+    ('model.dtype', 'float16', 'model.dtype'),
+    ('rm.epochs', -1, 'epochs'),
+    ('rgrl.momentum', 1.0, 'momentum'),
+    ('rm.learning_rate', 0.0, 'learning_rate'),
+])
+def test_each_rule_rejects_with_one_sentence(key, value, message):
+  config = default.get_config()
+  section, _, leaf = key.rpartition('.')
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(config_checks.ConfigError, match=message) as info:
+    config_checks.validate(config, num_devices=8)
+  text = str(info.value)
+  assert text.count('. ') == 0 or text.count('. ') <= 1  # one sentence (dots inside values allowed)
+  assert '\n' not in text
+
+
+def test_asymmetric_noise_needs_a_known_dataset():
+  config = helpers.tiny_config(**{'noise.kind': 'asymmetric', 'data.num_classes': 7})
+  with pytest.raises(config_checks.ConfigError, match='CIFAR-10 and CIFAR-100 only'):
+    config_checks.validate(config, num_devices=8)
+
+
+def test_student_init_teacher_needs_same_architecture():
+  config = default.get_config()
+  config.relation.student_init = 'teacher'
+  config.student.name = 'preact_resnet18'
+  with pytest.raises(config_checks.ConfigError, match='student.name/width'):
+    config_checks.validate(config, num_devices=8)
+
+
+def test_ce_baseline_differs_from_rmdnet_only_in_the_switch():
+  """The baseline command is the RMDNet config with --config.method.distill=False and nothing else."""
+  rmdnet = cifar10_rmdnet.get_config()
+  baseline = cifar10_rmdnet.get_config()
+  baseline.method.distill = False
+  a, b = rmdnet.to_dict(), baseline.to_dict()
+  assert a.pop('method') != b.pop('method')
+  assert a == b
+
+
+def _main(*args, timeout=240):
+  # One device, and the same fast-compile flags as tests/conftest.py.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+  return subprocess.run([sys.executable, '-m', 'rmdnet_jax.main', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_rejects_unknown_key(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.rgrl.epochz=3')
+  assert result.returncode != 0
+  assert 'epochz' in result.stderr
+  assert not os.path.exists(tmp_path / 'config.json')  # refused before any work
+
+
+def test_cli_rejects_wrong_type(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.rgrl.epochs=abc')
+  assert result.returncode != 0
+  assert 'epochs' in result.stderr
+
+
+def test_cli_rejects_bad_value_before_any_work(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.noise.rate=1.5')
+  assert result.returncode != 0
+  assert 'noise.rate=1.5 is outside [0, 1]' in result.stderr
+  assert not os.path.exists(tmp_path / 'config.json')
+
+
+def test_cli_tiny_run_writes_checkpoint_metrics_and_summary(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.stages=rm',
+                 '--config.rm.epochs=1', '--config.data.synthetic_image_size=8')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.isdir(tmp_path / 'rm' / '4')
+  assert 'rm/loss' in open(tmp_path / 'metrics.jsonl').read()
+  assert 'rm_checkpoints' in result.stdout

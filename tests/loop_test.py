@@ -1,0 +1,89 @@
+"""The training loop's bookkeeping, with a fake step (no model): logging, checkpoints, NaN guard, SIGTERM."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rmdnet_jax import checkpoints, loop, metrics
+
+
+class RecordingWriter:
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, dict(scalars)))
+
+  def flush(self):
+    pass
+
+
+def _fake_step(nan_at=None, sigterm_at=None):
+  def step(state, batch, rng):
+    del rng
+    n = int(state['count'])
+    if sigterm_at is not None and n == sigterm_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    loss = jnp.float32(np.nan if n == nan_at else 1.0 / (n + 1))
+    return {'count': state['count'] + 1, 'w': state['w'] + batch}, {'loss': loss}
+  return step
+
+
+def _train(tmp_path, step_fn, num_steps=6, **schedule):
+  mngr = checkpoints.manager(str(tmp_path / 'stage'))
+  writer = RecordingWriter()
+  sched = loop.StageSchedule(num_steps=num_steps, steps_per_epoch=2,
+                             **{'log_every_steps': 2, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
+                                **schedule})
+  state = {'count': jnp.int32(0), 'w': jnp.zeros(3)}
+  batches = iter([jnp.ones(3)] * num_steps)
+  try:
+    final = loop.train(stage='s', state=state, step_fn=step_fn, batches=batches, rng=jax.random.key(0),
+                       start_step=0, schedule=sched, mngr=mngr, meta={'stage': 's'}, writer=writer,
+                       learning_rate_fn=lambda s: 0.1, global_batch_size=4,
+                       eval_fn=lambda st: {'acc': 0.5})
+  finally:
+    mngr.wait_until_finished()
+  return final, mngr, writer
+
+
+def test_logs_means_per_interval_and_checkpoints(tmp_path):
+  final, mngr, writer = _train(tmp_path, _fake_step())
+  assert int(final['count']) == 6
+  assert mngr.all_steps() == [2, 4, 6]
+  logged = [(s, r['s/loss']) for s, r in writer.rows if 's/loss' in r]
+  assert [s for s, _ in logged] == [2, 4, 6]
+  np.testing.assert_allclose(logged[0][1], (1 + 1 / 2) / 2)  # mean of the interval's two losses
+  assert any('s/acc' in r for _, r in writer.rows)  # eval at the end
+  assert all(r['s/images_per_second'] > 0 for _, r in writer.rows if 's/images_per_second' in r)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint \\(step 2\\)'):
+    _train(tmp_path, _fake_step(nan_at=2))
+  mngr = checkpoints.manager(str(tmp_path / 'stage'))
+  assert mngr.latest_step() == 2  # the step-4 state (after the NaN) was never saved
+
+
+def test_non_finite_loss_is_caught_before_a_checkpoint_between_logs(tmp_path):
+  # Logs every 4 steps but checkpoints every 2: the NaN at step 2 must not reach checkpoint 4.
+  with pytest.raises(loop.NonFiniteLossError):
+    _train(tmp_path, _fake_step(nan_at=2), log_every_steps=4)
+  assert checkpoints.manager(str(tmp_path / 'stage')).latest_step() == 2
+
+
+def test_sigterm_checkpoints_after_the_current_step_and_exits(tmp_path):
+  with pytest.raises(loop.Preempted, match='after step 4'):
+    _train(tmp_path, _fake_step(sigterm_at=3), checkpoint_every_steps=0)
+  mngr = checkpoints.manager(str(tmp_path / 'stage'))
+  assert mngr.latest_step() == 4
+  assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+
+
+def test_jsonl_writer_round_trip(tmp_path):
+  writer = metrics.JsonlWriter(str(tmp_path / 'm.jsonl'))
+  writer.write_scalars(3, {'a': np.float32(0.5), 'b': 2})
+  assert metrics.read_jsonl(str(tmp_path / 'm.jsonl')) == [{'step': 3, 'a': 0.5, 'b': 2.0}]
