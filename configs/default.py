@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.rm.knn_temperature = 0.1
 
   config.rgrl = _stage(epochs=200, batch_size=128, learning_rate=0.02, scale_lr_by_batch=False)
+  config.rgrl.track_memorization = True  # each eval also predicts the train set: accuracy vs noisy / clean labels
   config.rgrl.augment = ml_collections.ConfigDict()
   config.rgrl.augment.pad = 4
   config.rgrl.augment.flip_prob = 0.5

@@ -245,8 +245,16 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
   logits_apply = logits_fn(config, dataset)
 
   def eval_fn(s):
-    preds = predict(config, {'params': s.params, 'batch_stats': s.batch_stats}, dataset.test_images, logits_apply)
-    return {'test_accuracy': float(np.mean(preds == dataset.test_labels))}
+    variables = {'params': s.params, 'batch_stats': s.batch_stats}
+    preds = predict(config, variables, dataset.test_images, logits_apply)
+    scalars = {'test_accuracy': float(np.mean(preds == dataset.test_labels))}
+    if config.rgrl.track_memorization:
+      # The memorisation curve: agreement with the noisy labels rising while agreement with the (hidden) clean
+      # labels falls is the network fitting the noise. Clean labels are read here for this curve only.
+      train_preds = predict(config, variables, dataset.train_images, logits_apply)
+      scalars['train_accuracy_noisy_labels'] = float(np.mean(train_preds == noisy.labels))
+      scalars['train_accuracy_clean_labels'] = float(np.mean(train_preds == dataset.train_labels))
+    return scalars
 
   if start < sched.num_steps:
     logging.info('rgrl: %s on %s noisy labels (realised rate %.4f)%s, %d steps, global batch %d.',

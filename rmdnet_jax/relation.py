@@ -27,258 +27,258 @@ NODE_KINDS = ("frobenius", "cosine")
 
 
 def _as_compute_dtype(x):
-    """Casts to at least float32 (bf16/f16 -> f32; f64 stays f64).
+  """Casts to at least float32 (bf16/f16 -> f32; f64 stays f64).
 
-    The B x B graphs are sums of D products and the Frobenius norms sum B^2 squared differences of numbers
-    near 1; in bf16 (8 mantissa bits) both lose most of the signal, so the losses are always computed in at
-    least float32. float64 is kept so that finite-difference checks under x64 are meaningful.
-    """
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  The B x B graphs are sums of D products and the Frobenius norms sum B^2 squared differences of numbers
+  near 1; in bf16 (8 mantissa bits) both lose most of the signal, so the losses are always computed in at
+  least float32. float64 is kept so that finite-difference checks under x64 are meaningful.
+  """
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _check_features(features, name):
-    if features.ndim != 2:
-        raise ValueError(f"{name} must be a [B, D] array, got shape {features.shape}.")
+  if features.ndim != 2:
+    raise ValueError(f"{name} must be a [B, D] array, got shape {features.shape}.")
 
 
 def _check_pair(teacher_features, student_features):
-    _check_features(teacher_features, "teacher_features")
-    _check_features(student_features, "student_features")
-    if teacher_features.shape[0] != student_features.shape[0]:
-        raise ValueError(
-            "Teacher and student features must describe the same batch, got batch sizes "
-            f"{teacher_features.shape[0]} and {student_features.shape[0]}."
-        )
-    if teacher_features.shape[1] != student_features.shape[1]:
-        raise ValueError(
-            f"Student feature dimension {student_features.shape[1]} differs from the teacher's "
-            f"{teacher_features.shape[1]}: the projection head must map the student to the teacher's dimension."
-        )
+  _check_features(teacher_features, "teacher_features")
+  _check_features(student_features, "student_features")
+  if teacher_features.shape[0] != student_features.shape[0]:
+    raise ValueError(
+      "Teacher and student features must describe the same batch, got batch sizes "
+      f"{teacher_features.shape[0]} and {student_features.shape[0]}."
+    )
+  if teacher_features.shape[1] != student_features.shape[1]:
+    raise ValueError(
+      f"Student feature dimension {student_features.shape[1]} differs from the teacher's "
+      f"{teacher_features.shape[1]}: the projection head must map the student to the teacher's dimension."
+    )
 
 
 def _check_kind(kind, valid, key):
-    if kind not in valid:
-        raise ValueError(f"Unknown {key} {kind!r}; set the config key {key} to one of: {', '.join(valid)}.")
+  if kind not in valid:
+    raise ValueError(f"Unknown {key} {kind!r}; set the config key {key} to one of: {', '.join(valid)}.")
 
 
 def _safe_sqrt(x):
-    """sqrt with gradient 0 (not inf/NaN) at x == 0.
+  """sqrt with gradient 0 (not inf/NaN) at x == 0.
 
-    d sqrt(x)/dx = 1 / (2 sqrt(x)) is infinite at 0, and 0 * inf = NaN would then poison the whole update
-    when the student matches the teacher exactly. The inner ``where`` keeps the untaken branch finite too,
-    since ``where`` alone still differentiates both branches.
-    """
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+  d sqrt(x)/dx = 1 / (2 sqrt(x)) is infinite at 0, and 0 * inf = NaN would then poison the whole update
+  when the student matches the teacher exactly. The inner ``where`` keeps the untaken branch finite too,
+  since ``where`` alone still differentiates both branches.
+  """
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 def _frobenius_norm(m):
-    """||m||_F with a finite gradient at m == 0.
+  """||m||_F with a finite gradient at m == 0.
 
-    The unsquared norm (EGA's loss) is a cone: its gradient m / ||m||_F has unit norm however small m is, so
-    when teacher and student graphs agree up to round-off the gradient points along the round-off. That is
-    the loss's nature, not a numerical failure; ``mse`` is the smooth alternative.
-    """
-    return _safe_sqrt(jnp.sum(jnp.square(m)))
+  The unsquared norm (EGA's loss) is a cone: its gradient m / ||m||_F has unit norm however small m is, so
+  when teacher and student graphs agree up to round-off the gradient points along the round-off. That is
+  the loss's nature, not a numerical failure; ``mse`` is the smooth alternative.
+  """
+  return _safe_sqrt(jnp.sum(jnp.square(m)))
 
 
 @functools.partial(jax.jit, static_argnames=("eps",))
 def l2_normalize(x, eps=1e-8):
-    """Scales each row to unit L2 norm; a zero row stays zero.
+  """Scales each row to unit L2 norm; a zero row stays zero.
 
-    ``x * rsqrt(max(|x|^2, eps^2))``: clamping the squared norm (rather than adding eps) leaves non-zero rows
-    exactly unit-norm, and a zero row gives 0 with a finite gradient instead of 0/0 = NaN.
+  ``x * rsqrt(max(|x|^2, eps^2))``: clamping the squared norm (rather than adding eps) leaves non-zero rows
+  exactly unit-norm, and a zero row gives 0 with a finite gradient instead of 0/0 = NaN.
 
-    Args:
-      x: [B, D] features (or any [..., D] array; normalised over the last axis).
-      eps: norm floor below which a row is treated as (near) zero.
+  Args:
+    x: [B, D] features (or any [..., D] array; normalised over the last axis).
+    eps: norm floor below which a row is treated as (near) zero.
 
-    Returns:
-      [B, D] array of the input's dtype promoted to at least float32. The gradient at an exactly zero row is
-      finite but scaled by 1/eps (the map is x / eps there); real features are never exactly zero.
-    """
-    x = _as_compute_dtype(x)
-    sq_norm = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
+  Returns:
+    [B, D] array of the input's dtype promoted to at least float32. The gradient at an exactly zero row is
+    finite but scaled by 1/eps (the map is x / eps there); real features are never exactly zero.
+  """
+  x = _as_compute_dtype(x)
+  sq_norm = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
 
 
 def _prepare(features, center):
-    """Optionally centres each row over its features, then normalises it: rows of the graph's Gram matrix."""
-    features = _as_compute_dtype(features)
-    if center:
-        # Pearson correlation = cosine of the mean-centred vectors (EGA's graph); a constant row, e.g. a zero
-        # vector, becomes the zero vector and thus gets a zero row and column.
-        features = features - jnp.mean(features, axis=-1, keepdims=True)
-    return l2_normalize(features)
+  """Optionally centres each row over its features, then normalises it: rows of the graph's Gram matrix."""
+  features = _as_compute_dtype(features)
+  if center:
+    # Pearson correlation = cosine of the mean-centred vectors (EGA's graph); a constant row, e.g. a zero
+    # vector, becomes the zero vector and thus gets a zero row and column.
+    features = features - jnp.mean(features, axis=-1, keepdims=True)
+  return l2_normalize(features)
 
 
 @functools.partial(jax.jit, static_argnames=("center",))
 def relation_graph(features, *, center=False):
-    """Cosine-similarity relation graph A_ij = cos(h_i, h_j).
+  """Cosine-similarity relation graph A_ij = cos(h_i, h_j).
 
-    Args:
-      features: [B, D] features of one batch.
-      center: subtract each row's mean over its D features first, so that A is the Pearson-correlation graph
-        (as in EGA).
+  Args:
+    features: [B, D] features of one batch.
+    center: subtract each row's mean over its D features first, so that A is the Pearson-correlation graph
+    (as in EGA).
 
-    Returns:
-      [B, B] symmetric graph, float32 (float64 for float64 inputs); the diagonal is 1 for non-zero rows, and
-      the row and column of a zero (or, with ``center``, constant) vector are 0, diagonal entry included.
-    """
-    _check_features(features, "features")
-    n = _prepare(features, center)
-    # HIGHEST precision: on TPU/GPU the default matmul precision rounds the inputs to bf16/tf32, which would
-    # make graph entries (and their teacher-student differences) wrong in the third decimal.
-    return jnp.matmul(n, n.T, precision=jax.lax.Precision.HIGHEST)
+  Returns:
+    [B, B] symmetric graph, float32 (float64 for float64 inputs); the diagonal is 1 for non-zero rows, and
+    the row and column of a zero (or, with ``center``, constant) vector are 0, diagonal entry included.
+  """
+  _check_features(features, "features")
+  n = _prepare(features, center)
+  # HIGHEST precision: on TPU/GPU the default matmul precision rounds the inputs to bf16/tf32, which would
+  # make graph entries (and their teacher-student differences) wrong in the third decimal.
+  return jnp.matmul(n, n.T, precision=jax.lax.Precision.HIGHEST)
 
 
 @functools.partial(jax.jit, static_argnames=("center",))
 def cross_graph(teacher_features, student_features, *, center=False):
-    """Teacher-student cross graph N_ij = cos(t_i, s_j).
+  """Teacher-student cross graph N_ij = cos(t_i, s_j).
 
-    No stop-gradient here (a plain graph builder); the losses stop the teacher's gradient.
+  No stop-gradient here (a plain graph builder); the losses stop the teacher's gradient.
 
-    Args:
-      teacher_features: [B, D] teacher features.
-      student_features: [B, D] student features (after the projection head).
-      center: centre each row over its features first (Pearson correlation).
+  Args:
+    teacher_features: [B, D] teacher features.
+    student_features: [B, D] student features (after the projection head).
+    center: centre each row over its features first (Pearson correlation).
 
-    Returns:
-      [B, B] graph (not symmetric in general); row i is teacher node i, column j student node j.
-    """
-    _check_pair(teacher_features, student_features)
-    t = _prepare(teacher_features, center)
-    s = _prepare(student_features, center)
-    return jnp.matmul(t, s.T, precision=jax.lax.Precision.HIGHEST)
+  Returns:
+    [B, B] graph (not symmetric in general); row i is teacher node i, column j student node j.
+  """
+  _check_pair(teacher_features, student_features)
+  t = _prepare(teacher_features, center)
+  s = _prepare(student_features, center)
+  return jnp.matmul(t, s.T, precision=jax.lax.Precision.HIGHEST)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "center", "k"))
 def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, k=None,
-                       temperature=0.5):
-    """Edge matching: the student's relation graph must reproduce the teacher's.
+             temperature=0.5):
+  """Edge matching: the student's relation graph must reproduce the teacher's.
 
-    Kinds (A^T, A^S = ``relation_graph`` of teacher and student):
-      * ``frobenius`` (default): ||A^T - A^S||_F.
-      * ``mse``: mean over the B*B entries of (A^T - A^S)^2.
-      * ``kl``: for each node i its k nearest neighbours N_i by teacher similarity (diagonal excluded),
-        p_i = softmax(A^T[i, N_i] / tau), q_i = softmax(A^S[i, N_i] / tau); loss = mean_i KL(p_i || q_i).
+  Kinds (A^T, A^S = ``relation_graph`` of teacher and student):
+    * ``frobenius`` (default): ||A^T - A^S||_F.
+    * ``mse``: mean over the B*B entries of (A^T - A^S)^2.
+    * ``kl``: for each node i its k nearest neighbours N_i by teacher similarity (diagonal excluded),
+    p_i = softmax(A^T[i, N_i] / tau), q_i = softmax(A^S[i, N_i] / tau); loss = mean_i KL(p_i || q_i).
 
-    Args:
-      teacher_features: [B, D] teacher features; receive no gradient.
-      student_features: [B, D] student features, same D as the teacher.
-      kind: one of ``EDGE_KINDS`` (config ``relation.edge_kind``).
-      center: Pearson-correlation graphs instead of cosine graphs.
-      k: neighbourhood size for ``kl`` in [1, B-1]; None = all B-1 other nodes. Ignored by the other kinds.
-      temperature: softmax temperature tau of ``kl`` (> 0); ignored by the other kinds.
+  Args:
+    teacher_features: [B, D] teacher features; receive no gradient.
+    student_features: [B, D] student features, same D as the teacher.
+    kind: one of ``EDGE_KINDS`` (config ``relation.edge_kind``).
+    center: Pearson-correlation graphs instead of cosine graphs.
+    k: neighbourhood size for ``kl`` in [1, B-1]; None = all B-1 other nodes. Ignored by the other kinds.
+    temperature: softmax temperature tau of ``kl`` (> 0); ignored by the other kinds.
 
-    Returns:
-      Scalar loss, float32 (float64 for float64 inputs).
+  Returns:
+    Scalar loss, float32 (float64 for float64 inputs).
 
-    Raises:
-      ValueError: unknown kind, k outside [1, B-1], or mismatched shapes.
-    """
-    _check_kind(kind, EDGE_KINDS, "relation.edge_kind")
-    _check_pair(teacher_features, student_features)
-    # The teacher is the frozen relation model from RM: it is the target the student is pulled towards, so no
-    # gradient may flow into it (as the stop-gradient on the target branch in byol/SimSiam).
-    teacher_features = jax.lax.stop_gradient(teacher_features)
-    a_t = relation_graph(teacher_features, center=center)
-    a_s = relation_graph(student_features, center=center)
-    if kind == "frobenius":
-        return _frobenius_norm(a_t - a_s)
-    if kind == "mse":
-        return jnp.mean(jnp.square(a_t - a_s))
+  Raises:
+    ValueError: unknown kind, k outside [1, B-1], or mismatched shapes.
+  """
+  _check_kind(kind, EDGE_KINDS, "relation.edge_kind")
+  _check_pair(teacher_features, student_features)
+  # The teacher is the frozen relation model from RM: it is the target the student is pulled towards, so no
+  # gradient may flow into it (as the stop-gradient on the target branch in byol/SimSiam).
+  teacher_features = jax.lax.stop_gradient(teacher_features)
+  a_t = relation_graph(teacher_features, center=center)
+  a_s = relation_graph(student_features, center=center)
+  if kind == "frobenius":
+    return _frobenius_norm(a_t - a_s)
+  if kind == "mse":
+    return jnp.mean(jnp.square(a_t - a_s))
 
-    b = a_t.shape[0]
-    if b < 2:
-        raise ValueError(
-            f"The kl edge loss needs a global batch of at least 2 so that relation.edge_topk can lie in "
-            f"[1, B-1], got B = {b}."
-        )
-    num_neighbours = b - 1 if k is None else k
-    if not 1 <= num_neighbours <= b - 1:
-        raise ValueError(
-            f"relation.edge_topk = {k} must lie in [1, B-1] = [1, {b - 1}] for the global batch B = {b} "
-            "(the kl edge loss needs at least one neighbour per node besides itself)."
-        )
-    # A node is not its own neighbour: its self-similarity is 1 for every sample and carries no relation.
-    masked = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, a_t)
-    # Neighbours are chosen by the teacher only, so the selection is a constant w.r.t. the student and the
-    # loss is smooth in the student features. Ties go to the lower index (lax.top_k).
-    _, idx = jax.lax.top_k(masked, num_neighbours)
-    logits_t = jnp.take_along_axis(a_t, idx, axis=1) / temperature
-    logits_s = jnp.take_along_axis(a_s, idx, axis=1) / temperature
-    log_p = jax.nn.log_softmax(logits_t, axis=-1)
-    log_q = jax.nn.log_softmax(logits_s, axis=-1)
-    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-    return jnp.mean(kl)
+  b = a_t.shape[0]
+  if b < 2:
+    raise ValueError(
+      f"The kl edge loss needs a global batch of at least 2 so that relation.edge_topk can lie in "
+      f"[1, B-1], got B = {b}."
+    )
+  num_neighbours = b - 1 if k is None else k
+  if not 1 <= num_neighbours <= b - 1:
+    raise ValueError(
+      f"relation.edge_topk = {k} must lie in [1, B-1] = [1, {b - 1}] for the global batch B = {b} "
+      "(the kl edge loss needs at least one neighbour per node besides itself)."
+    )
+  # A node is not its own neighbour: its self-similarity is 1 for every sample and carries no relation.
+  masked = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, a_t)
+  # Neighbours are chosen by the teacher only, so the selection is a constant w.r.t. the student and the
+  # loss is smooth in the student features. Ties go to the lower index (lax.top_k).
+  _, idx = jax.lax.top_k(masked, num_neighbours)
+  logits_t = jnp.take_along_axis(a_t, idx, axis=1) / temperature
+  logits_s = jnp.take_along_axis(a_s, idx, axis=1) / temperature
+  log_p = jax.nn.log_softmax(logits_t, axis=-1)
+  log_q = jax.nn.log_softmax(logits_s, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+  return jnp.mean(kl)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "center"))
 def node_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False):
-    """Node matching: each student node must match its own teacher node.
+  """Node matching: each student node must match its own teacher node.
 
-    Kinds:
-      * ``frobenius`` (default): ||N - I||_F with N = ``cross_graph(t, s)``: the student node i must align
-        with teacher node i (N_ii -> 1) and be orthogonal to every other teacher node (N_ij -> 0, j != i).
-      * ``cosine``: mean_i (1 - cos(t_i, s_i)), the diagonal of N only.
+  Kinds:
+    * ``frobenius`` (default): ||N - I||_F with N = ``cross_graph(t, s)``: the student node i must align
+    with teacher node i (N_ii -> 1) and be orthogonal to every other teacher node (N_ij -> 0, j != i).
+    * ``cosine``: mean_i (1 - cos(t_i, s_i)), the diagonal of N only.
 
-    Args:
-      teacher_features: [B, D] teacher features; receive no gradient.
-      student_features: [B, D] student features, same D as the teacher.
-      kind: one of ``NODE_KINDS`` (config ``relation.node_kind``).
-      center: centre each row over its features first (Pearson correlation).
+  Args:
+    teacher_features: [B, D] teacher features; receive no gradient.
+    student_features: [B, D] student features, same D as the teacher.
+    kind: one of ``NODE_KINDS`` (config ``relation.node_kind``).
+    center: centre each row over its features first (Pearson correlation).
 
-    Returns:
-      Scalar loss, float32 (float64 for float64 inputs).
+  Returns:
+    Scalar loss, float32 (float64 for float64 inputs).
 
-    Raises:
-      ValueError: unknown kind or mismatched shapes.
-    """
-    _check_kind(kind, NODE_KINDS, "relation.node_kind")
-    _check_pair(teacher_features, student_features)
-    # Frozen teacher: it is the target, never updated by the distillation loss (as byol's target branch).
-    teacher_features = jax.lax.stop_gradient(teacher_features)
-    if kind == "frobenius":
-        n = cross_graph(teacher_features, student_features, center=center)
-        return _frobenius_norm(n - jnp.eye(n.shape[0], dtype=n.dtype))
-    # Row-wise dot product instead of the B x B graph's diagonal: O(B D) rather than O(B^2 D).
-    t = _prepare(teacher_features, center)
-    s = _prepare(student_features, center)
-    return jnp.mean(1.0 - jnp.sum(t * s, axis=-1))
+  Raises:
+    ValueError: unknown kind or mismatched shapes.
+  """
+  _check_kind(kind, NODE_KINDS, "relation.node_kind")
+  _check_pair(teacher_features, student_features)
+  # Frozen teacher: it is the target, never updated by the distillation loss (as byol's target branch).
+  teacher_features = jax.lax.stop_gradient(teacher_features)
+  if kind == "frobenius":
+    n = cross_graph(teacher_features, student_features, center=center)
+    return _frobenius_norm(n - jnp.eye(n.shape[0], dtype=n.dtype))
+  # Row-wise dot product instead of the B x B graph's diagonal: O(B D) rather than O(B^2 D).
+  t = _prepare(teacher_features, center)
+  s = _prepare(student_features, center)
+  return jnp.mean(1.0 - jnp.sum(t * s, axis=-1))
 
 
 @functools.partial(jax.jit, static_argnames=("edge_kind", "node_kind", "center", "k"))
 def relation_distillation_loss(teacher_features, student_features, *, node_weight=1.0, edge_weight=0.3,
-                               edge_kind="frobenius", node_kind="frobenius", center=False, k=None,
-                               temperature=0.5):
-    """RGRL relation regulariser: node_weight * L_node + edge_weight * L_edge.
+                 edge_kind="frobenius", node_kind="frobenius", center=False, k=None,
+                 temperature=0.5):
+  """RGRL relation regulariser: node_weight * L_node + edge_weight * L_edge.
 
-    Reconstruction: defaults are EGA's (node weight 1, edge weight 0.3, Frobenius node and edge losses). The
-    hyperparameter K of the objective L = L_method + K * total is applied by the train step. The weights are
-    traced (not static), so weight schedules or sweeps do not recompile; both terms are always computed so
-    that they can be logged even when their weight is 0.
+  Reconstruction: defaults are EGA's (node weight 1, edge weight 0.3, Frobenius node and edge losses). The
+  hyperparameter K of the objective L = L_method + K * total is applied by the train step. The weights are
+  traced (not static), so weight schedules or sweeps do not recompile; both terms are always computed so
+  that they can be logged even when their weight is 0.
 
-    Args:
-      teacher_features: [B, D] teacher features of the global batch; receive no gradient.
-      student_features: [B, D] projected student features of the same images in the same order.
-      node_weight: weight of the node term (0 turns it off).
-      edge_weight: weight of the edge term (0 turns it off).
-      edge_kind: see ``edge_matching_loss``; config ``relation.edge_kind``.
-      node_kind: see ``node_matching_loss``; config ``relation.node_kind``.
-      center: Pearson-correlation graphs for both terms.
-      k: neighbourhood size of the ``kl`` edge loss (config ``relation.edge_topk``).
-      temperature: softmax temperature of the ``kl`` edge loss.
+  Args:
+    teacher_features: [B, D] teacher features of the global batch; receive no gradient.
+    student_features: [B, D] projected student features of the same images in the same order.
+    node_weight: weight of the node term (0 turns it off).
+    edge_weight: weight of the edge term (0 turns it off).
+    edge_kind: see ``edge_matching_loss``; config ``relation.edge_kind``.
+    node_kind: see ``node_matching_loss``; config ``relation.node_kind``.
+    center: Pearson-correlation graphs for both terms.
+    k: neighbourhood size of the ``kl`` edge loss (config ``relation.edge_topk``).
+    temperature: softmax temperature of the ``kl`` edge loss.
 
-    Returns:
-      (total, {"node": L_node, "edge": L_edge}), all scalars.
+  Returns:
+    (total, {"node": L_node, "edge": L_edge}), all scalars.
 
-    Raises:
-      ValueError: unknown kinds, invalid k, or mismatched shapes.
-    """
-    node = node_matching_loss(teacher_features, student_features, kind=node_kind, center=center)
-    edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, center=center, k=k,
-                              temperature=temperature)
-    total = node_weight * node + edge_weight * edge
-    return total, {"node": node, "edge": edge}
+  Raises:
+    ValueError: unknown kinds, invalid k, or mismatched shapes.
+  """
+  node = node_matching_loss(teacher_features, student_features, kind=node_kind, center=center)
+  edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, center=center, k=k,
+                temperature=temperature)
+  total = node_weight * node + edge_weight * edge
+  return total, {"node": node, "edge": edge}

@@ -40,7 +40,8 @@ def test_two_stage_run_writes_checkpoints_metrics_and_results(finished_run):
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   keys = set().union(*rows)
   for key in ('rm/loss', 'rm/knn_accuracy', 'rm/learning_rate', 'rm/images_per_second', 'rgrl/loss',
-              'rgrl/method', 'rgrl/node', 'rgrl/edge', 'rgrl/test_accuracy'):
+              'rgrl/method', 'rgrl/node', 'rgrl/edge', 'rgrl/test_accuracy', 'rgrl/train_accuracy_noisy_labels',
+              'rgrl/train_accuracy_clean_labels'):
     assert key in keys, key
   saved = json.load(open(os.path.join(workdir, 'results.json')))
   assert saved['rgrl_steps'] == 8
