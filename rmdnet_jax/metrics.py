@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
 
+from rmdnet_jax import fileio
+
 
 def _normalize(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -47,16 +49,20 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwa
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends one JSON object per `write_scalars` call to WORKDIR/metrics.jsonl: easy to read from anything."""
+  """One JSON object per `write_scalars` call in WORKDIR/metrics.jsonl: easy to read from anything.
+
+  The file is rewritten whole on each call (it holds one row per log interval, so it stays small) because object
+  stores such as GCS cannot append; a resumed run keeps the rows already there.
+  """
 
   def __init__(self, path: str):
     self._path = path
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    self._text = fileio.read_text(path) if fileio.exists(path) else ''
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    self._text += json.dumps(row) + '\n'
+    fileio.write_text(self._path, self._text)
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -98,7 +104,6 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def read_jsonl(path: str) -> list:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]

@@ -19,14 +19,16 @@ than being fixed by construction; ``NoisyLabels.realized_rate`` records what act
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import scipy.stats
+
+from rmdnet_jax import fileio
 
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "pairflip", "instance")
 CIFAR100_GROUPINGS = ("superclass", "index_blocks")
@@ -547,33 +549,23 @@ def make_noisy_labels(
 
 
 def save_noisy_labels(path: str | os.PathLike, noisy: NoisyLabels, meta: Mapping[str, Any]) -> None:
-    """Writes noisy labels to an ``.npz`` file atomically.
+    """Writes noisy labels to an ``.npz`` file atomically (local path or ``gs://``).
 
     Args:
         path: destination file; its directory is created if needed.
         noisy: the labels, realised rate and transition matrix to store.
         meta: JSON-serialisable description of how they were made (kind, rate, seed, grouping, ...).
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    meta_json = json.dumps(dict(meta), sort_keys=True)
-    # Write next to the destination and rename, so a reader (or a crash) never sees a half-written file.
-    file_descriptor, temporary_path = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(file_descriptor, "wb") as temporary_file:
-            np.savez(
-                temporary_file,
-                labels=np.asarray(noisy.labels, dtype=np.int64),
-                transition=np.asarray(noisy.transition, dtype=np.float64),
-                realized_rate=np.float64(noisy.realized_rate),
-                meta=np.array(meta_json),
-            )
-        os.replace(temporary_path, path)
-    except BaseException:
-        if os.path.exists(temporary_path):
-            os.remove(temporary_path)
-        raise
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        labels=np.asarray(noisy.labels, dtype=np.int64),
+        transition=np.asarray(noisy.transition, dtype=np.float64),
+        realized_rate=np.float64(noisy.realized_rate),
+        meta=np.array(json.dumps(dict(meta), sort_keys=True)),
+    )
+    # fileio writes next to the destination and renames, so a reader (or a crash) never sees a half-written file.
+    fileio.write_bytes(path, buffer.getvalue())
 
 
 def load_noisy_labels(path: str | os.PathLike) -> tuple[NoisyLabels, dict]:
@@ -588,12 +580,11 @@ def load_noisy_labels(path: str | os.PathLike) -> tuple[NoisyLabels, dict]:
     Raises:
         FileNotFoundError: if ``path`` does not exist.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(
-            f"No noisy-label file at {path}; generate it with save_noisy_labels or check the path."
+            f"No noisy-label file at {os.fspath(path)}; generate it with save_noisy_labels or check the path."
         )
-    with np.load(path, allow_pickle=False) as stored:
+    with np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False) as stored:
         noisy = NoisyLabels(
             labels=stored["labels"].astype(np.int64),
             realized_rate=float(stored["realized_rate"]),

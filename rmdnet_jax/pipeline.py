@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import augment, checkpoints, config_checks, data, distill, loop, methods, metrics, noise, parallel
+from rmdnet_jax import augment, checkpoints, config_checks, data, distill, fileio, loop, methods, metrics, noise
+from rmdnet_jax import parallel
 from rmdnet_jax import simsiam
 from rmdnet_jax import train_state as train_state_lib
 
@@ -51,9 +52,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   """Saves WORKDIR/config.json on the first run; later runs must have the same config (but RESUMABLE_KEYS)."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if fileio.exists(path):
+    saved = json.loads(fileio.read_text(path))
     a, b = _flatten(saved), _flatten(current)
     changed = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
     if changed and not config.allow_config_change:
@@ -62,10 +62,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
           f'{workdir} holds a run with a different config ({detail}); use a new --workdir, or pass '
           '--config.allow_config_change=True to resume it with the new values.')
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(path + '.tmp', path)
+    fileio.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def _labels_digest(labels: np.ndarray) -> str:
@@ -81,7 +78,7 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
   meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
           'cifar100_grouping': n.cifar100_grouping, 'dataset': dataset.name,
           'num_examples': int(len(dataset.train_labels)), 'clean_labels_sha256': _labels_digest(dataset.train_labels)}
-  if os.path.exists(path):
+  if fileio.exists(path):
     noisy, saved = noise.load_noisy_labels(path)
     mismatched = [k for k in meta if saved.get(k) != meta[k]]
     if mismatched:
@@ -313,23 +310,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics.create_writer(workdir)
   if jax.process_index() == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
-  results = {'workdir': os.path.abspath(workdir), 'dataset': dataset.name, 'noise': config.noise.kind,
+  results = {'workdir': fileio.absolute(workdir), 'dataset': dataset.name, 'noise': config.noise.kind,
              'noise_rate': config.noise.rate, 'method': config.method.name, 'rmdnet': bool(config.method.distill),
              'seed': config.seed}
   for stage in stages:
     if stage == 'rm':
       rm_stage(config, dataset, workdir, writer)
-      results['rm_checkpoints'] = os.path.join(os.path.abspath(workdir), 'rm')
+      results['rm_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rm')
     elif stage == 'teacher_knn':
       results.update(teacher_knn_stage(config, dataset, workdir, writer))
     elif stage == 'rgrl':
       results.update(rgrl_stage(config, dataset, noisy, workdir, writer))
-      results['rgrl_checkpoints'] = os.path.join(os.path.abspath(workdir), 'rgrl')
+      results['rgrl_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rgrl')
   writer.flush()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
+    fileio.write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   if jax.process_index() == 0:
     print(format_summary(results), flush=True)
   return results

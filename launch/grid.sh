@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# launch/grid.sh: a grid of rmdnet_jax runs as a sequential queue on one machine (a TPU VM, or any host with the
+# environment set up), each cell in its own work directory BASE/NAME, named after its settings. Run it from the
+# repository root; on a TPU VM start it with `launch/tpu_vm.sh grid`, which runs it in tmux on every worker.
+#
+# Usage: launch/grid.sh [--base=DIR] [--cells=FILE] [--seeds=0,1,2] [--python=EXE] [--log-dir=DIR] [--multihost]
+#                       [--list | --dry-run]
+#
+#   --base=DIR      parent of the cells' work directories; gs://bucket/path is passed through [workdirs/grid]
+#   --cells=FILE    the cells to run, one per line (format below) [the default grid]
+#   --seeds=LIST    seeds of the default grid, comma-separated [0,1,2]
+#   --python=EXE    interpreter that runs rmdnet_jax.main [python, i.e. the active environment's]
+#   --log-dir=DIR   each cell's output goes to DIR/NAME.log, appended [logs/grid]
+#   --multihost     pass --multihost to every run (a pod slice; launch/tpu_vm.sh grid adds it)
+#   --list          print the cells in the cells-file format (edit the output and pass it back with --cells)
+#   --dry-run       print the command of every cell instead of running it
+#   --help          show this text
+#
+# The default grid is the RMDNet results table: CIFAR-10 and CIFAR-100, RMDNet (configs/cifar*_rmdnet.py) and its
+# CE baseline (the same config with --config.method.distill=False), at symmetric 20/50/80%, asymmetric 40% and
+# pairflip 45% noise, over seeds 0, 1, 2 (--config.seed and --config.noise.seed): 60 cells, ordered seed by seed,
+# so that one complete table is ready first. Two things keep it from training what it does not need to:
+#   * the SimSiam teacher (RM stage, 800 epochs: most of an RMDNet run) never sees a label, so one teacher cell per
+#     dataset and seed (DATASET_simsiam_sSEED, --config.stages=rm) serves all five noise settings, whose RMDNet
+#     cells run --config.stages=rgrl with --config.relation.teacher_checkpoint=BASE/DATASET_simsiam_sSEED/rm.
+#     That is 6 teacher cells instead of 30 SimSiam runs, with the same results: the RM stage depends only on
+#     --config.seed, the data and the model;
+#   * the CE baseline needs no teacher, so its cells run --config.stages=rgrl only.
+# So 66 cells in all. A cell that names BASE/OTHER/ of a cell that failed in this queue is skipped.
+#
+# Cells file: one cell per line, `[NAME] CONFIG [--config.KEY=VALUE ...]`. Words are split as a shell would
+# (quotes and backslashes work; nothing is expanded); `{base}` stands for --base; blank lines and lines starting
+# with # are skipped. Without NAME, the name is CONFIG's file name and the overrides, e.g.
+# cifar10_rmdnet+noise.rate=0.2+seed=1 (characters other than letters, digits and ._=+- become _). Names
+# must be unique.
+#
+# Rerunning the same command resumes the queue: a finished stage is skipped in seconds, an interrupted one continues
+# from its checkpoint (see README, "Resuming"). The exit status is 1 when a cell failed or was skipped.
+#
+# Examples:
+#   launch/grid.sh --list                                     # the 66 cells
+#   launch/grid.sh --dry-run --base=gs://BUCKET/grid          # their commands
+#   launch/grid.sh --list --seeds=0 > cells.txt && launch/grid.sh --cells=cells.txt --base=workdirs/seed0
+set -euo pipefail
+
+die() { echo "grid.sh: $*" >&2; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+  die "needs bash 4.4 or newer (this is $BASH_VERSION); on macOS: brew install bash"
+fi
+shopt -s inherit_errexit
+
+quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
+
+BASE=workdirs/grid
+CELLS_FILE=''
+SEEDS=0,1,2
+PYTHON_EXE=python
+LOG_DIR=logs/grid
+MULTIHOST=0
+LIST=0
+DRY_RUN=0
+
+set_option() {
+  case $1 in
+    --base) BASE=$2 ;;
+    --cells) CELLS_FILE=$2 ;;
+    --seeds) SEEDS=$2 ;;
+    --python) PYTHON_EXE=$2 ;;
+    --log-dir) LOG_DIR=$2 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+}
+
+while (($#)); do
+  case $1 in
+    --multihost) MULTIHOST=1 ;;
+    --list) LIST=1 ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) usage; exit 0 ;;
+    --*=*) set_option "${1%%=*}" "${1#*=}" ;;
+    --*) (($# >= 2)) || die "$1 needs a value"; set_option "$1" "$2"; shift ;;
+    *) die "unexpected argument '$1' (see --help)" ;;
+  esac
+  shift
+done
+BASE=${BASE%/}
+[[ -n $BASE ]] || die "--base is empty"
+[[ -f rmdnet_jax/main.py ]] || die "run me from the repository root (the configs and work directories are relative to it)"
+
+# --- the cells ---------------------------------------------------------------------------------------------------
+default_cells() {
+  local seed dataset config teacher noise kind rate label common seeds
+  local noises=(symmetric:0.2:sym20 symmetric:0.5:sym50 symmetric:0.8:sym80 asymmetric:0.4:asym40 pairflip:0.45:pairflip45)
+  IFS=, read -ra seeds <<< "$SEEDS"
+  for seed in "${seeds[@]}"; do
+    [[ $seed =~ ^[0-9]+$ ]] || die "--seeds must be comma-separated integers, not '$SEEDS'"
+    for dataset in cifar10 cifar100; do
+      config=configs/${dataset}_rmdnet.py
+      teacher=${dataset}_simsiam_s$seed
+      echo "$teacher $config --config.stages=rm --config.seed=$seed"
+      for noise in "${noises[@]}"; do
+        IFS=: read -r kind rate label <<< "$noise"
+        common="--config.noise.kind=$kind --config.noise.rate=$rate --config.seed=$seed --config.noise.seed=$seed"
+        echo "${dataset}_rmdnet_${label}_s$seed $config --config.stages=rgrl" \
+             "--config.relation.teacher_checkpoint={base}/$teacher/rm $common"
+        echo "${dataset}_ce_${label}_s$seed $config --config.method.distill=False --config.stages=rgrl $common"
+      done
+    done
+  done
+}
+
+NAMES=()         # cell names, in queue order
+ARGS=()          # each cell's CONFIG and overrides, as one quote()d string (eval turns it back into words)
+declare -A SEEN=()
+
+# The words of one cells-file line. xargs splits like a shell (quotes, backslashes) but, unlike eval, never runs
+# anything that is in the file.
+add_cell() {
+  local line=$1 where=$2 words=() name config override
+  mapfile -d '' -t words < <(printf '%s\n' "$line" | xargs printf '%s\0')
+  wait $! || die "$where: cannot split '$line' into words (unbalanced quotes?)"
+  ((${#words[@]})) || return 0
+  if [[ ${words[0]} == *.py ]]; then
+    name=$(basename "${words[0]}" .py)
+    for override in "${words[@]:1}"; do name+=+${override#--config.}; done
+    name=${name//[^A-Za-z0-9._=+-]/_}
+  else
+    name=${words[0]}
+    words=("${words[@]:1}")
+  fi
+  ((${#words[@]})) && [[ ${words[0]} == *.py ]] || die "$where: expected [NAME] CONFIG.py [--config.KEY=VALUE ...], got '$line'"
+  config=${words[0]}
+  for override in "${words[@]:1}"; do
+    [[ $override == --config.?*=* ]] || die "$where: '$override' is not a --config.KEY=VALUE override"
+  done
+  [[ $name =~ ^[A-Za-z0-9._=+-]+$ ]] || die "$where: cell name '$name' may only have letters, digits and ._=+-"
+  [[ -z ${SEEN[$name]:-} ]] || die "$where: cell name '$name' is used twice (${SEEN[$name]}); names must be unique"
+  SEEN[$name]=$where
+  NAMES+=("$name")
+  ARGS+=("$(quote "$config" "${words[@]:1}")")
+}
+
+if [[ -n $CELLS_FILE ]]; then
+  [[ -f $CELLS_FILE ]] || die "no cells file $CELLS_FILE"
+  lineno=0
+  while IFS= read -r line || [[ -n $line ]]; do
+    lineno=$((lineno + 1))
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    add_cell "$line" "$CELLS_FILE:$lineno"
+  done < "$CELLS_FILE"
+else
+  lineno=0
+  while IFS= read -r line; do
+    lineno=$((lineno + 1))
+    add_cell "$line" "default cell $lineno"
+  done < <(default_cells)
+fi
+((${#NAMES[@]})) || die "no cells to run"
+
+if ((LIST)); then
+  # quote() escapes the braces of {base}; the cells-file reader does not need that.
+  for i in "${!NAMES[@]}"; do line="${NAMES[i]} ${ARGS[i]}"; echo "${line//\\\{base\\\}/\{base\}}"; done
+  exit 0
+fi
+
+# --- the queue ---------------------------------------------------------------------------------------------------
+# A stop (Ctrl-C, tmux kill-session, SIGTERM of a preempted VM) stops the queue, not just the cell that is running.
+trap 'echo "[grid] stopped by a signal"; exit 143' TERM INT HUP
+
+((DRY_RUN)) || mkdir -p "$LOG_DIR"
+failed=()
+total=${#NAMES[@]}
+for i in "${!NAMES[@]}"; do
+  name=${NAMES[i]}
+  eval "words=(${ARGS[i]})"
+  argv=("$PYTHON_EXE" -m rmdnet_jax.main "--config=${words[0]}" "--workdir=$BASE/$name")
+  ((MULTIHOST)) && argv+=(--multihost)
+  for override in "${words[@]:1}"; do argv+=("${override//\{base\}/$BASE}"); done
+  log=$LOG_DIR/$name.log
+  if ((DRY_RUN)); then
+    echo "$(quote "${argv[@]}") >> $(quote "$log") 2>&1"
+    continue
+  fi
+  blocked=''
+  for other in "${failed[@]}"; do
+    for word in "${argv[@]}"; do
+      [[ $word == *"$BASE/$other/"* ]] && blocked=$other
+    done
+  done
+  progress="[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name"
+  if [[ -n $blocked ]]; then
+    echo "$progress: skipped, it needs $blocked, which failed"
+    failed+=("$name")
+    continue
+  fi
+  echo "$progress: started, log $log"
+  status=0
+  "${argv[@]}" >> "$log" 2>&1 || status=$?
+  if ((status == 0)); then
+    echo "[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name: done"
+  else
+    echo "[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name: FAILED (exit status $status), see $log"
+    failed+=("$name")
+  fi
+done
+
+((DRY_RUN)) && exit 0
+if ((${#failed[@]})); then
+  echo "[grid] ${#failed[@]} of $total cells failed or were skipped: ${failed[*]}"
+  exit 1
+fi
+echo "[grid] all $total cells done; results in $BASE/*/results.json"
