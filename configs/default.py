@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict()
   config.method.name = 'ce'              # the noisy-label method whose loss RMDNet regularises
   config.method.distill = True           # the RMDNet switch: False = the method alone (e.g. the CE baseline)
+  config.method.gce_q = 0.7              # gce: Box-Cox exponent q in (0, 1] (0 -> CE, 1 -> MAE; Zhang & Sabuncu)
+  config.method.sce_alpha = 0.1          # sce: weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
+  config.method.sce_beta = 1.0           # sce: weight of the reverse CE
+  config.method.sce_log_zero = -4.0      # sce: A, the value of log 0 in the reverse CE's one-hot target
 
   # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
   config.relation = ml_collections.ConfigDict()

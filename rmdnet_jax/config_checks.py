@@ -11,6 +11,29 @@ import ml_collections
 from rmdnet_jax import data, methods, models, noise, relation
 
 STAGES = ('rm', 'teacher_knn', 'rgrl')
+# optax and flax count steps in int32: a stage (and its warm-up) must have fewer steps than this.
+MAX_STEPS = 2**31 - 1
+# Training examples of CIFAR-10 and CIFAR-100 (tfds and npz), for that bound before the data is loaded.
+CIFAR_TRAIN_SIZE = 50_000
+# jax.random.key takes a signed 64-bit seed and numpy's generators refuse negative ones.
+MAX_SEED = 2**63 - 1
+SEED_KEYS = ('seed', 'noise.seed', 'data.synthetic_seed')
+# Python configs (and in-process overrides) may put a bool where an integer belongs: ml_collections accepts it,
+# as bool is a subclass of int, and numpy then refuses it as a shape or a seed.
+INTEGER_KEYS = SEED_KEYS + (
+    'data.num_classes', 'data.train_subset', 'data.test_subset', 'data.synthetic_train_size',
+    'data.synthetic_test_size', 'data.synthetic_image_size', 'model.width', 'model.projector_dim',
+    'model.projector_layers', 'model.predictor_dim', 'student.width', 'rm.knn_k', 'rgrl.augment.pad',
+    'relation.edge_topk', 'eval_batch_size', 'log_every_steps', 'max_to_keep',
+    *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('epochs', 'batch_size', 'warmup_epochs',
+                                                                 'eval_every_epochs', 'checkpoint_every_epochs')))
+# Every float key: NaN fails the range rules below by itself, but an infinity would pass a rule such as `> 0`.
+FLOAT_KEYS = (
+    'relation.K', 'relation.node_weight', 'relation.edge_weight', 'relation.temperature', 'rm.knn_temperature',
+    'rgrl.augment.flip_prob',
+    *(f'rm.augment.{key}' for key in ('crop_scale_min', 'brightness', 'contrast', 'saturation', 'hue',
+                                      'jitter_prob', 'grayscale_prob', 'flip_prob')),
+    *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('learning_rate', 'momentum', 'weight_decay')))
 
 
 class ConfigError(ValueError):
@@ -33,10 +56,31 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def _train_examples(d: ml_collections.ConfigDict) -> int:
+  """How many training examples `data.load(d)` gives, known before loading."""
+  n = d.synthetic_train_size if d.source == 'synthetic' else CIFAR_TRAIN_SIZE
+  return min(n, d.train_subset) if d.train_subset > 0 else n
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError for the first impossible or inconsistent value in `config`."""
   num_devices = num_devices or jax.device_count()
   parse_stages(config.stages)
+  for key in INTEGER_KEYS:
+    value = _lookup(config, key)
+    _require(isinstance(value, int) and not isinstance(value, bool), f'{key}={value!r} must be an integer.')
+  for key in FLOAT_KEYS:
+    value = _lookup(config, key)
+    _require(math.isfinite(value), f'{key}={value} must be a finite number.')
+  for key in SEED_KEYS:
+    value = _lookup(config, key)
+    _require(0 <= value <= MAX_SEED, f'{key}={value} must be in [0, 2**63 - 1]; e.g. --config.{key}=0.')
   d = config.data
   _require(d.source in data.SOURCES, f'data.source={d.source!r} is not one of {data.SOURCES}.')
   if d.source != 'synthetic':
@@ -46,6 +90,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
              f'set --config.data.num_classes={expected}.')
   _require(d.num_classes >= 2, f'data.num_classes={d.num_classes} must be at least 2.')
   _require(d.source != 'npz' or bool(d.npz_path), 'data.source=npz needs --config.data.npz_path=FILE.')
+  _require(d.train_subset >= 0 and d.test_subset >= 0,
+           f'data.train_subset={d.train_subset} and data.test_subset={d.test_subset} must be >= 0 (0 = the '
+           'whole split).')
+  if d.source == 'synthetic':
+    _require(d.synthetic_test_size >= 1 and d.synthetic_image_size >= 1,
+             f'data.synthetic_test_size={d.synthetic_test_size} and data.synthetic_image_size='
+             f'{d.synthetic_image_size} must be positive.')
 
   n = config.noise
   _require(n.kind in noise.NOISE_KINDS, f'noise.kind={n.kind!r} is not one of {noise.NOISE_KINDS}.')
@@ -63,6 +114,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _require(config[key].width >= 1, f'{key}.width={config[key].width} must be positive.')
   _require(config.model.dtype in models.DTYPES, f'model.dtype={config.model.dtype!r} is not one of '
            f'{sorted(models.DTYPES)}.')
+  for key in ('projector_dim', 'projector_layers', 'predictor_dim'):
+    _require(config.model[key] >= 1, f'model.{key}={config.model[key]} must be positive.')
 
   for stage in ('rm', 'rgrl'):
     s = config[stage]
@@ -75,6 +128,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _require(0 <= s.momentum < 1, f'{stage}.momentum={s.momentum} must be in [0, 1).')
     _require(s.eval_every_epochs >= 0 and s.checkpoint_every_epochs >= 0,
              f'{stage}.eval_every_epochs and {stage}.checkpoint_every_epochs must be >= 0.')
+    _require(s.warmup_epochs >= 0, f'{stage}.warmup_epochs={s.warmup_epochs} must be >= 0.')
+    steps_per_epoch = max(1, _train_examples(d) // s.batch_size)
+    _require(max(s.epochs, s.warmup_epochs) * steps_per_epoch <= MAX_STEPS,
+             f'{stage}.epochs={s.epochs} (warmup_epochs={s.warmup_epochs}) at {steps_per_epoch} steps per epoch '
+             f'exceeds the {MAX_STEPS} steps a step counter can hold; use fewer epochs.')
+  _require(d.train_subset == 0 or max(config.rm.batch_size, config.rgrl.batch_size) <= d.train_subset,
+           f'data.train_subset={d.train_subset} is smaller than a batch (rm.batch_size={config.rm.batch_size}, '
+           f'rgrl.batch_size={config.rgrl.batch_size}); use a larger subset or smaller batches.')
+  a = config.rm.augment
+  _require(0 < a.crop_scale_min <= 1, f'rm.augment.crop_scale_min={a.crop_scale_min} must be in (0, 1].')
+  _require(min(a.brightness, a.contrast, a.saturation) >= 0 and 0 <= a.hue <= 0.5,
+           'rm.augment.brightness, contrast and saturation must be >= 0 and rm.augment.hue in [0, 0.5] '
+           '(as torchvision ColorJitter).')
+  for key, value in (('rm.augment.jitter_prob', a.jitter_prob), ('rm.augment.grayscale_prob', a.grayscale_prob),
+                     ('rm.augment.flip_prob', a.flip_prob), ('rgrl.augment.flip_prob', config.rgrl.augment.flip_prob)):
+    _require(0 <= value <= 1, f'{key}={value} is a probability and must be in [0, 1].')
+  _require(config.rgrl.augment.pad >= 0, f'rgrl.augment.pad={config.rgrl.augment.pad} must be >= 0.')
+  _require(config.rm.knn_k >= 1 and config.rm.knn_temperature > 0,
+           f'rm.knn_k={config.rm.knn_k} must be positive and rm.knn_temperature={config.rm.knn_temperature} '
+           'must be > 0.')
   if d.source == 'synthetic':
     for stage in ('rm', 'rgrl'):
       _require(config[stage].batch_size <= d.synthetic_train_size,
@@ -83,6 +156,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   _require(config.method.name in methods.METHODS,
            f'method.name={config.method.name!r} is not one of {sorted(methods.METHODS)}.')
+  m = config.method
+  _require(0 < m.gce_q <= 1, f'method.gce_q={m.gce_q} must be in (0, 1] (0.7 in Zhang & Sabuncu).')
+  _require(m.sce_alpha >= 0 and m.sce_beta >= 0,
+           f'method.sce_alpha={m.sce_alpha} and method.sce_beta={m.sce_beta} must be >= 0.')
   r = config.relation
   _require(r.K >= 0, f'relation.K={r.K} must be >= 0 (0 switches the relation terms off).')
   _require(r.node_weight >= 0 and r.edge_weight >= 0,
@@ -103,3 +180,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(r.student_init != 'teacher' or (config.student.name == config.model.name
                                            and config.student.width == config.model.width),
            "relation.student_init='teacher' needs student.name/width equal to model.name/width.")
+  _require(config.eval_batch_size >= 1, f'eval_batch_size={config.eval_batch_size} must be positive.')
+  _require(config.log_every_steps >= 0, f'log_every_steps={config.log_every_steps} must be >= 0 (0 = once per '
+           'epoch).')
+  _require(config.max_to_keep >= 1, f'max_to_keep={config.max_to_keep} must be at least 1 (the run resumes from '
+           'its latest checkpoint).')

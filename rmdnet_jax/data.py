@@ -10,10 +10,12 @@ the first time is `python -m rmdnet_jax.prepare_data` (which does need TensorFlo
 import dataclasses
 import os
 import re
+import time
 from typing import Iterator, Optional
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from rmdnet_jax import augment
 
@@ -80,7 +82,10 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
         f'prepare it once with `python -m rmdnet_jax.prepare_data --dataset={name} --data_dir={where}` '
         '(needs internet), point --config.data.data_dir at a prepared directory, or use '
         '--config.data.source=npz --config.data.npz_path=FILE.') from e
+  start = time.perf_counter()
+  logging.info('Reading %d %s/%s records (decoding PNGs takes ~20 s for CIFAR train)...', len(source), name, split)
   records = _read_records(source)
+  logging.info('Read %s/%s in %.1f s.', name, split, time.perf_counter() - start)
   order, numeric_ids = _order_by_id([r['id'] for r in records])
   records = [records[i] for i in order]
   images = np.stack([np.asarray(r['image'], np.uint8) for r in records])

@@ -145,6 +145,8 @@ def encoder_features_fn(config, dataset):
 def knn_monitor(config, dataset, variables, features_fn) -> float:
   """kNN accuracy of the encoder on the test set. Uses the CLEAN training labels: a monitor of representation
   quality only, never a reported noisy-label result."""
+  logging.info('kNN monitor: encoding %d train + %d test images.', len(dataset.train_images),
+               len(dataset.test_images))
   train_features = parallel.map_batches(features_fn, variables, dataset.train_images, config.eval_batch_size)
   test_features = parallel.map_batches(features_fn, variables, dataset.test_images, config.eval_batch_size)
   return metrics.knn_accuracy(train_features, dataset.train_labels, test_features, dataset.test_labels,
@@ -262,7 +264,7 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
         functools.partial(
             distill.distill_step,
             teacher_apply=distill.teacher_apply_fn(config) if config.method.distill else None,
-            method_loss=methods.get_method_loss(config.method.name), K=config.relation.K,
+            method_loss=methods.make_method_loss(config.method), K=config.relation.K,
             relation_kwargs=distill.relation_kwargs(config),
             view_kwargs=distill.view_kwargs(config, dataset.mean, dataset.std)),
         sharded_argnums=(2,))

@@ -1,0 +1,233 @@
+"""The results table of a set of runs: mean ± std over seeds, the gain RMDNet brings, published numbers beside.
+
+  python -m rmdnet_jax.results 'workdirs/grid/*' [--markdown=results.md] [--csv=results.csv]
+
+Each WORKDIR (local globs are expanded here, so quote them; gs:// paths are taken literally) is a run of
+rmdnet_jax.main. Its config.json gives the row, (dataset, noise kind, rate), and the column, (method, RMDNet on or
+off); its results.json gives the best and last test accuracy. Runs without results.json are unfinished: they are
+listed in their own section and never averaged. Runs without an RGRL stage (the grid's SimSiam teacher cells) have
+no test accuracy and are left out. The markdown goes to stdout and, with --markdown, to a file; --csv writes one
+row per (setting, method, RMDNet) cell.
+"""
+import argparse
+import csv
+import dataclasses
+import glob
+import io
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+from rmdnet_jax import fileio
+
+# Best test accuracy (%) published by other papers (PreAct ResNet-18, DivideMix protocol), copied from
+# shared/paper/rmdnet.md, keyed by (dataset, noise kind, rate). These are comparison points, not RMDNet's numbers.
+# CIFAR-N (CE) is not here: rmdnet_jax.noise has no human-noise kind yet that a run's config could match.
+PUBLISHED_METHODS = ('CE', 'DivideMix')
+PUBLISHED = {
+    ('cifar10', 'symmetric', 0.2): {'CE': 86.8, 'DivideMix': 96.1},
+    ('cifar10', 'symmetric', 0.5): {'CE': 79.4, 'DivideMix': 94.6},
+    ('cifar10', 'symmetric', 0.8): {'CE': 62.9, 'DivideMix': 93.2},
+    ('cifar10', 'symmetric', 0.9): {'CE': 42.7, 'DivideMix': 76.0},
+    ('cifar10', 'asymmetric', 0.4): {'CE': 85.0, 'DivideMix': 93.4},
+    ('cifar100', 'symmetric', 0.2): {'CE': 62.0, 'DivideMix': 77.3},
+    ('cifar100', 'symmetric', 0.5): {'CE': 46.7, 'DivideMix': 74.6},
+    ('cifar100', 'symmetric', 0.8): {'CE': 19.9, 'DivideMix': 60.2},
+    ('cifar100', 'symmetric', 0.9): {'CE': 10.1, 'DivideMix': 31.5},
+}
+METRICS = (('best', 'test_accuracy_best'), ('last', 'test_accuracy_last'))
+CSV_FIELDS = ('dataset', 'noise', 'rate', 'method', 'rmdnet', 'n', 'seeds', 'best_mean', 'best_std', 'last_mean',
+              'last_std', 'rmdnet_gain_best', 'rmdnet_gain_last') + tuple(f'published_{m.lower()}_best'
+                                                                          for m in PUBLISHED_METHODS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One work directory: where it sits in the table, and its accuracies in % (None while unfinished)."""
+  workdir: str
+  setting: tuple  # (dataset, noise kind, rate)
+  column: tuple   # (method, rmdnet on)
+  seed: int
+  best: Optional[float]
+  last: Optional[float]
+
+
+def expand(patterns: Sequence[str]) -> list:
+  """Work directories named by `patterns`, local globs expanded, in sorted order without duplicates."""
+  out = []
+  for pattern in patterns:
+    matches = [pattern] if fileio.is_remote(pattern) else sorted(glob.glob(pattern)) or [pattern]
+    out.extend(m.rstrip('/') for m in matches)
+  return sorted(set(out))
+
+
+def load_run(workdir: str) -> Optional[Run]:
+  """The run in `workdir`, or None when it has no RGRL stage (nothing to report).
+
+  Raises:
+    FileNotFoundError: `workdir` has no config.json, so it is not a run's work directory.
+  """
+  config_path = os.path.join(workdir, 'config.json')
+  if not fileio.exists(config_path):
+    raise FileNotFoundError(f'{workdir} has no config.json; name work directories of rmdnet_jax.main runs.')
+  config = json.loads(fileio.read_text(config_path))
+  if 'rgrl' not in [s.strip() for s in config['stages'].split(',')]:
+    return None
+  results_path = os.path.join(workdir, 'results.json')
+  results = json.loads(fileio.read_text(results_path)) if fileio.exists(results_path) else {}
+  best, last = (100.0 * results[key] if key in results else None for _, key in METRICS)
+  noise = config['noise']
+  # Without noise the rate key is unused; zero it so that clean runs with different leftover rates share a row.
+  rate = 0.0 if noise['kind'] == 'none' else round(float(noise['rate']), 4)
+  return Run(workdir=workdir, setting=(config['data']['name'], noise['kind'], rate),
+             column=(config['method']['name'], bool(config['method']['distill'])), seed=int(config['seed']),
+             best=best, last=last)
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+  """Mean and sample standard deviation (ddof 1; nan for a single value, which has no spread to estimate)."""
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float('nan')
+  return mean, std
+
+
+@dataclasses.dataclass
+class Table:
+  """Finished runs grouped by setting and column, plus the unfinished ones."""
+  cells: dict       # (setting, column) -> [Run]
+  settings: list    # sorted
+  columns: list     # sorted: by method, RMDNet off before on
+  unfinished: list  # [Run]
+
+  def stats(self, setting, column, metric: str) -> Optional[tuple]:
+    runs = self.cells.get((setting, column))
+    return mean_std([getattr(r, metric) for r in runs]) + (len(runs),) if runs else None
+
+  def gain(self, setting, method: str, metric: str) -> Optional[float]:
+    on, off = self.stats(setting, (method, True), metric), self.stats(setting, (method, False), metric)
+    return on[0] - off[0] if on and off else None
+
+
+def build_table(runs: Sequence[Run]) -> Table:
+  cells, unfinished = {}, []
+  for run in runs:
+    if run.best is None or run.last is None:
+      unfinished.append(run)
+    else:
+      cells.setdefault((run.setting, run.column), []).append(run)
+  for group in cells.values():
+    group.sort(key=lambda r: (r.seed, r.workdir))
+  return Table(cells=cells, settings=sorted({s for s, _ in cells}), columns=sorted({c for _, c in cells}),
+               unfinished=sorted(unfinished, key=lambda r: (r.setting, r.column, r.seed, r.workdir)))
+
+
+def _column_name(column: tuple) -> str:
+  method, rmdnet = column
+  return f'{method} + RMDNet' if rmdnet else method
+
+
+def _cell(stats: Optional[tuple]) -> str:
+  if stats is None:
+    return '—'
+  mean, std, n = stats
+  return f'{mean:.2f} (n=1)' if n == 1 else f'{mean:.2f} ± {std:.2f} (n={n})'
+
+
+def _signed(x: Optional[float]) -> str:
+  return '—' if x is None else f'{x:+.2f}'
+
+
+def _gain_methods(table: Table) -> list:
+  methods = sorted({m for m, _ in table.columns})
+  return [m for m in methods if (m, True) in table.columns and (m, False) in table.columns]
+
+
+def _rate(rate: float) -> str:
+  return f'{rate:g}'
+
+
+def markdown(table: Table) -> str:
+  """The results as markdown: a best and a last test-accuracy table, then the unfinished runs."""
+  gain_methods = _gain_methods(table)
+  published = [m for m in PUBLISHED_METHODS if any(m in PUBLISHED.get(s, {}) for s in table.settings)]
+  lines = ['# Results', '']
+  for metric, _ in METRICS:
+    header = (['dataset', 'noise', 'rate'] + [_column_name(c) for c in table.columns]
+              + [f'{m}: RMDNet gain' for m in gain_methods])
+    if metric == 'best':
+      header += [f'published {m}' for m in published]
+    lines += [f'## {metric.capitalize()} test accuracy (%)', '', '| ' + ' | '.join(header) + ' |',
+              '|' + '---|' * len(header)]
+    for setting in table.settings:
+      row = [setting[0], setting[1], _rate(setting[2])]
+      row += [_cell(table.stats(setting, c, metric)) for c in table.columns]
+      row += [_signed(table.gain(setting, m, metric)) for m in gain_methods]
+      if metric == 'best':
+        row += [f'{PUBLISHED[setting][m]:.1f}' if m in PUBLISHED.get(setting, {}) else '—' for m in published]
+      lines.append('| ' + ' | '.join(row) + ' |')
+    lines.append('')
+  lines.append('Mean ± sample standard deviation over seeds (n runs). RMDNet gain: mean with RMDNet minus mean '
+               'without, same method and setting.')
+  if published:
+    lines.append('Published: best test accuracy reported by other papers (PreAct ResNet-18, DivideMix protocol; '
+                 'paper/rmdnet.md), not RMDNet results.')
+  lines.append('')
+  if table.unfinished:
+    lines += ['## Unfinished (no results.json; not averaged)', '',
+              '| workdir | dataset | noise | rate | method | RMDNet | seed |', '|---|---|---|---|---|---|---|']
+    for r in table.unfinished:
+      lines.append(f'| {r.workdir} | {r.setting[0]} | {r.setting[1]} | {_rate(r.setting[2])} | {r.column[0]} | '
+                   f'{"on" if r.column[1] else "off"} | {r.seed} |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def _number(x: Optional[float]) -> str:
+  return '' if x is None or math.isnan(x) else f'{x:.4f}'
+
+
+def csv_text(table: Table) -> str:
+  """One row per (setting, method, RMDNet) cell of finished runs; empty fields where a value does not exist."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(CSV_FIELDS)
+  for setting in table.settings:
+    for column in table.columns:
+      runs = table.cells.get((setting, column))
+      if not runs:
+        continue
+      best, last = table.stats(setting, column, 'best'), table.stats(setting, column, 'last')
+      gains = [table.gain(setting, column[0], m) if column[1] else None for m, _ in METRICS]
+      writer.writerow([setting[0], setting[1], _rate(setting[2]), column[0], str(column[1]).lower(), len(runs),
+                       ' '.join(str(r.seed) for r in runs), _number(best[0]), _number(best[1]), _number(last[0]),
+                       _number(last[1])] + [_number(g) for g in gains]
+                      + [_number(PUBLISHED.get(setting, {}).get(m)) for m in PUBLISHED_METHODS])
+  return out.getvalue()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m rmdnet_jax.results', description=__doc__.split('\n')[0])
+  parser.add_argument('workdirs', nargs='+', help='work directories of rmdnet_jax.main runs (local globs expand)')
+  parser.add_argument('--markdown', help='also write the markdown to this file')
+  parser.add_argument('--csv', help='write the per-cell CSV to this file')
+  args = parser.parse_args(argv)
+  try:
+    runs = [load_run(w) for w in expand(args.workdirs)]
+  except FileNotFoundError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  table = build_table([r for r in runs if r is not None])
+  text = markdown(table)
+  print(text)
+  if args.markdown:
+    fileio.write_text(args.markdown, text)
+  if args.csv:
+    fileio.write_text(args.csv, csv_text(table))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

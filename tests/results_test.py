@@ -1,0 +1,100 @@
+"""rmdnet_jax.results on hand-made work directories: grouping, mean ± std over seeds, gains, published numbers,
+unfinished runs, and the exact markdown and CSV of a small case."""
+import json
+
+import pytest
+
+from rmdnet_jax import results
+
+
+def make_run(root, name, *, dataset='cifar10', kind='symmetric', rate=0.5, method='ce', rmdnet=False, seed=0,
+             accuracy=None, stages='rm,rgrl'):
+  """A work directory as rmdnet_jax.main leaves it: config.json always, results.json once finished."""
+  workdir = root / name
+  workdir.mkdir()
+  config = {'stages': stages, 'seed': seed, 'data': {'name': dataset, 'num_classes': 10},
+            'noise': {'kind': kind, 'rate': rate, 'seed': seed}, 'method': {'name': method, 'distill': rmdnet}}
+  (workdir / 'config.json').write_text(json.dumps(config))
+  if accuracy is not None:
+    best, last = accuracy
+    (workdir / 'results.json').write_text(json.dumps({'test_accuracy_best': best, 'test_accuracy_last': last}))
+  return str(workdir)
+
+
+@pytest.fixture
+def small_grid(tmp_path):
+  make_run(tmp_path, 'ce_s0', seed=0, accuracy=(0.80, 0.70))
+  make_run(tmp_path, 'ce_s1', seed=1, accuracy=(0.82, 0.74))
+  make_run(tmp_path, 'rmd_s0', rmdnet=True, seed=0, accuracy=(0.85, 0.84))
+  make_run(tmp_path, 'rmd_s1', rmdnet=True, seed=1)  # still running: listed, never averaged
+  make_run(tmp_path, 'teacher_s0', rmdnet=True, stages='rm')  # a SimSiam teacher cell: no test accuracy
+  return tmp_path
+
+
+EXPECTED_MARKDOWN = """# Results
+
+## Best test accuracy (%)
+
+| dataset | noise | rate | ce | ce + RMDNet | ce: RMDNet gain | published CE | published DivideMix |
+|---|---|---|---|---|---|---|---|
+| cifar10 | symmetric | 0.5 | 81.00 ± 1.41 (n=2) | 85.00 (n=1) | +4.00 | 79.4 | 94.6 |
+
+## Last test accuracy (%)
+
+| dataset | noise | rate | ce | ce + RMDNet | ce: RMDNet gain |
+|---|---|---|---|---|---|
+| cifar10 | symmetric | 0.5 | 72.00 ± 2.83 (n=2) | 84.00 (n=1) | +12.00 |
+
+Mean ± sample standard deviation over seeds (n runs). RMDNet gain: mean with RMDNet minus mean without, same \
+method and setting.
+Published: best test accuracy reported by other papers (PreAct ResNet-18, DivideMix protocol; paper/rmdnet.md), \
+not RMDNet results.
+
+## Unfinished (no results.json; not averaged)
+
+| workdir | dataset | noise | rate | method | RMDNet | seed |
+|---|---|---|---|---|---|---|
+| {root}/rmd_s1 | cifar10 | symmetric | 0.5 | ce | on | 1 |
+"""
+
+EXPECTED_CSV = """\
+dataset,noise,rate,method,rmdnet,n,seeds,best_mean,best_std,last_mean,last_std,rmdnet_gain_best,rmdnet_gain_last,\
+published_ce_best,published_dividemix_best
+cifar10,symmetric,0.5,ce,false,2,0 1,81.0000,1.4142,72.0000,2.8284,,,79.4000,94.6000
+cifar10,symmetric,0.5,ce,true,1,0,85.0000,,84.0000,,4.0000,12.0000,79.4000,94.6000
+"""
+
+
+def test_markdown_and_csv_of_a_small_grid(small_grid, tmp_path_factory, capsys):
+  out = tmp_path_factory.mktemp('out')
+  assert results.main([str(small_grid / '*'), f'--markdown={out / "r.md"}', f'--csv={out / "r.csv"}']) == 0
+  expected = EXPECTED_MARKDOWN.format(root=small_grid)
+  assert (out / 'r.md').read_text() == expected
+  assert capsys.readouterr().out == expected + '\n'
+  assert (out / 'r.csv').read_text() == EXPECTED_CSV
+
+
+def test_grouping_over_datasets_noises_and_methods(tmp_path):
+  make_run(tmp_path, 'a', dataset='cifar100', kind='symmetric', rate=0.8, method='gce', rmdnet=True,
+           accuracy=(0.5, 0.4))
+  make_run(tmp_path, 'b', dataset='cifar100', kind='symmetric', rate=0.8, method='gce', accuracy=(0.3, 0.2))
+  make_run(tmp_path, 'c', dataset='cifar10', kind='pairflip', rate=0.45, method='sce', accuracy=(0.6, 0.55))
+  make_run(tmp_path, 'd', dataset='cifar10', kind='none', rate=0.5, method='sce', accuracy=(0.9, 0.9))
+  make_run(tmp_path, 'e', dataset='cifar10', kind='none', rate=0.0, method='sce', seed=1, accuracy=(0.92, 0.9))
+  table = results.build_table([results.load_run(w) for w in results.expand([str(tmp_path / '*')])])
+  assert table.settings == [('cifar10', 'none', 0.0), ('cifar10', 'pairflip', 0.45), ('cifar100', 'symmetric', 0.8)]
+  assert table.columns == [('gce', False), ('gce', True), ('sce', False)]
+  assert table.stats(('cifar10', 'none', 0.0), ('sce', False), 'best')[::2] == pytest.approx((91.0, 2))
+  assert table.gain(('cifar100', 'symmetric', 0.8), 'gce', 'best') == pytest.approx(20.0)
+  assert table.gain(('cifar10', 'pairflip', 0.45), 'sce', 'best') is None  # no RMDNet run to compare with
+  text = results.markdown(table)
+  # Published numbers exist for CIFAR-100 sym 80% (CE 19.9, DivideMix 60.2) and nowhere else in this grid.
+  assert '| cifar100 | symmetric | 0.8 | 30.00 (n=1) | 50.00 (n=1) | — | +20.00 | 19.9 | 60.2 |' in text
+  assert '| cifar10 | pairflip | 0.45 | — | — | 60.00 (n=1) | — | — | — |' in text
+  assert 'Unfinished' not in text
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):
+  (tmp_path / 'empty').mkdir()
+  assert results.main([str(tmp_path / 'empty')]) == 2
+  assert 'has no config.json' in capsys.readouterr().err
