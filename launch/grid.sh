@@ -122,15 +122,17 @@ add_cell() {
   mapfile -d '' -t words < <(printf '%s\n' "$line" | xargs printf '%s\0')
   wait $! || die "$where: cannot split '$line' into words (unbalanced quotes?)"
   ((${#words[@]})) || return 0
-  if [[ ${words[0]} == *.py ]]; then
-    name=$(basename "${words[0]}" .py)
+  if [[ ${words[0]} == *.py || ${words[0]} == *.py:* ]]; then
+    name=$(basename "${words[0]%%:*}" .py)
+    [[ ${words[0]} == *.py:* ]] && name+=+${words[0]#*.py:}
     for override in "${words[@]:1}"; do name+=+${override#--config.}; done
     name=${name//[^A-Za-z0-9._=+-]/_}
   else
     name=${words[0]}
     words=("${words[@]:1}")
   fi
-  ((${#words[@]})) && [[ ${words[0]} == *.py ]] || die "$where: expected [NAME] CONFIG.py [--config.KEY=VALUE ...], got '$line'"
+  ((${#words[@]})) && [[ ${words[0]} == *.py || ${words[0]} == *.py:* ]] ||
+    die "$where: expected [NAME] CONFIG.py[:PARAMS] [--config.KEY=VALUE ...], got '$line'"
   config=${words[0]}
   for override in "${words[@]:1}"; do
     [[ $override == --config.?*=* ]] || die "$where: '$override' is not a --config.KEY=VALUE override"
