@@ -277,8 +277,14 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
   try:
     # num_devices=1: the analysis pads its evaluation batches, so the device count of the run does not matter.
     config_checks.validate(config, num_devices=1)
-  except (config_checks.ConfigError, TypeError, AttributeError, KeyError) as e:
+  except (config_checks.ConfigError, TypeError) as e:
     raise AnalysisError(f'{path} does not hold a usable config: {e}') from e
+  except (AttributeError, KeyError) as e:
+    # A run made before a key was added (a newer method's parameter, say) lacks it; the keys the analysis reads
+    # were checked above, so such a run can still be analysed.
+    missing_key = str(e).splitlines()[0].strip('\'" ') if str(e) else type(e).__name__
+    logging.warning('analysis: %s predates key %s, so it was not fully validated; the keys the analysis reads '
+                    'are all present.', path, missing_key)
   return config
 
 

@@ -18,6 +18,8 @@ CIFAR_TRAIN_SIZE = 50_000
 # jax.random.key takes a signed 64-bit seed and numpy's generators refuse negative ones.
 MAX_SEED = 2**63 - 1
 SEED_KEYS = ('seed', 'noise.seed', 'data.synthetic_seed')
+# The projector is built layer by layer in Python: a huge count would hang network construction (SimSiam: 2-3).
+MAX_PROJECTOR_LAYERS = 16
 # Python configs (and in-process overrides) may put a bool where an integer belongs: ml_collections accepts it,
 # as bool is a subclass of int, and numpy then refuses it as a shape or a seed.
 INTEGER_KEYS = SEED_KEYS + (
@@ -30,7 +32,7 @@ INTEGER_KEYS = SEED_KEYS + (
 # Every float key: NaN fails the range rules below by itself, but an infinity would pass a rule such as `> 0`.
 FLOAT_KEYS = (
     'relation.K', 'relation.node_weight', 'relation.edge_weight', 'relation.temperature', 'rm.knn_temperature',
-    'rgrl.augment.flip_prob',
+    'rgrl.augment.flip_prob', 'method.gce_q', 'method.sce_alpha', 'method.sce_beta', 'method.sce_log_zero',
     *(f'rm.augment.{key}' for key in ('crop_scale_min', 'brightness', 'contrast', 'saturation', 'hue',
                                       'jitter_prob', 'grayscale_prob', 'flip_prob')),
     *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('learning_rate', 'momentum', 'weight_decay')))
@@ -116,6 +118,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'{sorted(models.DTYPES)}.')
   for key in ('projector_dim', 'projector_layers', 'predictor_dim'):
     _require(config.model[key] >= 1, f'model.{key}={config.model[key]} must be positive.')
+  _require(config.model.projector_layers <= MAX_PROJECTOR_LAYERS,
+           f'model.projector_layers={config.model.projector_layers} exceeds {MAX_PROJECTOR_LAYERS}; SimSiam uses '
+           '2 or 3.')
 
   for stage in ('rm', 'rgrl'):
     s = config[stage]

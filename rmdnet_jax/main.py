@@ -2,6 +2,7 @@
 
 Kept short on purpose (as flax examples/imagenet): everything else is importable by tests and notebooks.
 """
+import logging as py_logging
 import os
 import sys
 
@@ -31,7 +32,7 @@ USER_ERRORS = (config_checks.ConfigError, data.DataUnavailableError, checkpoints
 
 def _quiet_orbax(record) -> bool:
   # Orbax logs every save/load phase at INFO; keep its warnings and errors, drop the rest from the console.
-  return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
+  return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
 
 
 def main(argv):
