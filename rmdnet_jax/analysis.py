@@ -32,7 +32,6 @@ matplotlib.use('Agg')  # Files only: analysis runs on headless TPU/GPU hosts.
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from rmdnet_jax import augment, checkpoints, config_checks, data, distill, metrics, noise, parallel  # noqa: E402
 from rmdnet_jax import pipeline  # noqa: E402
@@ -303,7 +302,7 @@ def load_noisy(workdir: str, dataset: data.Dataset) -> noise.NoisyLabels:
   noisy, meta = noise.load_noisy_labels(path)
   if len(noisy.labels) != len(dataset.train_labels) or (
       'clean_labels_sha256' in meta
-      and meta['clean_labels_sha256'] != pipeline._labels_digest(dataset.train_labels)):  # pylint: disable=protected-access
+      and meta['clean_labels_sha256'] != pipeline.labels_digest(dataset.train_labels)):
     raise AnalysisError(f'{path} was made for another training set than the one its config.data loads now; '
                         'make the data that run was trained on readable at the same place again.')
   return noisy
@@ -316,12 +315,11 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
   topology (an 8-chip TPU host, say) restores here too; a target-free restore would refuse it.
   """
   directory = os.path.abspath(os.path.join(workdir, 'rgrl'))
-  sched = pipeline._schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)  # pylint: disable=protected-access
+  sched = pipeline.stage_schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
   if not os.path.isdir(directory):
     raise AnalysisError(f'{workdir} has no rgrl/ checkpoints; run its RGRL stage first (rmdnet_jax.main with '
                         'that run\'s command).')
-  mngr = ocp.CheckpointManager(directory, item_names=('state', 'meta'),
-                               options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  mngr = checkpoints.manager(directory, read_only=True)
   step = mngr.latest_step()
   if step is None or step < sched.num_steps:
     raise AnalysisError(f'The RGRL stage in {workdir} stopped at step {step or 0} of {sched.num_steps}; rerun '

@@ -10,6 +10,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from rmdnet_jax import fileio
+
 # What must agree between an RM checkpoint and the RGRL run that uses it as a teacher.
 TEACHER_KEYS = ('stage', 'dataset', 'model', 'width', 'projector_dim', 'projector_layers', 'predictor_dim',
                 'image_shape')
@@ -28,11 +30,11 @@ def stage_meta(config, stage: str, image_shape) -> dict:
           'image_shape': [int(s) for s in image_shape]}
 
 
-def manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  directory = os.path.abspath(directory) if '://' not in directory else directory
-  return ocp.CheckpointManager(
-      directory, item_names=('state', 'meta'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of one stage's checkpoints; `read_only` for a stage this process only reads (a teacher)."""
+  options = (ocp.CheckpointManagerOptions(read_only=True, create=False) if read_only else
+             ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  return ocp.CheckpointManager(fileio.absolute(directory), item_names=('state', 'meta'), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -81,9 +83,7 @@ def restore_teacher(directory: str, rm_target: Any, expected_meta: dict) -> Any:
     raise CheckpointError(
         f'No RM (SimSiam) checkpoint at {directory}; run the rm stage first (--config.stages=rm,rgrl) or set '
         '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.')
-  mngr = ocp.CheckpointManager(os.path.abspath(directory) if '://' not in directory else directory,
-                               item_names=('state', 'meta'),
-                               options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  mngr = manager(directory, read_only=True)
   step = mngr.latest_step()
   if step is None:
     raise CheckpointError(

@@ -65,7 +65,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     fileio.write_text(path, config.to_json_best_effort(indent=2))
 
 
-def _labels_digest(labels: np.ndarray) -> str:
+def labels_digest(labels: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:16]
 
 
@@ -77,7 +77,7 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
   n = config.noise
   meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
           'cifar100_grouping': n.cifar100_grouping, 'dataset': dataset.name,
-          'num_examples': int(len(dataset.train_labels)), 'clean_labels_sha256': _labels_digest(dataset.train_labels)}
+          'num_examples': int(len(dataset.train_labels)), 'clean_labels_sha256': labels_digest(dataset.train_labels)}
   if fileio.exists(path):
     noisy, saved = noise.load_noisy_labels(path)
     mismatched = [k for k in meta if saved.get(k) != meta[k]]
@@ -98,7 +98,7 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
   return noisy
 
 
-def _schedule(stage_config, num_examples: int, log_every_steps: int) -> loop.StageSchedule:
+def stage_schedule(stage_config, num_examples: int, log_every_steps: int) -> loop.StageSchedule:
   steps_per_epoch = num_examples // stage_config.batch_size
   if steps_per_epoch == 0:
     raise config_checks.ConfigError(
@@ -156,7 +156,7 @@ def knn_monitor(config, dataset, variables, features_fn) -> float:
 
 def rm_stage(config, dataset: data.Dataset, workdir: str, writer) -> Any:
   """SimSiam pretraining on all training images (labels unused). Returns the final RM train state."""
-  sched = _schedule(config.rm, len(dataset.train_images), config.log_every_steps)
+  sched = stage_schedule(config.rm, len(dataset.train_images), config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, sched.steps_per_epoch)
   init_rng, step_rng = _stage_keys(config, STREAM_RM)
   state = parallel.replicate(simsiam.create_simsiam_state(init_rng, config, dataset.image_shape, lr_fn))
@@ -193,7 +193,7 @@ def _teacher_dir(config, workdir: str) -> str:
 def load_teacher(config, dataset: data.Dataset, workdir: str) -> dict:
   """The frozen teacher variables from the RM checkpoint, refusing one from another architecture or dataset."""
   directory = _teacher_dir(config, workdir)
-  rm_sched = _schedule(config.rm, len(dataset.train_images), config.log_every_steps)
+  rm_sched = stage_schedule(config.rm, len(dataset.train_images), config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, rm_sched.steps_per_epoch)
   target = jax.eval_shape(
       lambda: simsiam.create_simsiam_state(jax.random.key(0), config, dataset.image_shape, lr_fn))
@@ -230,7 +230,7 @@ def predict(config, variables, images, logits_apply) -> np.ndarray:
 
 def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir: str, writer) -> dict:
   """Trains the student on the noisy labels with (method.distill) or without the relation terms."""
-  sched = _schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
+  sched = stage_schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, sched.steps_per_epoch)
   init_rng, step_rng = _stage_keys(config, STREAM_RGRL)
   needs_teacher = config.method.distill or config.relation.student_init == 'teacher'
