@@ -17,10 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'tfds'            # tfds | npz | synthetic (random images: smoke runs, benchmarks)
-  config.data.name = 'cifar10'           # cifar10 | cifar100
+  config.data.name = 'cifar10'           # cifar10 | cifar100 | cifar10_n | cifar100_n (CIFAR-N: + human labels)
   config.data.num_classes = 10           # must match data.name (100 for cifar100)
   config.data.data_dir = ''              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets; gs:// works)
   config.data.npz_path = ''              # with source=npz: x_train, y_train, x_test, y_test (+ coarse_train)
+  config.data.cifar_n_labels = ''        # CIFAR-N label file (CIFAR-10_human.pt, CIFAR-100_human.pt or .npz) joined
+                                         # by id to cifar10/cifar100 records; '' = none (cifar10_n carries its own)
   config.data.train_subset = 0           # >0: use only the first N training examples (id order)
   config.data.test_subset = 0            # >0: evaluate on the first N test examples only
   config.data.synthetic_train_size = 1024
@@ -29,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic_seed = 0
 
   config.noise = ml_collections.ConfigDict()
-  config.noise.kind = 'symmetric'        # none | symmetric | asymmetric | pairflip | instance
-  config.noise.rate = 0.5                # flip probability r in [0, 1]
+  config.noise.kind = 'symmetric'        # none | symmetric | asymmetric | pairflip | instance | human (CIFAR-N)
+  config.noise.rate = 0.5                # flip probability r in [0, 1]; ignored by human noise (its rate is given)
+  config.noise.human_label = ''          # kind=human: aggre | worst | random1-3 (CIFAR-10N), noisy (CIFAR-100N)
   config.noise.seed = 0                  # noisy labels depend only on this seed and the clean labels
   config.noise.symmetric_from_all = False  # True: flip to any of the C classes (realised rate r(C-1)/C)
   config.noise.cifar100_grouping = 'superclass'  # asymmetric CIFAR-100: superclass | index_blocks
@@ -75,6 +78,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.method.sce_alpha = 0.1          # sce: weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
   config.method.sce_beta = 1.0           # sce: weight of the reverse CE
   config.method.sce_log_zero = -4.0      # sce: A, the value of log 0 in the reverse CE's one-hot target
+  # coteaching / jocor: drop the forget_rate fraction of largest-loss examples of each global batch, the rate
+  # ramping from 0 over forget_gradual_epochs (Han et al.: forget_rate = noise rate, 10 epochs, exponent 1).
+  config.method.forget_rate = 0.5
+  config.method.forget_gradual_epochs = 10
+  config.method.forget_exponent = 1.0
+  config.method.jocor_lambda = 0.9       # jocor: weight of the symmetric-KL co-regularisation (paper, CIFAR-10)
+  config.method.elr_lambda = 3.0         # elr: regulariser weight (Liu et al.: 3 CIFAR-10, 7 CIFAR-100)
+  config.method.elr_beta = 0.7           # elr: target momentum (0.7 CIFAR-10, 0.9 CIFAR-100)
+  config.method.dividemix_warmup_epochs = 10     # CE warm-up before the first GMM division (30 for CIFAR-100)
+  config.method.dividemix_p_threshold = 0.5      # p(clean) above which an example is labelled
+  config.method.dividemix_temperature = 0.5      # sharpening temperature
+  config.method.dividemix_alpha = 4.0            # Beta(alpha, alpha) MixMatch coefficient
+  config.method.dividemix_lambda_u = 25.0        # unlabelled-loss weight (Li et al. per noise; see methods/dividemix.py)
+  config.method.dividemix_rampup_epochs = 16     # lambda_u ramps up over these epochs after warm-up
+  config.method.dividemix_confidence_penalty = False  # negative-entropy penalty in warm-up (asymmetric noise)
+  config.method.dividemix_gmm_iterations = 10    # EM iterations of the per-epoch GMM
+  config.method.dividemix_gmm_tol = 1e-2
+  config.method.dividemix_gmm_reg_covar = 5e-4
 
   # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
   config.relation = ml_collections.ConfigDict()

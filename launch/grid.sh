@@ -3,9 +3,15 @@
 # environment set up), each cell in its own work directory BASE/NAME, named after its settings. Run it from the
 # repository root; on a TPU VM start it with `launch/tpu_vm.sh grid`, which runs it in tmux on every worker.
 #
-# Usage: launch/grid.sh [--base=DIR] [--cells=FILE] [--seeds=0,1,2] [--python=EXE] [--log-dir=DIR] [--multihost]
-#                       [--list | --dry-run]
+# Usage: launch/grid.sh [--grid=paper|methods|ablations] [--base=DIR] [--cells=FILE] [--seeds=0,1,2] [--python=EXE]
+#                       [--log-dir=DIR] [--multihost] [--list | --dry-run]
 #
+#   --grid=NAME     which built-in grid [paper]:
+#                     paper      RMDNet and CE, the table below (66 cells for 3 seeds)
+#                     methods    every method of rmdnet_jax.methods alone and + RMDNet, on every noise setting of
+#                                configs/noisy_cifar.py (synthetic and CIFAR-N), both datasets
+#                     ablations  CIFAR-10 sym50 RMDNet: node only, edge only, K in 0.1/0.5/2/5, projector
+#                                teacher layer, kl and mse edge losses, cosine node loss
 #   --base=DIR      parent of the cells' work directories; gs://bucket/path is passed through [workdirs/grid]
 #   --cells=FILE    the cells to run, one per line (format below) [the default grid]
 #   --seeds=LIST    seeds of the default grid, comma-separated [0,1,2]
@@ -54,6 +60,7 @@ shopt -s inherit_errexit
 quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
 
 BASE=workdirs/grid
+GRID=paper
 CELLS_FILE=''
 SEEDS=0,1,2
 PYTHON_EXE=python
@@ -65,6 +72,7 @@ DRY_RUN=0
 set_option() {
   case $1 in
     --base) BASE=$2 ;;
+    --grid) GRID=$2 ;;
     --cells) CELLS_FILE=$2 ;;
     --seeds) SEEDS=$2 ;;
     --python) PYTHON_EXE=$2 ;;
@@ -87,6 +95,7 @@ while (($#)); do
 done
 BASE=${BASE%/}
 [[ -n $BASE ]] || die "--base is empty"
+[[ $GRID =~ ^(paper|methods|ablations)$ ]] || die "--grid must be paper, methods or ablations, not '$GRID'"
 [[ -f rmdnet_jax/main.py ]] || die "run me from the repository root (the configs and work directories are relative to it)"
 
 # --- the cells ---------------------------------------------------------------------------------------------------
@@ -107,6 +116,65 @@ default_cells() {
              "--config.relation.teacher_checkpoint={base}/$teacher/rm $common"
         echo "${dataset}_ce_${label}_s$seed $config --config.method.distill=False --config.stages=rgrl $common"
       done
+    done
+  done
+}
+
+# The grids of configs/noisy_cifar.py cells: the teacher of each dataset and seed first, then the cells that use it.
+METHODS=(ce gce sce coteaching jocor elr dividemix)
+NOISES_cifar10=(sym20 sym50 sym80 sym90 asym40 pair45 inst20 inst40 c10n_aggre c10n_random1 c10n_random2
+                c10n_random3 c10n_worst)
+NOISES_cifar100=(sym20 sym50 sym80 sym90 asym40 pair45 inst20 inst40 c100n_noisy)
+noisy_cifar_teacher() {  # DATASET SEED
+  echo "$1_simsiam_s$2 configs/noisy_cifar.py:dataset=$1,seed=$2 --config.stages=rm"
+}
+noisy_cifar_cell() {  # NAME DATASET NOISE METHOD RMDNET SEED [OVERRIDE...]
+  local name=$1 dataset=$2 noise=$3 method=$4 rmdnet=$5 seed=$6
+  shift 6
+  local line="$name configs/noisy_cifar.py:dataset=$dataset,noise=$noise,method=$method,rmdnet=$rmdnet,seed=$seed"
+  line+=" --config.stages=rgrl"
+  [[ $rmdnet == true ]] && line+=" --config.relation.teacher_checkpoint={base}/${dataset}_simsiam_s$seed/rm"
+  (($#)) && line+=" $*"
+  echo "$line"
+}
+check_seeds() {
+  local seed
+  for seed in "$@"; do [[ $seed =~ ^[0-9]+$ ]] || die "--seeds must be comma-separated integers, not '$SEEDS'"; done
+}
+methods_cells() {
+  local seeds seed dataset noise method rmdnet tag noises
+  IFS=, read -ra seeds <<< "$SEEDS"
+  check_seeds "${seeds[@]}"
+  for seed in "${seeds[@]}"; do
+    for dataset in cifar10 cifar100; do
+      noisy_cifar_teacher "$dataset" "$seed"
+      noises="NOISES_$dataset[@]"
+      for noise in "${!noises}"; do
+        for method in "${METHODS[@]}"; do
+          for rmdnet in true false; do
+            tag=$method; [[ $rmdnet == true ]] && tag+=_rmdnet
+            noisy_cifar_cell "${dataset}_${noise}_${tag}_s$seed" "$dataset" "$noise" "$method" "$rmdnet" "$seed"
+          done
+        done
+      done
+    done
+  done
+}
+ablation_cells() {
+  local seeds seed variant name overrides
+  local variants=("node_only --config.relation.edge_weight=0.0" "edge_only --config.relation.node_weight=0.0"
+                  "K0.1 --config.relation.K=0.1" "K0.5 --config.relation.K=0.5" "K2 --config.relation.K=2.0"
+                  "K5 --config.relation.K=5.0" "teacher_projector --config.relation.teacher_layer=projector"
+                  "edge_kl --config.relation.edge_kind=kl" "edge_mse --config.relation.edge_kind=mse"
+                  "node_cosine --config.relation.node_kind=cosine")
+  IFS=, read -ra seeds <<< "$SEEDS"
+  check_seeds "${seeds[@]}"
+  for seed in "${seeds[@]}"; do
+    noisy_cifar_teacher cifar10 "$seed"
+    noisy_cifar_cell "cifar10_sym50_ce_rmdnet_s$seed" cifar10 sym50 ce true "$seed"
+    for variant in "${variants[@]}"; do
+      read -r name overrides <<< "$variant"
+      noisy_cifar_cell "cifar10_sym50_ce_rmdnet_${name}_s$seed" cifar10 sym50 ce true "$seed" "$overrides"
     done
   done
 }
@@ -156,8 +224,12 @@ else
   lineno=0
   while IFS= read -r line; do
     lineno=$((lineno + 1))
-    add_cell "$line" "default cell $lineno"
-  done < <(default_cells)
+    add_cell "$line" "$GRID cell $lineno"
+  done < <(case $GRID in
+             paper) default_cells ;;
+             methods) methods_cells ;;
+             ablations) ablation_cells ;;
+           esac)
 fi
 ((${#NAMES[@]})) || die "no cells to run"
 

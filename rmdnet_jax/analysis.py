@@ -326,13 +326,14 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
                         'that run\'s rmdnet_jax.main command to finish it first.')
   checkpoints.check_meta(checkpoints.restore_meta(mngr, step),
                          checkpoints.stage_meta(config, 'rgrl', dataset.image_shape), directory,
-                         checkpoints.TEACHER_KEYS + ('student', 'student_width'))
+                         checkpoints.STATE_KEYS)
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, sched.steps_per_epoch)
   # The state's structure does not depend on how the student was initialised; 'random' needs no teacher.
   shape_config = ml_collections.ConfigDict(config.to_dict())
   shape_config.relation.student_init = 'random'
   target = jax.eval_shape(lambda: distill.create_distill_state(jax.random.key(0), shape_config,
-                                                               dataset.image_shape, lr_fn))
+                                                               dataset.image_shape, lr_fn,
+                                                               num_examples=len(dataset.train_images)))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()),
                         target)
   state = checkpoints.restore(mngr, step, target)

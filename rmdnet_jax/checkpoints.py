@@ -10,24 +10,38 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from rmdnet_jax import fileio
+from rmdnet_jax import data, fileio
 
 # What must agree between an RM checkpoint and the RGRL run that uses it as a teacher.
 TEACHER_KEYS = ('stage', 'dataset', 'model', 'width', 'projector_dim', 'projector_layers', 'predictor_dim',
                 'image_shape')
+# What must agree between a checkpoint and the run resuming (or analysing) it.
+STATE_KEYS = TEACHER_KEYS + ('student', 'student_width', 'method')
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing or does not fit the run; the message says how to fix it."""
 
 
+def image_dataset(data_config) -> str:
+  """The images a run trains on: tfds' CIFAR-N builders hold cifar10/cifar100's images, so a teacher trained on
+  either serves both."""
+  if data_config.source == 'synthetic':
+    return 'synthetic'
+  return data.DATASETS.get(data_config.name, {}).get('base', data_config.name)
+
+
 def stage_meta(config, stage: str, image_shape) -> dict:
-  """The `meta` item saved with every checkpoint of `stage`."""
-  return {'stage': stage, 'dataset': config.data.name if config.data.source != 'synthetic' else 'synthetic',
+  """The `meta` item saved with every checkpoint of `stage` (RGRL's also names the method: its networks and
+  per-example state shape the checkpoint)."""
+  meta = {'stage': stage, 'dataset': image_dataset(config.data),
           'model': config.model.name, 'width': config.model.width, 'projector_dim': config.model.projector_dim,
           'projector_layers': config.model.projector_layers, 'predictor_dim': config.model.predictor_dim,
           'student': config.student.name, 'student_width': config.student.width,
           'image_shape': [int(s) for s in image_shape]}
+  if stage == 'rgrl':
+    meta['method'] = config.method.name
+  return meta
 
 
 def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -57,8 +71,8 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any, expected_meta: dict
   step = mngr.latest_step()
   if step is None:
     return None
-  check_meta(restore_meta(mngr, step), expected_meta, str(mngr.directory), TEACHER_KEYS + ('student',
-                                                                                            'student_width'))
+  check_meta(restore_meta(mngr, step), expected_meta, str(mngr.directory),
+             STATE_KEYS)
   return restore(mngr, step, target)
 
 

@@ -38,6 +38,11 @@ FLOAT_KEYS = (
     *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('learning_rate', 'momentum', 'weight_decay')))
 
 
+# noise.kind=human takes CIFAR-N's human labels instead of generating noise (rmdnet_jax.noise makes the others).
+HUMAN_NOISE = 'human'
+NOISE_KINDS = noise.NOISE_KINDS + (HUMAN_NOISE,)
+
+
 class ConfigError(ValueError):
   """The config cannot run; the message names the key and how to fix it."""
 
@@ -92,6 +97,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
              f'set --config.data.num_classes={expected}.')
   _require(d.num_classes >= 2, f'data.num_classes={d.num_classes} must be at least 2.')
   _require(d.source != 'npz' or bool(d.npz_path), 'data.source=npz needs --config.data.npz_path=FILE.')
+  if d.cifar_n_labels:
+    _require(d.source != 'synthetic', 'data.cifar_n_labels joins CIFAR-N labels to CIFAR records by id, which '
+             'synthetic data does not have; use --config.data.source=tfds (or npz).')
+    _require(d.name not in data.CIFAR_N_DATASETS, f'data.name={d.name} already carries the CIFAR-N labels; drop '
+             f'--config.data.cifar_n_labels or use --config.data.name={data.DATASETS[d.name]["base"]}.')
+    _require(d.cifar_n_labels.endswith(('.pt', '.npz')),
+             f'data.cifar_n_labels={d.cifar_n_labels!r} must name a .pt or .npz file (the official '
+             'CIFAR-10_human.pt / CIFAR-100_human.pt, or an .npz with their arrays).')
   _require(d.train_subset >= 0 and d.test_subset >= 0,
            f'data.train_subset={d.train_subset} and data.test_subset={d.test_subset} must be >= 0 (0 = the '
            'whole split).')
@@ -101,7 +114,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
              f'{d.synthetic_image_size} must be positive.')
 
   n = config.noise
-  _require(n.kind in noise.NOISE_KINDS, f'noise.kind={n.kind!r} is not one of {noise.NOISE_KINDS}.')
+  _require(n.kind in NOISE_KINDS, f'noise.kind={n.kind!r} is not one of {NOISE_KINDS}.')
   _require(isinstance(n.rate, (int, float)) and math.isfinite(n.rate) and 0.0 <= n.rate <= 1.0,
            f'noise.rate={n.rate} is outside [0, 1]; use a flip probability such as --config.noise.rate=0.5.')
   _require(n.kind != 'asymmetric' or d.num_classes in (10, 100),
@@ -109,6 +122,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'{d.num_classes} classes; use noise.kind=symmetric or pairflip.')
   _require(n.cifar100_grouping in ('superclass', 'index_blocks'),
            f"noise.cifar100_grouping={n.cifar100_grouping!r} must be 'superclass' or 'index_blocks'.")
+  _require(n.human_label in ('',) + data.ALL_HUMAN_LABELS,
+           f"noise.human_label={n.human_label!r} is not one of {', '.join(data.ALL_HUMAN_LABELS)} ('' unless "
+           'noise.kind=human).')
+  if n.kind == HUMAN_NOISE:
+    _require(d.source != 'synthetic' and (d.name in data.CIFAR_N_DATASETS or bool(d.cifar_n_labels)),
+             'noise.kind=human needs CIFAR-N labels; use --config.data.name=cifar10_n (or cifar100_n) or '
+             '--config.data.cifar_n_labels=FILE.')
+    base = data.DATASETS[d.name]['base']
+    choices = data.HUMAN_LABELS[base]
+    _require(n.human_label in choices, f"noise.kind=human on {base} needs noise.human_label in "
+             f"{', '.join(choices)}, not {n.human_label!r}; e.g. --config.noise.human_label={choices[0]}.")
 
   for key in ('model', 'student'):
     name = config[key].name
@@ -165,6 +189,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(0 < m.gce_q <= 1, f'method.gce_q={m.gce_q} must be in (0, 1] (0.7 in Zhang & Sabuncu).')
   _require(m.sce_alpha >= 0 and m.sce_beta >= 0,
            f'method.sce_alpha={m.sce_alpha} and method.sce_beta={m.sce_beta} must be >= 0.')
+  _require(0 <= m.forget_rate < 1, f'method.forget_rate={m.forget_rate} must be in [0, 1) (Co-teaching/JoCoR '
+           'drop that fraction of each batch; set it to the noise rate).')
+  _require(m.forget_gradual_epochs >= 0 and m.forget_exponent > 0,
+           f'method.forget_gradual_epochs={m.forget_gradual_epochs} must be >= 0 and method.forget_exponent='
+           f'{m.forget_exponent} must be > 0.')
+  _require(0 <= m.jocor_lambda <= 1, f'method.jocor_lambda={m.jocor_lambda} must be in [0, 1].')
+  _require(m.elr_lambda >= 0 and 0 <= m.elr_beta < 1,
+           f'method.elr_lambda={m.elr_lambda} must be >= 0 and method.elr_beta={m.elr_beta} in [0, 1).')
+  _require(m.dividemix_warmup_epochs >= 0 and m.dividemix_rampup_epochs >= 1,
+           f'method.dividemix_warmup_epochs={m.dividemix_warmup_epochs} must be >= 0 and '
+           f'method.dividemix_rampup_epochs={m.dividemix_rampup_epochs} >= 1.')
+  _require(0 <= m.dividemix_p_threshold <= 1 and m.dividemix_temperature > 0 and m.dividemix_alpha > 0
+           and m.dividemix_lambda_u >= 0,
+           f'method.dividemix_p_threshold={m.dividemix_p_threshold} must be in [0, 1], dividemix_temperature='
+           f'{m.dividemix_temperature} and dividemix_alpha={m.dividemix_alpha} > 0, dividemix_lambda_u='
+           f'{m.dividemix_lambda_u} >= 0.')
+  _require(m.dividemix_gmm_iterations >= 1 and m.dividemix_gmm_tol > 0 and m.dividemix_gmm_reg_covar > 0,
+           f'method.dividemix_gmm_iterations={m.dividemix_gmm_iterations} must be >= 1 and dividemix_gmm_tol='
+           f'{m.dividemix_gmm_tol}, dividemix_gmm_reg_covar={m.dividemix_gmm_reg_covar} > 0.')
   r = config.relation
   _require(r.K >= 0, f'relation.K={r.K} must be >= 0 (0 switches the relation terms off).')
   _require(r.node_weight >= 0 and r.edge_weight >= 0,

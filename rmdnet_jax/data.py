@@ -4,27 +4,54 @@ CIFAR fits in host memory, so each split is read once into arrays and every step
 augmentation runs on the accelerator (`augment.py`). Records are put in the order of their `id` field, never of
 their position in the files, so that anything per image (CIFAR-N labels, saved noisy labels) joins by id.
 
+CIFAR-N human labels (Wei et al., ICLR 2022) arrive in one of two ways, and after loading both give the same
+`Dataset.train_human_labels` columns, under the names of `HUMAN_LABELS`:
+* `data.name=cifar10_n|cifar100_n`: tfds' own builders, whose records carry the label columns;
+* `data.cifar_n_labels=FILE`: a CIFAR-N label file (the official `CIFAR-10_human.pt` / `CIFAR-100_human.pt`, or an
+  .npz with the same arrays) joined by id to already prepared `cifar10` / `cifar100` records.
+
 TensorFlow is not needed here: `tfds.data_source` reads the prepared ArrayRecord files directly. Preparing them
 the first time is `python -m rmdnet_jax.prepare_data` (which does need TensorFlow).
 """
+import codecs
+import collections
 import dataclasses
+import io
 import os
+import pickle
 import re
 import time
+import zipfile
 from typing import Iterator, Optional
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import augment
+from rmdnet_jax import augment, fileio
 
+# `base` is the image dataset: tfds' CIFAR-N builders hold the same images (and ids) as cifar10 / cifar100 plus
+# the human label columns, so a run on them is a CIFAR run.
 DATASETS = {
-    'cifar10': dict(num_classes=10, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD),
-    'cifar100': dict(num_classes=100, mean=augment.CIFAR100_MEAN, std=augment.CIFAR100_STD),
+    'cifar10': dict(num_classes=10, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, base='cifar10'),
+    'cifar100': dict(num_classes=100, mean=augment.CIFAR100_MEAN, std=augment.CIFAR100_STD, base='cifar100'),
+    'cifar10_n': dict(num_classes=10, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, base='cifar10'),
+    'cifar100_n': dict(num_classes=100, mean=augment.CIFAR100_MEAN, std=augment.CIFAR100_STD, base='cifar100'),
 }
+CIFAR_N_DATASETS = ('cifar10_n', 'cifar100_n')
 SOURCES = ('tfds', 'npz', 'synthetic')
 _ID_PATTERN = re.compile(r'^(?:train|test)_(\d+)$')
+
+# The CIFAR-N label columns of each base dataset, by the names configs use (noise.human_label).
+HUMAN_LABELS = {'cifar10': ('aggre', 'worst', 'random1', 'random2', 'random3'), 'cifar100': ('noisy',)}
+ALL_HUMAN_LABELS = HUMAN_LABELS['cifar10'] + HUMAN_LABELS['cifar100']
+# Those columns' names in tfds' cifar10_n / cifar100_n features and in the CIFAR-N files (CIFAR-100N calls its
+# column noise_label in tfds and noisy_label in CIFAR-100_human.pt).
+CIFAR_N_KEYS = {'aggre_label': 'aggre', 'worse_label': 'worst', 'random_label1': 'random1',
+                'random_label2': 'random2', 'random_label3': 'random3', 'noise_label': 'noisy', 'noisy_label': 'noisy'}
+# Below this agreement between a CIFAR-N file's clean_label and the dataset's labels, the join is wrong (another
+# order, another dataset), not a few relabelled images.
+MIN_CLEAN_AGREEMENT = 0.99
 
 
 class DataUnavailableError(RuntimeError):
@@ -44,16 +71,24 @@ class Dataset:
   train_coarse_labels: Optional[np.ndarray] = None   # int64 [N], CIFAR-100 super-classes
   mean: tuple = (0.5, 0.5, 0.5)
   std: tuple = (0.25, 0.25, 0.25)
+  # CIFAR-N human labels, {name in HUMAN_LABELS: int64 [N]} in the order of the train arrays; empty without them.
+  train_human_labels: dict = dataclasses.field(default_factory=dict)
+  # Whether train_ids are the original CIFAR train indices, which CIFAR-N files are indexed by (not id ranks).
+  train_ids_are_cifar_indices: bool = False
 
   @property
   def image_shape(self):
     return self.train_images.shape[1:]
 
 
+def _id_text(record_id) -> str:
+  return record_id.decode() if isinstance(record_id, bytes) else str(record_id)
+
+
 def _order_by_id(ids) -> tuple[np.ndarray, np.ndarray]:
   """Returns (order, numeric_ids): `order` sorts records by id; numeric ids come from `train_NNNNN` ids
   (the original CIFAR index that CIFAR-N and torchvision use) or, for other ids, their rank."""
-  ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+  ids = [_id_text(i) for i in ids]
   matches = [_ID_PATTERN.match(i) for i in ids]
   if all(matches):
     numeric = np.array([int(m.group(1)) for m in matches], np.int64)
@@ -77,10 +112,12 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types here (not found, wrong format, no access).
     where = data_dir or '~/tensorflow_datasets'
+    needs = ('needs internet and the CIFAR-N files of README "CIFAR-N"' if name in CIFAR_N_DATASETS
+             else 'needs internet')
     raise DataUnavailableError(
         f'Cannot read tfds dataset {name!r} (split {split!r}) from data_dir {where!r} ({type(e).__name__}); '
         f'prepare it once with `python -m rmdnet_jax.prepare_data --dataset={name} --data_dir={where}` '
-        '(needs internet), point --config.data.data_dir at a prepared directory, or use '
+        f'({needs}), point --config.data.data_dir at a prepared directory, or use '
         '--config.data.source=npz --config.data.npz_path=FILE.') from e
   start = time.perf_counter()
   logging.info('Reading %d %s/%s records (decoding PNGs takes ~20 s for CIFAR train)...', len(source), name, split)
@@ -92,19 +129,24 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
   labels = np.array([int(r['label']) for r in records], np.int64)
   coarse = (np.array([int(r['coarse_label']) for r in records], np.int64)
             if 'coarse_label' in records[0] else None)
-  return images, labels, coarse, numeric_ids
+  # cifar10_n / cifar100_n records carry the human labels (-1 in their test split, which has none).
+  human = {CIFAR_N_KEYS[k]: np.array([int(r[k]) for r in records], np.int64)
+           for k in sorted(CIFAR_N_KEYS) if k in records[0]} if split == 'train' else {}
+  is_index = bool(records) and all(_ID_PATTERN.match(_id_text(r['id'])) for r in records)
+  return images, labels, coarse, numeric_ids, human, is_index
 
 
 def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
   """Reads both splits of a prepared tfds CIFAR into host arrays, in id order.
 
   Args:
-    name: 'cifar10' or 'cifar100'.
+    name: 'cifar10', 'cifar100', or their CIFAR-N versions 'cifar10_n', 'cifar100_n'.
     data_dir: tfds data_dir holding the ArrayRecord preparation; None for tfds' default
       (~/tensorflow_datasets or $TFDS_DATA_DIR).
 
   Returns:
-    The whole train and test splits, with CIFAR-100's coarse labels when present.
+    The whole train and test splits, with CIFAR-100's coarse labels when present and the CIFAR-N label columns
+    for the CIFAR-N datasets. Its name is the base dataset ('cifar10' for 'cifar10_n').
 
   Raises:
     ValueError: `name` is not a known dataset.
@@ -112,10 +154,12 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
   """
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; use one of {sorted(DATASETS)}.')
-  train_images, train_labels, coarse, ids = _tfds_split(name, 'train', data_dir)
-  test_images, test_labels, _, _ = _tfds_split(name, 'test', data_dir)
-  return Dataset(name, DATASETS[name]['num_classes'], train_images, train_labels, test_images, test_labels,
-                 ids, coarse, mean=DATASETS[name]['mean'], std=DATASETS[name]['std'])
+  train_images, train_labels, coarse, ids, human, is_index = _tfds_split(name, 'train', data_dir)
+  test_images, test_labels, *_ = _tfds_split(name, 'test', data_dir)
+  info = DATASETS[name]
+  return Dataset(info['base'], info['num_classes'], train_images, train_labels, test_images, test_labels,
+                 ids, coarse, mean=info['mean'], std=info['std'], train_human_labels=human,
+                 train_ids_are_cifar_indices=is_index)
 
 
 def _load_tfds(cfg) -> Dataset:
@@ -123,6 +167,8 @@ def _load_tfds(cfg) -> Dataset:
 
 
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+# CIFAR-N columns in an .npz of prepare_data: human_aggre, human_worst, ..., human_noisy.
+NPZ_HUMAN_PREFIX = 'human_'
 
 
 def _load_npz(cfg) -> Dataset:
@@ -138,11 +184,14 @@ def _load_npz(cfg) -> Dataset:
                                  '(uint8 images [N,32,32,3], int labels [N]) and optionally coarse_train, ids_train.')
     arrays = {k: f[k] for k in f.files}
   n = len(arrays['x_train'])
-  return Dataset(cfg.name, DATASETS[cfg.name]['num_classes'],
+  human = {k[len(NPZ_HUMAN_PREFIX):]: v.astype(np.int64) for k, v in arrays.items()
+           if k.startswith(NPZ_HUMAN_PREFIX)}
+  return Dataset(DATASETS[cfg.name]['base'], DATASETS[cfg.name]['num_classes'],
                  arrays['x_train'].astype(np.uint8), arrays['y_train'].astype(np.int64),
                  arrays['x_test'].astype(np.uint8), arrays['y_test'].astype(np.int64),
                  arrays.get('ids_train', np.arange(n)).astype(np.int64),
-                 arrays['coarse_train'].astype(np.int64) if 'coarse_train' in arrays else None)
+                 arrays['coarse_train'].astype(np.int64) if 'coarse_train' in arrays else None,
+                 train_human_labels=human, train_ids_are_cifar_indices='ids_train' in arrays)
 
 
 def _load_synthetic(cfg) -> Dataset:
@@ -159,6 +208,165 @@ def _load_synthetic(cfg) -> Dataset:
                  np.arange(len(train_labels), dtype=np.int64), coarse)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# CIFAR-N label files (path B: joined by id to cifar10 / cifar100 records).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _pickle_globals() -> dict:
+  """What a CIFAR-N .pt pickle may name: numpy's array reconstruction and nothing that runs other code."""
+  # Taken from live objects, not imported by module path: numpy 2 moved numpy.core to numpy._core, and the files
+  # name the old path.
+  reconstruct, scalar = np.ndarray((0,)).__reduce__()[0], np.int64(0).__reduce__()[0]
+  allowed = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): codecs.encode,
+             ('collections', 'OrderedDict'): collections.OrderedDict}
+  for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+    allowed[(module, '_reconstruct')], allowed[(module, 'scalar')] = reconstruct, scalar
+  return allowed
+
+
+_PICKLE_GLOBALS = _pickle_globals()
+
+
+class ArrayUnpickler(pickle.Unpickler):
+  """Unpickles numpy arrays, lists and dicts and nothing else: a .pt file is a pickle, and an unrestricted pickle
+  can run any code."""
+
+  def find_class(self, module, name):
+    if (module, name) not in _PICKLE_GLOBALS:
+      raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a CIFAR-N label file')
+    return _PICKLE_GLOBALS[(module, name)]
+
+  def persistent_load(self, pid):
+    raise pickle.UnpicklingError('torch tensors are not supported in a CIFAR-N label file')
+
+
+def _read_pt(path: str, raw: bytes) -> dict:
+  """The dict of arrays in an official CIFAR-N .pt file (a torch zip archive of a pickled dict of numpy arrays),
+  read without torch."""
+  how_to_fix = ('use the official CIFAR-10_human.pt / CIFAR-100_human.pt from UCSC-REAL/cifar-10-100n, or save its '
+                'arrays with np.savez and pass that .npz')
+  try:
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+      pickles = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
+      if len(pickles) != 1:
+        raise DataUnavailableError(f'{path} holds {len(pickles)} pickles (data.pkl), not one; {how_to_fix}.')
+      contents = ArrayUnpickler(io.BytesIO(archive.read(pickles[0]))).load()
+  except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
+    raise DataUnavailableError(f'{path} is not a CIFAR-N .pt file of numpy arrays ({e}); {how_to_fix}.') from e
+  if not isinstance(contents, dict):
+    raise DataUnavailableError(f'{path} holds a {type(contents).__name__}, not a dict of label arrays; {how_to_fix}.')
+  return contents
+
+
+def read_cifar_n_file(path: str) -> tuple[dict, np.ndarray]:
+  """Reads a CIFAR-N label file: the official `CIFAR-10_human.pt` / `CIFAR-100_human.pt`, or an .npz with the
+  same arrays (clean_label, aggre_label, worse_label, random_label1-3 / noisy_label), all indexed by the original
+  CIFAR train index.
+
+  Args:
+    path: the file (local or gs://).
+
+  Returns:
+    ({name in HUMAN_LABELS: int64 [50000]}, clean labels int64 [50000]).
+
+  Raises:
+    DataUnavailableError: the file is missing, unreadable, or lacks clean_label or every CIFAR-N column.
+  """
+  if not fileio.exists(path):
+    raise DataUnavailableError(
+        f'data.cifar_n_labels={path!r} does not exist; download CIFAR-10_human.pt or CIFAR-100_human.pt from '
+        'https://github.com/UCSC-REAL/cifar-10-100n (data/) and pass its path.')
+  if not path.endswith(('.pt', '.npz')):
+    raise DataUnavailableError(f'data.cifar_n_labels={path!r} is neither a .pt nor an .npz file; pass the official '
+                               'CIFAR-10_human.pt / CIFAR-100_human.pt or an .npz with its arrays.')
+  raw = fileio.read_bytes(path)
+  if path.endswith('.pt'):
+    contents = _read_pt(path, raw)
+  else:
+    try:
+      with np.load(io.BytesIO(raw), allow_pickle=False) as f:
+        contents = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+      raise DataUnavailableError(f'{path} is not an .npz of label arrays ({type(e).__name__}); pass the official '
+                                 'CIFAR-N .pt file or an .npz with its arrays.') from e
+  columns = {CIFAR_N_KEYS[k]: np.asarray(v).astype(np.int64) for k, v in contents.items() if k in CIFAR_N_KEYS}
+  if 'clean_label' not in contents or not columns:
+    raise DataUnavailableError(
+        f'{path} has arrays {sorted(contents)}, but a CIFAR-N file needs clean_label and at least one of '
+        f'{sorted(CIFAR_N_KEYS)}; pass CIFAR-10_human.pt / CIFAR-100_human.pt or an .npz with their arrays.')
+  clean = np.asarray(contents['clean_label']).astype(np.int64)
+  lengths = {len(v) for v in columns.values()} | {len(clean)}
+  if len(lengths) != 1:
+    raise DataUnavailableError(f'{path} has label arrays of different lengths {sorted(lengths)}; it is damaged, '
+                               'so download it again.')
+  return columns, clean
+
+
+def attach_cifar_n_labels(dataset: Dataset, path: str) -> None:
+  """Joins the CIFAR-N label file `path` to `dataset` by id: sets `dataset.train_human_labels`.
+
+  Args:
+    dataset: cifar10 or cifar100 records whose train_ids are the original CIFAR train indices.
+    path: a file `read_cifar_n_file` reads.
+
+  Raises:
+    DataUnavailableError: the file is for the other dataset, the ids are not CIFAR indices or the file does not
+      cover them, or the file's clean labels disagree with the dataset's (a wrong join).
+  """
+  columns, clean = read_cifar_n_file(path)
+  family = 'cifar10' if set(columns) & set(HUMAN_LABELS['cifar10']) else 'cifar100'
+  if family != dataset.name:
+    raise DataUnavailableError(
+        f'{path} holds {"CIFAR-10N" if family == "cifar10" else "CIFAR-100N"} labels but the data is '
+        f'{dataset.name}; pass the {"CIFAR-10N" if dataset.name == "cifar10" else "CIFAR-100N"} file or set '
+        f'--config.data.name={family} --config.data.num_classes={DATASETS[family]["num_classes"]}.')
+  if not dataset.train_ids_are_cifar_indices:
+    raise DataUnavailableError(
+        f'The {dataset.name} record ids are not original CIFAR indices (train_NNNNN), so the CIFAR-N labels in '
+        f'{path} cannot be joined to them; use data prepared by tfds (python -m rmdnet_jax.prepare_data) or '
+        f'--config.data.name={dataset.name}_n.')
+  ids = dataset.train_ids
+  if len(ids) and (ids.min() < 0 or ids.max() >= len(clean)):
+    raise DataUnavailableError(
+        f'{path} has labels for CIFAR indices 0-{len(clean) - 1} but the {dataset.name} records have ids '
+        f'{ids.min()}-{ids.max()}; pass the CIFAR-N file of this dataset.')
+  num_classes = dataset.num_classes
+  for name, column in columns.items():
+    if column.min() < 0 or column.max() >= num_classes:
+      raise DataUnavailableError(f'{path}: the {name} labels lie in [{column.min()}, {column.max()}], outside the '
+                                 f'{num_classes} classes of {dataset.name}; pass the CIFAR-N file of this dataset.')
+  agreement = float(np.mean(clean[ids] == dataset.train_labels)) if len(ids) else 1.0
+  if agreement < MIN_CLEAN_AGREEMENT:
+    raise DataUnavailableError(
+        f'The clean_label of {path} agrees with the {dataset.name} labels on only {agreement:.2%} of the joined '
+        f'examples (at least {MIN_CLEAN_AGREEMENT:.0%} needed), so the file does not belong to these records; '
+        'pass the CIFAR-N file of this dataset, with labels in the original CIFAR train order.')
+  logging.info('CIFAR-N labels %s joined by id from %s; its clean_label agrees with the %s labels on %.2f%% of '
+               '%d examples.', ', '.join(sorted(columns)), path, dataset.name, 100 * agreement, len(ids))
+  dataset.train_human_labels = {name: column[ids] for name, column in columns.items()}
+
+
+def human_noisy_labels(dataset: Dataset, human_label: str) -> np.ndarray:
+  """The CIFAR-N column `human_label` of `dataset` (noise.kind=human).
+
+  Raises:
+    ValueError: `human_label` is not a CIFAR-N column name, or not one of this dataset's.
+    DataUnavailableError: no CIFAR-N labels were loaded.
+  """
+  if human_label not in ALL_HUMAN_LABELS:
+    raise ValueError(f'noise.human_label={human_label!r} is not one of {", ".join(ALL_HUMAN_LABELS)}; e.g. '
+                     '--config.noise.human_label=aggre.')
+  if not dataset.train_human_labels:
+    raise DataUnavailableError(
+        f'noise.kind=human needs CIFAR-N labels, but none were loaded with {dataset.name}; load them with '
+        '--config.data.name=cifar10_n (or cifar100_n) or --config.data.cifar_n_labels=FILE.')
+  if human_label not in dataset.train_human_labels:
+    raise ValueError(f'noise.human_label={human_label!r} is not among the CIFAR-N labels of {dataset.name} '
+                     f'({", ".join(sorted(dataset.train_human_labels))}); choose one of those.')
+  return dataset.train_human_labels[human_label]
+
+
 def load(cfg: ml_collections.ConfigDict) -> Dataset:
   """Loads `config.data` into host arrays (see `configs/default.py` for the keys)."""
   if cfg.source not in SOURCES:
@@ -170,6 +378,13 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     raise ValueError(f'data.num_classes={cfg.num_classes} but {cfg.name} has {dataset.num_classes} classes.')
   if cfg.source != 'synthetic':
     dataset.mean, dataset.std = DATASETS[cfg.name]['mean'], DATASETS[cfg.name]['std']
+  # .get: configs saved by older versions (read back by the analysis) have no such key.
+  labels_path = cfg.get('cifar_n_labels', '')
+  if labels_path:
+    if dataset.train_human_labels:
+      raise ValueError(f'data.name={cfg.name} already carries CIFAR-N labels; drop --config.data.cifar_n_labels or '
+                       f'use --config.data.name={dataset.name}.')
+    attach_cifar_n_labels(dataset, labels_path)
   if cfg.train_subset:
     # Deterministic subset for quick experiments: the first examples in id order.
     n = cfg.train_subset
@@ -177,6 +392,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     dataset.train_ids = dataset.train_ids[:n]
     if dataset.train_coarse_labels is not None:
       dataset.train_coarse_labels = dataset.train_coarse_labels[:n]
+    dataset.train_human_labels = {k: v[:n] for k, v in dataset.train_human_labels.items()}
   if cfg.test_subset:
     dataset.test_images = dataset.test_images[:cfg.test_subset]
     dataset.test_labels = dataset.test_labels[:cfg.test_subset]

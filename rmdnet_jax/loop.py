@@ -64,7 +64,7 @@ def _due(step: int, every: int, total: int) -> bool:
 def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: jax.Array, start_step: int,
           schedule: StageSchedule, mngr, meta: dict, writer, learning_rate_fn: Callable,
           global_batch_size: int, eval_fn: Optional[Callable[[Any], dict]] = None,
-          step_args: tuple = ()) -> Any:
+          step_args: tuple = (), epoch_start_fn: Optional[Callable[[Any, int], Any]] = None) -> Any:
   """Runs `step_fn(state, *step_args, batch, rng_step)` from `start_step` to `schedule.num_steps`.
 
   Args:
@@ -76,6 +76,9 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
     mngr: the stage's Orbax manager; meta: saved with each checkpoint.
     eval_fn: state -> dict of scalars, run every `eval_every_steps` and at the end.
     step_args: extra broadcast arguments between state and batch (the teacher, for RGRL).
+    epoch_start_fn: (state, epoch) -> state, run before the first step of every epoch (also when a resume
+      starts there); a method's per-epoch update such as DivideMix's division. Its result is checkpointed
+      with the state, so a resume mid-epoch continues with that epoch's update.
   Returns:
     the final state.
   """
@@ -93,6 +96,9 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
 
   with _SigtermFlag() as sigterm:
     for step in range(start_step, schedule.num_steps):
+      if epoch_start_fn is not None and step % schedule.steps_per_epoch == 0:
+        state = epoch_start_fn(state, step // schedule.steps_per_epoch)
+        interval_start = time.perf_counter()
       batch = next(batches)
       state, metrics = step_fn(state, *step_args, batch, jax.random.fold_in(rng, step))
       sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)

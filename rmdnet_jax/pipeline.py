@@ -30,7 +30,7 @@ from rmdnet_jax import train_state as train_state_lib
 STREAM_RM, STREAM_RGRL = 1, 2
 # Keys whose change does not change the results: a run may be resumed with different values.
 RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
-                  'data.npz_path', 'max_to_keep', 'relation.teacher_checkpoint')
+                  'data.npz_path', 'data.cifar_n_labels', 'max_to_keep', 'relation.teacher_checkpoint')
 
 
 class WorkdirConfigMismatch(RuntimeError):
@@ -72,12 +72,23 @@ def labels_digest(labels: np.ndarray) -> str:
 def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Dataset,
                          workdir: str) -> noise.NoisyLabels:
   """The run's noisy labels: made once from config.noise and saved in WORKDIR/noisy_labels.npz; every later
-  stage and resume reloads that file, so all of them see exactly the same labels."""
+  stage and resume reloads that file, so all of them see exactly the same labels.
+
+  With noise.kind=human they are not generated but taken from the dataset's CIFAR-N column noise.human_label
+  (noise.rate and noise.seed play no part); the realised rate and the transition matrix are then empirical.
+  """
   path = os.path.join(workdir, 'noisy_labels.npz')
   n = config.noise
-  meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
-          'cifar100_grouping': n.cifar100_grouping, 'dataset': dataset.name,
-          'num_examples': int(len(dataset.train_labels)), 'clean_labels_sha256': labels_digest(dataset.train_labels)}
+  human = n.kind == config_checks.HUMAN_NOISE
+  common = {'dataset': dataset.name, 'num_examples': int(len(dataset.train_labels)),
+            'clean_labels_sha256': labels_digest(dataset.train_labels)}
+  if human:
+    column = data.human_noisy_labels(dataset, n.human_label)
+    # The labels' digest too: another CIFAR-N file (or version) must not resume this run silently.
+    meta = {'kind': n.kind, 'human_label': n.human_label, **common, 'noisy_labels_sha256': labels_digest(column)}
+  else:
+    meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
+            'cifar100_grouping': n.cifar100_grouping, **common}
   if fileio.exists(path):
     noisy, saved = noise.load_noisy_labels(path)
     mismatched = [k for k in meta if saved.get(k) != meta[k]]
@@ -87,14 +98,24 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
           f'{", ".join(f"{k}={meta[k]!r}" for k in mismatched)}; use a new --workdir for other noise or data.')
     logging.info('Reloaded noisy labels from %s (realised rate %.4f).', path, noisy.realized_rate)
     return noisy
-  noisy = noise.make_noisy_labels(
-      dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes, seed=n.seed,
-      coarse_labels=dataset.train_coarse_labels, images=dataset.train_images if n.kind == 'instance' else None,
-      symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping)
+  if human:
+    labels = np.asarray(column, np.int64)
+    noisy = noise.NoisyLabels(
+        labels=labels, realized_rate=float(np.mean(labels != dataset.train_labels)),
+        transition=noise.empirical_transition(dataset.train_labels, labels, dataset.num_classes))
+  else:
+    noisy = noise.make_noisy_labels(
+        dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes, seed=n.seed,
+        coarse_labels=dataset.train_coarse_labels, images=dataset.train_images if n.kind == 'instance' else None,
+        symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping)
   if jax.process_index() == 0:
     noise.save_noisy_labels(path, noisy, meta)
-  logging.info('Made %s noisy labels (rate %.2f, seed %d): realised rate %.4f, saved to %s.', n.kind, n.rate,
-               n.seed, noisy.realized_rate, path)
+  if human:
+    logging.info('Took the CIFAR-N %s labels as noisy labels: realised rate %.4f, saved to %s.', n.human_label,
+                 noisy.realized_rate, path)
+  else:
+    logging.info('Made %s noisy labels (rate %.2f, seed %d): realised rate %.4f, saved to %s.', n.kind, n.rate,
+                 n.seed, noisy.realized_rate, path)
   return noisy
 
 
@@ -235,8 +256,10 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
   init_rng, step_rng = _stage_keys(config, STREAM_RGRL)
   needs_teacher = config.method.distill or config.relation.student_init == 'teacher'
   teacher = load_teacher(config, dataset, workdir) if needs_teacher else None
+  method = methods.make_method(config.method)
   state = parallel.replicate(
-      distill.create_distill_state(init_rng, config, dataset.image_shape, lr_fn, teacher))
+      distill.create_distill_state(init_rng, config, dataset.image_shape, lr_fn, teacher,
+                                   num_examples=len(dataset.train_images)))
   mngr = checkpoints.manager(os.path.join(workdir, 'rgrl'), max_to_keep=config.max_to_keep)
   meta = checkpoints.stage_meta(config, 'rgrl', dataset.image_shape)
   state, start = _resume(mngr, state, meta, sched.num_steps, 'rgrl')
@@ -264,20 +287,45 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
         functools.partial(
             distill.distill_step,
             teacher_apply=distill.teacher_apply_fn(config) if config.method.distill else None,
-            method_loss=methods.make_method_loss(config.method), K=config.relation.K,
-            relation_kwargs=distill.relation_kwargs(config),
-            view_kwargs=distill.view_kwargs(config, dataset.mean, dataset.std)),
+            method=method, K=config.relation.K, relation_kwargs=distill.relation_kwargs(config),
+            view_kwargs=distill.view_kwargs(config, dataset.mean, dataset.std),
+            steps_per_epoch=sched.steps_per_epoch),
         sharded_argnums=(2,))
     batches = _batches({'images': dataset.train_images, 'labels': noisy.labels}, config.rgrl, seed=config.seed,
                        stream=STREAM_RGRL, start_step=start, num_steps=sched.num_steps)
     state = loop.train(stage='rgrl', state=state, step_fn=step_fn, batches=batches, rng=step_rng,
                        start_step=start, schedule=sched, mngr=mngr, meta=meta, writer=writer,
                        learning_rate_fn=lr_fn, global_batch_size=config.rgrl.batch_size, eval_fn=eval_fn,
-                       step_args=(teacher if config.method.distill else None,))
+                       step_args=(teacher if config.method.distill else None,),
+                       epoch_start_fn=method_epoch_hook(config, dataset, noisy, method))
   else:
     logging.info('rgrl: already complete (%d steps).', start)
   mngr.close()
   return final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply)
+
+
+def method_epoch_hook(config, dataset, noisy, method):
+  """loop.train's epoch_start_fn for a method with an epoch hook (DivideMix's co-divide), else None."""
+  if method.epoch_hook is None:
+    return None
+  network_logits = distill.network_logits_fn(config)
+  apply = lambda variables, images: network_logits(variables, augment.normalize(images, dataset.mean, dataset.std))
+
+  def epoch_start(state, epoch):
+    def logits_fn():
+      logging.info('rgrl: %s epoch %d: predicting the %d training images.', method.name, epoch,
+                   len(dataset.train_images))
+      variables = {'params': state.params, 'batch_stats': state.batch_stats}
+      out = parallel.map_batches(apply, variables, dataset.train_images, config.eval_batch_size)
+      return np.moveaxis(out, 1, 0)  # [networks, N, C]
+
+    new = method.epoch_hook(jax.device_get(state.method_state), epoch=epoch, logits_fn=logits_fn,
+                            labels=noisy.labels)
+    if new is None:
+      return state
+    return state.replace(method_state=parallel.replicate(jax.tree.map(np.asarray, new)))
+
+  return epoch_start
 
 
 def final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply) -> dict:
@@ -312,7 +360,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics.create_writer(workdir)
   if jax.process_index() == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
-  results = {'workdir': fileio.absolute(workdir), 'dataset': dataset.name, 'noise': config.noise.kind,
+  noise_name = (f'{config.noise.kind}/{config.noise.human_label}' if config.noise.kind == 'human'
+                else config.noise.kind)
+  results = {'workdir': fileio.absolute(workdir), 'dataset': dataset.name, 'noise': noise_name,
              'noise_rate': config.noise.rate, 'method': config.method.name, 'rmdnet': bool(config.method.distill),
              'seed': config.seed}
   for stage in stages:

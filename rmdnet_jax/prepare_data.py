@@ -8,11 +8,19 @@ and internet; after that, training reads DIR with `tfds.data_source` and needs n
 works on a read-only DIR.
 
 `--npz=FILE` also writes both splits, in id order, as one .npz (x_train, y_train, x_test, y_test, ids_train, and
-coarse_train for CIFAR-100) for hosts that have no tfds or no copy of DIR:
+coarse_train for CIFAR-100, human_<label> for CIFAR-N) for hosts that have no tfds or no copy of DIR:
 `--config.data.source=npz --config.data.npz_path=FILE` reads back exactly the arrays the tfds source gives.
+
+CIFAR-N (`--dataset=cifar10_n|cifar100_n`): tfds' builders also read three files that only the CIFAR-N repository
+(https://github.com/UCSC-REAL/cifar-10-100n, CC BY-NC 4.0) has, from the manual directory (`--manual_dir`, by
+default DIR/downloads/manual): `side_info_cifar10N.csv`, `image_order_c10.npy` and
+`CIFAR-10_human_annotations.csv` (CIFAR-100N: `..._cifar100N.csv`, `..._c100.npy`, `CIFAR-100_human_...`). The
+last one is a conversion of the repository's `data/CIFAR-10_human_ordered.npy`; put that file there instead and it
+is converted here, without TensorFlow or pandas.
 """
 import contextlib
 import os
+import pickle
 import socket
 import sys
 import time
@@ -33,6 +41,8 @@ flags.DEFINE_enum('dataset', 'cifar10', sorted(data.DATASETS), 'Dataset to prepa
 flags.DEFINE_string('data_dir', None, 'tfds data_dir to prepare or reuse (default: tfds\' own, '
                     '~/tensorflow_datasets or $TFDS_DATA_DIR).')
 flags.DEFINE_string('npz', None, 'Also write both splits to this .npz (for --config.data.source=npz).')
+flags.DEFINE_string('manual_dir', None, 'CIFAR-N only: the directory with the CIFAR-N files tfds cannot download '
+                    '(default: DATA_DIR/downloads/manual, as tfds).')
 flags.DEFINE_bool('compress', False, 'Zip-compress the .npz (slower to write and read; CIFAR images shrink '
                   'little).')
 
@@ -42,6 +52,21 @@ DOWNLOAD_URLS = {
     'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
     'cifar100': 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
 }
+# tfds' CIFAR-N builders download the same CIFAR archives (tensorflow_datasets/image_classification/cifar10_n).
+DOWNLOAD_URLS['cifar10_n'], DOWNLOAD_URLS['cifar100_n'] = DOWNLOAD_URLS['cifar10'], DOWNLOAD_URLS['cifar100']
+# What those builders read from the manual directory (their MANUAL_DOWNLOAD_INSTRUCTIONS and CifarInfo).
+CIFAR_N_MANUAL_FILES = {
+    'cifar10_n': ('CIFAR-10_human_annotations.csv', 'side_info_cifar10N.csv', 'image_order_c10.npy'),
+    'cifar100_n': ('CIFAR-100_human_annotations.csv', 'side_info_cifar100N.csv', 'image_order_c100.npy'),
+}
+# The repository file the annotations CSV is converted from, and the CSV's columns: the builders read them by
+# position (CIFAR-10N: 1 aggre, 2 worse, 3-5 random1-3; CIFAR-100N: 1 noise), after a header line.
+CIFAR_N_ORDERED_NPY = {'cifar10_n': 'CIFAR-10_human_ordered.npy', 'cifar100_n': 'CIFAR-100_human_ordered.npy'}
+CIFAR_N_CSV_COLUMNS = {
+    'cifar10_n': ('clean_label', 'aggre_label', 'worse_label', 'random_label1', 'random_label2', 'random_label3'),
+    'cifar100_n': ('clean_label', 'noise_label'),
+}
+CIFAR_N_REPO = 'https://github.com/UCSC-REAL/cifar-10-100n'
 _PROBE_TIMEOUT_S = 15
 _NETWORK_ERRORS = (requests.RequestException, ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError)
 
@@ -66,14 +91,73 @@ def _check_reachable(name: str, url: str, where: str) -> None:
     raise PrepareError(_download_failed(name, url, where, f'HTTP {response.status_code}'))
 
 
-def prepare(name: str, data_dir: Optional[str] = None) -> str:
+def read_ordered_npy(path: str) -> dict:
+  """The dict of label arrays in a CIFAR-N `*_human_ordered.npy` (a pickled object array), unpickled with
+  `data.ArrayUnpickler`, which builds numpy arrays and nothing else."""
+  with open(path, 'rb') as f:
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    read_header(f)
+    contents = data.ArrayUnpickler(f).load()
+  contents = contents.item() if isinstance(contents, np.ndarray) and contents.shape == () else contents
+  if not isinstance(contents, dict):
+    raise PrepareError(f'{path} holds a {type(contents).__name__}, not the dict of label arrays of the CIFAR-N '
+                       f'repository; download it again from {CIFAR_N_REPO} (data/).')
+  return contents
+
+
+def write_annotations_csv(name: str, ordered_npy: str, csv_path: str) -> None:
+  """Converts the repository's `*_human_ordered.npy` into the annotations CSV tfds' CIFAR-N builder reads."""
+  contents = {key: np.asarray(value) for key, value in read_ordered_npy(ordered_npy).items()}
+  # The C-100 file calls its column noise_label, the .pt files noisy_label: accept either spelling of a column.
+  by_canonical = {data.CIFAR_N_KEYS.get(key, key): value for key, value in contents.items()}
+  columns = [by_canonical.get(data.CIFAR_N_KEYS.get(key, key)) for key in CIFAR_N_CSV_COLUMNS[name]]
+  missing = [key for key, column in zip(CIFAR_N_CSV_COLUMNS[name], columns) if column is None]
+  if missing:
+    raise PrepareError(f'{ordered_npy} lacks {missing} (it has {sorted(contents)}); put the '
+                       f'{CIFAR_N_ORDERED_NPY[name]} of {CIFAR_N_REPO} there instead.')
+  table = np.stack([column.astype(np.int64) for column in columns], axis=1)
+  tmp = f'{csv_path}.tmp-{os.getpid()}'
+  np.savetxt(tmp, table, fmt='%d', delimiter=',', header=','.join(CIFAR_N_CSV_COLUMNS[name]), comments='')
+  os.replace(tmp, csv_path)
+
+
+def check_manual_files(name: str, manual_dir: str) -> None:
+  """Makes sure `manual_dir` has the CIFAR-N files tfds' builder `name` reads, converting the annotations CSV
+  from the repository's `*_human_ordered.npy` when only that is there.
+
+  Raises:
+    PrepareError: a file is missing or the conversion failed; the message lists what to put where.
+  """
+  csv_name, side_info, order = CIFAR_N_MANUAL_FILES[name]
+  csv_path, ordered_npy = os.path.join(manual_dir, csv_name), os.path.join(manual_dir, CIFAR_N_ORDERED_NPY[name])
+  if not os.path.exists(csv_path) and os.path.exists(ordered_npy):
+    logging.info('Converting %s into %s for tfds.', ordered_npy, csv_path)
+    try:
+      write_annotations_csv(name, ordered_npy, csv_path)
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+      raise PrepareError(f'Cannot convert {ordered_npy} into {csv_path} ({type(e).__name__}: {e}); make '
+                         f'{manual_dir} writable, or download the file again from {CIFAR_N_REPO}.') from e
+  missing = [f for f in (side_info, order) if not os.path.exists(os.path.join(manual_dir, f))]
+  if not os.path.exists(csv_path):
+    missing.append(f'{CIFAR_N_ORDERED_NPY[name]} (or {csv_name})')
+  if missing:
+    raise PrepareError(
+        f'Preparing {name} needs CIFAR-N files that tfds cannot download: put {", ".join(missing)} from '
+        f'{CIFAR_N_REPO} (the .npy of data/ and the rest of the top level) into {manual_dir}, or name another '
+        'directory with --manual_dir (CIFAR-N is CC BY-NC 4.0: non-commercial use only).')
+
+
+def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> str:
   """Makes sure `name` is prepared in a random-access format (ArrayRecord) in `data_dir`.
 
   Downloads and prepares it when it is absent; an existing usable preparation is reused untouched.
 
   Args:
-    name: 'cifar10' or 'cifar100'.
+    name: 'cifar10', 'cifar100', 'cifar10_n' or 'cifar100_n'.
     data_dir: tfds data_dir; None for tfds' default.
+    manual_dir: CIFAR-N only: where its files are (`check_manual_files`); None for DATA_DIR/downloads/manual.
 
   Returns:
     The dataset's version directory (DATA_DIR/NAME/VERSION).
@@ -81,7 +165,8 @@ def prepare(name: str, data_dir: Optional[str] = None) -> str:
   Raises:
     ValueError: `name` is not a known dataset.
     PrepareError: the directory holds a preparation `tfds.data_source` cannot read (TFRecord), TensorFlow is
-      missing, the download host is unreachable, or preparing failed; the message says how to fix it.
+      missing, the download host is unreachable, CIFAR-N files are missing, or preparing failed; the message
+      says how to fix it.
   """
   if name not in data.DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; use one of {sorted(data.DATASETS)}.')
@@ -101,6 +186,11 @@ def prepare(name: str, data_dir: Optional[str] = None) -> str:
         f'in place with `tfds convert_format --dataset_version_dir={builder.data_dir} '
         '--out_file_format=array_record`, delete that directory and rerun, or pass another --data_dir.')
 
+  download_config = None
+  if name in CIFAR_N_MANUAL_FILES:
+    manual_dir = manual_dir or os.path.join(where, 'downloads', 'manual')
+    check_manual_files(name, manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   url = DOWNLOAD_URLS[name]
   _check_reachable(name, url, where)
   try:
@@ -115,7 +205,7 @@ def prepare(name: str, data_dir: Optional[str] = None) -> str:
   logging.info('Downloading %s and preparing it as ArrayRecord in %s (a few minutes).', url, builder.data_dir)
   start = time.time()
   try:
-    builder.download_and_prepare(file_format='array_record')
+    builder.download_and_prepare(file_format='array_record', download_config=download_config)
   except Exception as e:  # noqa: BLE001  tfds raises many types (network, disk space, permissions, checksums).
     if isinstance(e, _NETWORK_ERRORS):
       raise PrepareError(_download_failed(name, url, where, type(e).__name__)) from e
@@ -135,6 +225,8 @@ def npz_arrays(dataset: data.Dataset) -> dict[str, np.ndarray]:
   }
   if dataset.train_coarse_labels is not None:
     arrays['coarse_train'] = dataset.train_coarse_labels
+  for label, column in dataset.train_human_labels.items():
+    arrays[f'{data.NPZ_HUMAN_PREFIX}{label}'] = column
   return arrays
 
 
@@ -172,7 +264,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_not_missing_info_warning)
   name, data_dir = FLAGS.dataset, FLAGS.data_dir or None
   try:
-    prepare(name, data_dir)
+    prepare(name, data_dir, FLAGS.manual_dir)
     if FLAGS.npz:
       logging.info('Reading the %s train and test splits (tens of seconds for 60k images).', name)
       start = time.time()

@@ -4,7 +4,8 @@
 
 Each WORKDIR (local globs are expanded here, so quote them; gs:// paths are taken literally) is a run of
 rmdnet_jax.main. Its config.json gives the row, (dataset, noise kind, rate), and the column, (method, RMDNet on or
-off); its results.json gives the best and last test accuracy. Runs without results.json are unfinished: they are
+off); its results.json gives the best and last test accuracy. CIFAR-N runs are rows of their base dataset with
+noise 'human/LABEL' (e.g. cifar10, human/aggre) and no rate: the human labels have their own. Runs without results.json are unfinished: they are
 listed in their own section and never averaged. Runs without an RGRL stage (the grid's SimSiam teacher cells) have
 no test accuracy and are left out. The markdown goes to stdout and, with --markdown, to a file; --csv writes one
 row per (setting, method, RMDNet) cell.
@@ -24,7 +25,8 @@ from rmdnet_jax import fileio
 
 # Best test accuracy (%) published by other papers (PreAct ResNet-18, DivideMix protocol), copied from
 # shared/paper/rmdnet.md, keyed by (dataset, noise kind, rate). These are comparison points, not RMDNet's numbers.
-# CIFAR-N (CE) is not here: rmdnet_jax.noise has no human-noise kind yet that a run's config could match.
+# The CIFAR-N rows (noise 'human/LABEL', rate 0) are CE as published with CIFAR-N (Wei et al., ICLR 2022), under
+# that paper's protocol, not DivideMix's; the notes give no other CIFAR-N numbers.
 PUBLISHED_METHODS = ('CE', 'DivideMix')
 PUBLISHED = {
     ('cifar10', 'symmetric', 0.2): {'CE': 86.8, 'DivideMix': 96.1},
@@ -36,7 +38,13 @@ PUBLISHED = {
     ('cifar100', 'symmetric', 0.5): {'CE': 46.7, 'DivideMix': 74.6},
     ('cifar100', 'symmetric', 0.8): {'CE': 19.9, 'DivideMix': 60.2},
     ('cifar100', 'symmetric', 0.9): {'CE': 10.1, 'DivideMix': 31.5},
+    ('cifar10', 'human/aggre', 0.0): {'CE': 87.77},
+    ('cifar10', 'human/worst', 0.0): {'CE': 77.69},
+    ('cifar100', 'human/noisy', 0.0): {'CE': 55.50},
 }
+HUMAN_NOISE = 'human'
+# tfds' CIFAR-N builders hold the CIFAR images: their runs are rows of the base dataset.
+BASE_DATASETS = {'cifar10_n': 'cifar10', 'cifar100_n': 'cifar100'}
 METRICS = (('best', 'test_accuracy_best'), ('last', 'test_accuracy_last'))
 CSV_FIELDS = ('dataset', 'noise', 'rate', 'method', 'rmdnet', 'n', 'seeds', 'best_mean', 'best_std', 'last_mean',
               'last_std', 'rmdnet_gain_best', 'rmdnet_gain_last') + tuple(f'published_{m.lower()}_best'
@@ -47,7 +55,7 @@ CSV_FIELDS = ('dataset', 'noise', 'rate', 'method', 'rmdnet', 'n', 'seeds', 'bes
 class Run:
   """One work directory: where it sits in the table, and its accuracies in % (None while unfinished)."""
   workdir: str
-  setting: tuple  # (dataset, noise kind, rate)
+  setting: tuple  # (dataset, noise kind, rate); CIFAR-N: (base dataset, 'human/LABEL', 0.0)
   column: tuple   # (method, rmdnet on)
   seed: int
   best: Optional[float]
@@ -79,9 +87,14 @@ def load_run(workdir: str) -> Optional[Run]:
   results = json.loads(fileio.read_text(results_path)) if fileio.exists(results_path) else {}
   best, last = (100.0 * results[key] if key in results else None for _, key in METRICS)
   noise = config['noise']
-  # Without noise the rate key is unused; zero it so that clean runs with different leftover rates share a row.
-  rate = 0.0 if noise['kind'] == 'none' else round(float(noise['rate']), 4)
-  return Run(workdir=workdir, setting=(config['data']['name'], noise['kind'], rate),
+  kind = noise['kind']
+  # Without noise, and with human noise, the rate key is unused; zero it so that runs with different leftover
+  # rates share a row.
+  rate = 0.0 if kind in ('none', HUMAN_NOISE) else round(float(noise['rate']), 4)
+  if kind == HUMAN_NOISE:
+    kind = f'{HUMAN_NOISE}/{noise.get("human_label", "")}'
+  dataset = BASE_DATASETS.get(config['data']['name'], config['data']['name'])
+  return Run(workdir=workdir, setting=(dataset, kind, rate),
              column=(config['method']['name'], bool(config['method']['distill'])), seed=int(config['seed']),
              best=best, last=last)
 
@@ -145,8 +158,13 @@ def _gain_methods(table: Table) -> list:
   return [m for m in methods if (m, True) in table.columns and (m, False) in table.columns]
 
 
-def _rate(rate: float) -> str:
-  return f'{rate:g}'
+def _is_human(setting: tuple) -> bool:
+  return setting[1].startswith(f'{HUMAN_NOISE}/')
+
+
+def _rate(setting: tuple, missing: str = '—') -> str:
+  # Human noise has no rate to show: the rate column is the synthetic flip rate, and CIFAR-N labels bring their own.
+  return missing if _is_human(setting) else f'{setting[2]:g}'
 
 
 def markdown(table: Table) -> str:
@@ -162,7 +180,7 @@ def markdown(table: Table) -> str:
     lines += [f'## {metric.capitalize()} test accuracy (%)', '', '| ' + ' | '.join(header) + ' |',
               '|' + '---|' * len(header)]
     for setting in table.settings:
-      row = [setting[0], setting[1], _rate(setting[2])]
+      row = [setting[0], setting[1], _rate(setting)]
       row += [_cell(table.stats(setting, c, metric)) for c in table.columns]
       row += [_signed(table.gain(setting, m, metric)) for m in gain_methods]
       if metric == 'best':
@@ -171,15 +189,18 @@ def markdown(table: Table) -> str:
     lines.append('')
   lines.append('Mean ± sample standard deviation over seeds (n runs). RMDNet gain: mean with RMDNet minus mean '
                'without, same method and setting.')
-  if published:
+  if any(s in PUBLISHED and not _is_human(s) for s in table.settings):
     lines.append('Published: best test accuracy reported by other papers (PreAct ResNet-18, DivideMix protocol; '
                  'paper/rmdnet.md), not RMDNet results.')
+  if any(s in PUBLISHED and _is_human(s) for s in table.settings):
+    lines.append('Published CIFAR-N (human/…): CE as published with CIFAR-N (Wei et al., ICLR 2022, its own '
+                 'protocol; paper/rmdnet.md), not RMDNet results.')
   lines.append('')
   if table.unfinished:
     lines += ['## Unfinished (no results.json; not averaged)', '',
               '| workdir | dataset | noise | rate | method | RMDNet | seed |', '|---|---|---|---|---|---|---|']
     for r in table.unfinished:
-      lines.append(f'| {r.workdir} | {r.setting[0]} | {r.setting[1]} | {_rate(r.setting[2])} | {r.column[0]} | '
+      lines.append(f'| {r.workdir} | {r.setting[0]} | {r.setting[1]} | {_rate(r.setting)} | {r.column[0]} | '
                    f'{"on" if r.column[1] else "off"} | {r.seed} |')
     lines.append('')
   return '\n'.join(lines)
@@ -201,7 +222,7 @@ def csv_text(table: Table) -> str:
         continue
       best, last = table.stats(setting, column, 'best'), table.stats(setting, column, 'last')
       gains = [table.gain(setting, column[0], m) if column[1] else None for m, _ in METRICS]
-      writer.writerow([setting[0], setting[1], _rate(setting[2]), column[0], str(column[1]).lower(), len(runs),
+      writer.writerow([setting[0], setting[1], _rate(setting, ''), column[0], str(column[1]).lower(), len(runs),
                        ' '.join(str(r.seed) for r in runs), _number(best[0]), _number(best[1]), _number(last[0]),
                        _number(last[1])] + [_number(g) for g in gains]
                       + [_number(PUBLISHED.get(setting, {}).get(m)) for m in PUBLISHED_METHODS])

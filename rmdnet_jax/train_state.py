@@ -34,6 +34,13 @@ def make_optimizer(stage_config, learning_rate_fn) -> optax.GradientTransformati
   )
 
 
+class StudentTrainState(TrainState):
+  """The RGRL student: for two-network methods every leaf of params and batch_stats is stacked on a leading axis
+  of size 2 (one SGD over the stacked tree equals one SGD per network: it is elementwise). `method_state` is the
+  method's per-example state (ELR's targets, DivideMix's division), checkpointed with the networks."""
+  method_state: Any
+
+
 def create_train_state(model, variables, tx) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables.get('batch_stats', {}), tx=tx)

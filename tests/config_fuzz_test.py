@@ -182,7 +182,7 @@ def _check_construction(config) -> None:
   models.student_net(config)
   config_checks.parse_stages(config.stages)
   distill.relation_kwargs(config)
-  methods.get_method_loss(config.method.name)
+  methods.make_method(config.method)
   for stage in ('rm', 'rgrl'):
     lr_fn = train_state.learning_rate_schedule(config[stage], STEPS_PER_EPOCH)
     total = max(config[stage].epochs * STEPS_PER_EPOCH, 1)

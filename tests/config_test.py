@@ -63,6 +63,49 @@ def test_asymmetric_noise_needs_a_known_dataset():
     config_checks.validate(config, num_devices=8)
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.source': 'synthetic'}, 'synthetic data does not have'),
+    ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.name': 'cifar10_n'}, 'already carries the CIFAR-N labels'),
+    ({'data.cifar_n_labels': 'CIFAR-10_human.csv'}, 'must name a .pt or .npz file'),
+    ({'noise.human_label': 'majority'}, "noise.human_label='majority' is not one of aggre, worst"),
+    ({'noise.kind': 'human', 'noise.human_label': 'aggre'}, 'noise.kind=human needs CIFAR-N labels; use '
+     '--config.data.name=cifar10_n \\(or cifar100_n\\) or --config.data.cifar_n_labels=FILE'),
+    ({'noise.kind': 'human', 'noise.human_label': 'aggre', 'data.source': 'synthetic',
+      'data.cifar_n_labels': 'x.npz'}, 'synthetic data does not have'),
+    ({'noise.kind': 'human', 'data.name': 'cifar10_n'}, "needs noise.human_label in aggre, worst, random1, "
+     "random2, random3, not ''"),
+    ({'noise.kind': 'human', 'noise.human_label': 'aggre', 'data.name': 'cifar100_n', 'data.num_classes': 100},
+     'on cifar100 needs noise.human_label in noisy'),
+    ({'noise.kind': 'human', 'noise.human_label': 'noisy', 'data.cifar_n_labels': 'CIFAR-10_human.pt'},
+     'on cifar10 needs noise.human_label in aggre'),
+])
+def test_cifar_n_rules_reject_with_one_sentence(overrides, message):
+  config = default.get_config()
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    config[section][leaf] = value
+  with pytest.raises(config_checks.ConfigError, match=message) as info:
+    config_checks.validate(config, num_devices=8)
+  text = str(info.value)
+  assert '\n' not in text and text.count('. ') <= text.count('e.g. ')
+
+
+@pytest.mark.parametrize('overrides', [
+    {'data.name': 'cifar10_n', 'noise.kind': 'human', 'noise.human_label': 'worst', 'noise.rate': 0.0},
+    {'data.name': 'cifar100_n', 'data.num_classes': 100, 'noise.kind': 'human', 'noise.human_label': 'noisy'},
+    {'data.cifar_n_labels': '/data/CIFAR-10_human.pt', 'noise.kind': 'human', 'noise.human_label': 'random2'},
+    {'data.cifar_n_labels': 'gs://bucket/cifar100n.npz', 'data.name': 'cifar100', 'data.num_classes': 100,
+     'data.source': 'npz', 'data.npz_path': 'c100.npz', 'noise.kind': 'human', 'noise.human_label': 'noisy'},
+    {'data.name': 'cifar10_n'},  # CIFAR-N images with synthetic noise: the columns are just not used
+])
+def test_cifar_n_configs_validate(overrides):
+  config = default.get_config()
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    config[section][leaf] = value
+  config_checks.validate(config, num_devices=8)
+
+
 def test_student_init_teacher_needs_same_architecture():
   config = default.get_config()
   config.relation.student_init = 'teacher'

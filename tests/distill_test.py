@@ -33,7 +33,7 @@ def _setup(config, distill_on=True):
                                                        teacher))
   step = functools.partial(
       distill.distill_step, teacher_apply=distill.teacher_apply_fn(config) if distill_on else None,
-      method_loss=methods.get_method_loss('ce'), K=config.relation.K,
+      method=methods.make_method(config.method), K=config.relation.K,
       relation_kwargs=distill.relation_kwargs(config),
       view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD))
   return state, teacher, step

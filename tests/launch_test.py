@@ -326,3 +326,44 @@ def test_run_without_dry_run_asks_the_vm_for_its_type(env, tmp_path):
     assert "--multihost" in python_argv(detached(words))
     assert ["gcloud"] + ssh == printed(env, TPU_VM, "run", "--accelerator-type=v4-32", *args)[0]
     assert "Started in tmux session 'rmdnet'" in proc.stdout
+
+
+def test_methods_grid_has_every_method_alone_and_with_rmdnet_on_every_noise(env):
+    from configs import noisy_cifar
+    from rmdnet_jax import methods
+
+    commands = printed(env, GRID, "--grid=methods", "--seeds=0", "--base=b")
+    runs = [options(c[:c.index(">>")]) for c in commands]
+    teachers = [r for r in runs if r["config.stages"] == "rm"]
+    assert [r["workdir"] for r in teachers] == ["b/cifar10_simsiam_s0", "b/cifar100_simsiam_s0"]
+    cells = set()
+    for r in runs:
+        if r["config.stages"] != "rgrl":
+            continue
+        params = noisy_cifar.parse(r["config"].split(":", 1)[1])  # every cell is a valid parameter string
+        cells.add((params["dataset"], params["noise"], params["method"], params["rmdnet"]))
+        teacher = r.get("config.relation.teacher_checkpoint")
+        assert (teacher == f"b/{params['dataset']}_simsiam_s0/rm") == (params["rmdnet"] == "true")
+    for dataset in ("cifar10", "cifar100"):
+        noises = {n for d, n, _, _ in cells if d == dataset}
+        assert {"sym20", "sym50", "sym80", "sym90", "asym40", "pair45", "inst20", "inst40"} <= noises
+        for noise in noises:
+            assert {(m, on) for d, n, m, on in cells if (d, n) == (dataset, noise)} == {
+                (m, on) for m in methods.METHODS for on in ("true", "false")}
+    assert len(commands) == len(cells) + 2
+
+
+def test_ablations_grid(env):
+    commands = printed(env, GRID, "--grid=ablations", "--seeds=0,1", "--base=b")
+    runs = [options(c[:c.index(">>")]) for c in commands]
+    assert len(runs) == 2 * 12  # per seed: the teacher, RMDNet and 10 ablations
+    seed0 = [r for r in runs if r["workdir"].endswith("_s0")]
+    overrides = [{k: v for k, v in r.items() if k.startswith("config.relation.") and "teacher_checkpoint" not in k}
+                 for r in seed0 if r["config.stages"] == "rgrl"]
+    assert {} in overrides
+    for key, value in [("edge_weight", "0.0"), ("node_weight", "0.0"), ("K", "0.1"), ("K", "5.0"),
+                       ("teacher_layer", "projector"), ("edge_kind", "kl"), ("edge_kind", "mse"),
+                       ("node_kind", "cosine")]:
+        assert {f"config.relation.{key}": value} in overrides, key
+    proc = script(env, GRID, "--grid=nope", "--list", ok=False)
+    assert proc.returncode != 0 and "--grid must be paper, methods or ablations" in proc.stderr

@@ -1,12 +1,13 @@
 """Noisy-label method losses against float64 numpy references, their limits, gradients and config wiring."""
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default
 from rmdnet_jax import config_checks, methods
-from rmdnet_jax.methods import ce, gce, sce
+from rmdnet_jax.methods import base, ce, gce, sce
 
 B, C = 6, 5
 
@@ -78,11 +79,26 @@ def test_sce_without_reverse_term_is_scaled_ce(x64):
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize('name', sorted(methods.METHODS))
+MEAN_LOSS_METHODS = ('ce', 'gce', 'sce')
+
+
+def mean_loss(method_config):
+  """The bound single-network method as loss(logits, labels), through the Method interface."""
+  method = methods.make_method(method_config)
+
+  def loss(logits, labels):
+    inputs = base.LossInputs(logits=(logits,), labels=labels, index=None, method_state={}, progress=None,
+                             rng=None, view=None, second_view=None, forward=None)
+    return method.loss(inputs).losses[0]
+
+  return loss
+
+
+@pytest.mark.parametrize('name', MEAN_LOSS_METHODS)
 def test_gradients_are_finite_even_for_confident_wrong_predictions(name):
   # Logits of +-80 put p_y near exp(-160), which underflows float32: the regime of a memorised wrong label.
   logits, labels = batch(4, scale=80.0)
-  loss = methods.make_method_loss(_method_config(name))
+  loss = mean_loss(_method_config(name))
   value, grad = jax.value_and_grad(loss)(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
   assert np.isfinite(value)
   assert np.all(np.isfinite(grad))
@@ -94,26 +110,34 @@ def _method_config(name):
   return config.method
 
 
-def test_make_method_loss_binds_the_config_hyperparameters(x64):
+def test_make_method_binds_the_config_hyperparameters(x64):
   logits, labels = batch(5)
   config = default.get_config().method
   config.name, config.gce_q = 'gce', 0.3
-  np.testing.assert_allclose(methods.make_method_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
+  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
                              gce_ref(logits, labels, 0.3), rtol=1e-12)
   config.name, config.sce_alpha, config.sce_beta, config.sce_log_zero = 'sce', 2.0, 0.5, -3.0
-  np.testing.assert_allclose(methods.make_method_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
+  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
                              sce_ref(logits, labels, 2.0, 0.5, -3.0), rtol=1e-12)
   config.name = 'ce'
-  assert methods.make_method_loss(config) is ce.cross_entropy
-  assert methods.get_method_loss('ce') is ce.cross_entropy
+  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
+                             ce_ref(logits, labels), rtol=1e-12)
+  assert methods.get_method('ce').loss.mean_loss is ce.cross_entropy
 
 
 def test_every_hyperparameter_is_a_config_key():
   method_config = default.get_config().method
-  for name, keys in methods.HYPERPARAMETERS.items():
-    assert name in methods.METHODS
-    for key in keys.values():
+  for name, method in methods.METHODS.items():
+    assert method.name == name
+    for key in method.hyperparameters.values():
       assert key in method_config, f'{name} reads method.{key}, which configs/default.py lacks'
+    methods.make_method(ml_collections.ConfigDict({**method_config.to_dict(), 'name': name}))
+
+
+def test_bind_refuses_a_hyperparameter_no_function_takes():
+  broken = methods.base.Method(name='broken', loss=methods.get_method('ce').loss, hyperparameters={'q': 'gce_q'})
+  with pytest.raises(TypeError, match='none of its functions take'):
+    broken.bind(default.get_config().method)
 
 
 @pytest.mark.parametrize('key, value, message', [

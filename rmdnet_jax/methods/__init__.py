@@ -1,48 +1,39 @@
-"""Registry of noisy-label methods whose loss is the "method loss" of the RGRL objective.
+"""Registry of noisy-label methods; each one's loss is the "method loss" of the RGRL objective.
 
-A method is a function `loss(logits [b, C], labels [b], **hyperparameters) -> scalar` (mean over this device's
-examples). Adding one: a new file in this folder, one line in `METHODS`, and, if it has hyperparameters, a line
-in `HYPERPARAMETERS` mapping its keyword arguments to `config.method` keys (plus those keys in
-configs/default.py).
+    CE, GCE, SCE          one network, a loss of (logits, labels)
+    Co-teaching, JoCoR    two networks, small-loss selection over the global batch
+    ELR                   one network, per-example target estimates kept in the train state
+    DivideMix             two networks, GMM co-divide before each epoch, MixMatch
+
+Adding a method: one new file in this folder that defines `METHOD = base.Method(...)` (or
+`base.from_mean_loss(name, loss_fn, hyperparameters)` for a plain loss of logits and labels), plus one line in
+`METHODS` below; its hyperparameters are keys of `config.method` (add them, with defaults, to
+configs/default.py). See `base.py` for the interface and README "Adding a noisy-label method".
 """
-import functools
-from typing import Callable
-
 import ml_collections
 
-from rmdnet_jax.methods import ce, gce, sce
+from rmdnet_jax.methods import base, ce, coteaching, dividemix, elr, gce, jocor, sce
 
-METHODS: dict[str, Callable] = {
-    'ce': ce.cross_entropy,
-    'gce': gce.generalized_cross_entropy,
-    'sce': sce.symmetric_cross_entropy,
+METHODS: dict[str, base.Method] = {
+    'ce': base.from_mean_loss('ce', ce.cross_entropy),
+    'gce': base.from_mean_loss('gce', gce.generalized_cross_entropy, {'q': 'gce_q'}),
+    'sce': base.from_mean_loss('sce', sce.symmetric_cross_entropy,
+                               {'alpha': 'sce_alpha', 'beta': 'sce_beta', 'log_zero': 'sce_log_zero'}),
+    'coteaching': coteaching.METHOD,
+    'jocor': jocor.METHOD,
+    'elr': elr.METHOD,
+    'dividemix': dividemix.METHOD,
 }
 
-# method name -> {keyword argument of its loss: key in config.method}. Config keys carry the method's prefix so
-# that several methods' settings live side by side in one config.
-HYPERPARAMETERS: dict[str, dict[str, str]] = {
-    'gce': {'q': 'gce_q'},
-    'sce': {'alpha': 'sce_alpha', 'beta': 'sce_beta', 'log_zero': 'sce_log_zero'},
-}
 
-
-def get_method_loss(name: str) -> Callable:
-  """The loss function of method `name`, with its own default hyperparameters."""
+def get_method(name: str) -> base.Method:
+  """The unbound method `name` (its hyperparameters not yet read from a config)."""
   if name not in METHODS:
     raise ValueError(f'Unknown method.name {name!r}; choose one of {sorted(METHODS)} '
                      '(e.g. --config.method.name=ce).')
   return METHODS[name]
 
 
-def make_method_loss(method_config: ml_collections.ConfigDict) -> Callable:
-  """`loss(logits, labels)` of `method_config.name` with its hyperparameters read from `method_config`.
-
-  Args:
-    method_config: the `config.method` section (name plus the method's hyperparameter keys).
-
-  Returns:
-    The loss with its hyperparameters bound by functools.partial.
-  """
-  loss = get_method_loss(method_config.name)
-  kwargs = {arg: method_config[key] for arg, key in HYPERPARAMETERS.get(method_config.name, {}).items()}
-  return functools.partial(loss, **kwargs) if kwargs else loss
+def make_method(method_config: ml_collections.ConfigDict) -> base.Method:
+  """`config.method.name`'s method with its hyperparameters read from `config.method` and bound."""
+  return get_method(method_config.name).bind(method_config)
