@@ -21,16 +21,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import augment, checkpoints, config_checks, data, distill, fileio, loop, methods, metrics, noise
-from rmdnet_jax import parallel
-from rmdnet_jax import simsiam
+from rmdnet_jax import (augment, checkpoints, config_checks, data, device_data, distill, fileio, loop, methods,
+                        metrics, noise, parallel, simsiam)
 from rmdnet_jax import train_state as train_state_lib
 
 # Independent random streams derived from config.seed (init, augmentation and data order of each stage).
 STREAM_RM, STREAM_RGRL = 1, 2
 # Keys whose change does not change the results: a run may be resumed with different values.
 RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
-                  'data.npz_path', 'data.cifar_n_labels', 'max_to_keep', 'relation.teacher_checkpoint')
+                  'data.npz_path', 'data.cifar_n_labels', 'data.resident_on_device', 'max_to_keep',
+                  'relation.teacher_checkpoint')
 
 
 class WorkdirConfigMismatch(RuntimeError):
@@ -136,12 +136,29 @@ def _stage_keys(config, stream: int):
   return init_rng, step_rng
 
 
-def _batches(arrays: dict, stage_config, *, seed: int, stream: int, start_step: int, num_steps: int):
+def stage_input(config, stage_config, arrays: dict, step_fn, data_argnum: int, *, stream: int, start_step: int,
+                num_steps: int):
+  """A stage's pmapped step, its batch iterator and the step arguments that go before the batch.
+
+  With `data.resident_on_device` the training arrays are put on every device once and each batch is the global
+  batch's row numbers only (`device_data`); otherwise this host slices the arrays and ships the examples. Both
+  give the step exactly the same examples in the same order.
+
+  Args:
+    arrays: {name: host array [N, ...]} the step's batch is made of ('images', and for RGRL 'labels').
+    step_fn: the unmapped step, whose argument `data_argnum` is the batch.
+  """
   host_slice = parallel.host_batch_slice(stage_config.batch_size, jax.process_index(), jax.process_count())
-  for batch in data.host_batches(arrays, start_step=start_step, num_steps=num_steps,
-                                 global_batch_size=stage_config.batch_size, seed=seed, stream=stream,
-                                 host_slice=host_slice):
-    yield parallel.shard(batch)
+  order = dict(start_step=start_step, num_steps=num_steps, global_batch_size=stage_config.batch_size,
+               seed=config.seed, stream=stream, host_slice=host_slice)
+  if config.data.resident_on_device:
+    resident = device_data.put_resident(arrays)
+    step = parallel.pmap_step(device_data.with_resident_data(step_fn, data_argnum),
+                              sharded_argnums=(data_argnum + 1,))
+    batches = map(parallel.shard, device_data.index_batches(len(next(iter(arrays.values()))), **order))
+    return step, batches, (resident,)
+  step = parallel.pmap_step(step_fn, sharded_argnums=(data_argnum,))
+  return step, map(parallel.shard, data.host_batches(arrays, **order)), ()
 
 
 def _resume(mngr, state, meta, total_steps: int, stage: str):
@@ -191,18 +208,16 @@ def rm_stage(config, dataset: data.Dataset, workdir: str, writer) -> Any:
                len(dataset.train_images), sched.num_steps, config.rm.epochs, sched.steps_per_epoch,
                config.rm.batch_size, parallel.global_device_count())
   logging.info('rm: the kNN monitor uses the CLEAN training labels (a monitor of the encoder, not a result).')
-  step_fn = parallel.pmap_step(
-      functools.partial(simsiam.simsiam_step,
-                        view_kwargs=simsiam.view_kwargs(config, dataset.mean, dataset.std)),
-      sharded_argnums=(1,))
+  step_fn, batches, data_args = stage_input(
+      config, config.rm, {'images': dataset.train_images},
+      functools.partial(simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(config, dataset.mean, dataset.std)),
+      data_argnum=1, stream=STREAM_RM, start_step=start, num_steps=sched.num_steps)
   features_fn = encoder_features_fn(config, dataset)
   eval_fn = lambda s: {'knn_accuracy': knn_monitor(
       config, dataset, {'params': s.params, 'batch_stats': s.batch_stats}, features_fn)}
-  batches = _batches({'images': dataset.train_images}, config.rm, seed=config.seed, stream=STREAM_RM,
-                     start_step=start, num_steps=sched.num_steps)
   state = loop.train(stage='rm', state=state, step_fn=step_fn, batches=batches, rng=step_rng, start_step=start,
                      schedule=sched, mngr=mngr, meta=meta, writer=writer, learning_rate_fn=lr_fn,
-                     global_batch_size=config.rm.batch_size, eval_fn=eval_fn)
+                     global_batch_size=config.rm.batch_size, eval_fn=eval_fn, step_args=data_args)
   mngr.close()
   return state
 
@@ -283,20 +298,19 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
                  config.method.name, config.noise.kind, noisy.realized_rate,
                  f' + relation distillation (K={config.relation.K})' if config.method.distill else '',
                  sched.num_steps, config.rgrl.batch_size)
-    step_fn = parallel.pmap_step(
+    step_fn, batches, data_args = stage_input(
+        config, config.rgrl, {'images': dataset.train_images, 'labels': noisy.labels},
         functools.partial(
             distill.distill_step,
             teacher_apply=distill.teacher_apply_fn(config) if config.method.distill else None,
             method=method, K=config.relation.K, relation_kwargs=distill.relation_kwargs(config),
             view_kwargs=distill.view_kwargs(config, dataset.mean, dataset.std),
             steps_per_epoch=sched.steps_per_epoch),
-        sharded_argnums=(2,))
-    batches = _batches({'images': dataset.train_images, 'labels': noisy.labels}, config.rgrl, seed=config.seed,
-                       stream=STREAM_RGRL, start_step=start, num_steps=sched.num_steps)
+        data_argnum=2, stream=STREAM_RGRL, start_step=start, num_steps=sched.num_steps)
     state = loop.train(stage='rgrl', state=state, step_fn=step_fn, batches=batches, rng=step_rng,
                        start_step=start, schedule=sched, mngr=mngr, meta=meta, writer=writer,
                        learning_rate_fn=lr_fn, global_batch_size=config.rgrl.batch_size, eval_fn=eval_fn,
-                       step_args=(teacher if config.method.distill else None,),
+                       step_args=(teacher if config.method.distill else None,) + data_args,
                        epoch_start_fn=method_epoch_hook(config, dataset, noisy, method))
   else:
     logging.info('rgrl: already complete (%d steps).', start)

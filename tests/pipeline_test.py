@@ -150,3 +150,16 @@ def test_ce_baseline_runs_without_teacher(tmp_path):
   assert results['rmdnet'] is False and results['rgrl_steps'] == 4
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert not any('rgrl/edge' in r for r in rows)
+
+
+def test_resident_data_gives_the_same_run_as_host_batches(tmp_path):
+  # The CE baseline (no teacher) keeps this cheap; the RM stage takes the same code path (tests/device_data_test).
+  states = {}
+  for resident in (True, False):
+    workdir = str(tmp_path / str(resident))
+    pipeline.run(_config(**{'stages': 'rgrl', 'method.distill': False, 'data.resident_on_device': resident,
+                            'rgrl.track_memorization': False}), workdir)
+    states[resident] = _restore_state(os.path.join(workdir, 'rgrl'))
+  assert states[True][0] == states[False][0] == 8
+  for a, b in zip(jax.tree.leaves(states[True][1]), jax.tree.leaves(states[False][1])):
+    np.testing.assert_array_equal(a, b)
