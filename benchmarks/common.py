@@ -1,8 +1,10 @@
 """Helpers shared by the benchmarks: environment record, XLA cost analysis, timing, output files."""
 import datetime
+import gzip
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -52,7 +54,8 @@ def peak_for(peaks: dict, dtype: str) -> Optional[float]:
   return peaks.get(dtype, peaks.get('*'))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The host CPU's model name, from /proc/cpuinfo where there is one."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
@@ -88,6 +91,30 @@ def _version(module_name: str) -> Optional[str]:
   return getattr(module, '__version__', None)
 
 
+def host_environment(module: str, argv: Sequence[str]) -> dict:
+  """The host, the date, the git revision and the command of a run; touches no JAX device.
+
+  The PyTorch peer (`benchmarks.torch_peer`) records this part alone: initialising a JAX backend there would
+  take the GPU memory the peer measures.
+
+  Args:
+    module: the benchmark's module name, e.g. 'benchmarks.throughput'.
+    argv: the flags the benchmark parsed (recorded as the command that reproduces the run).
+  """
+  return {
+      'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'hardware': {
+          'cpu_model': cpu_model(),
+          'cpu_count': os.cpu_count(),
+          # On a shared host other processes steal cores; the load at the start qualifies CPU timings.
+          'load_average_1m_at_start': _load_average(),
+      },
+      'software': {'python': platform.python_version()},
+      'git': _git_revision(),
+      'command': ' '.join(['python', '-m', module] + list(argv)),
+  }
+
+
 def environment(module: str, argv: Sequence[str]) -> dict:
   """Hardware, software and provenance of a benchmark run, so that numbers are never quoted without them.
 
@@ -95,32 +122,25 @@ def environment(module: str, argv: Sequence[str]) -> dict:
     module: the benchmark's module name, e.g. 'benchmarks.throughput'.
     argv: the flags the benchmark parsed (recorded as the command that reproduces the run).
   """
+  record = host_environment(module, argv)
   device = jax.local_devices()[0]
-  return {
-      'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'hardware': {
-          'platform': device.platform,
-          'device_kind': device.device_kind,
-          'device_count': jax.device_count(),
-          'local_device_count': jax.local_device_count(),
-          'process_count': jax.process_count(),
-          'cpu_model': _cpu_model(),
-          'cpu_count': os.cpu_count(),
-          # On a shared host other processes steal cores; the load at the start qualifies CPU timings.
-          'load_average_1m_at_start': _load_average(),
-      },
-      'software': {
-          'python': platform.python_version(),
-          'jax': jax.__version__,
-          'jaxlib': _version('jaxlib'),
-          'flax': _version('flax'),
-          'optax': _version('optax'),
-          'jax_threefry_partitionable': bool(jax.config.jax_threefry_partitionable),
-          'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      },
-      'git': _git_revision(),
-      'command': ' '.join(['python', '-m', module] + list(argv)),
+  record['hardware'] = {
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'local_device_count': jax.local_device_count(),
+      'process_count': jax.process_count(),
+      **record['hardware'],
   }
+  record['software'].update({
+      'jax': jax.__version__,
+      'jaxlib': _version('jaxlib'),
+      'flax': _version('flax'),
+      'optax': _version('optax'),
+      'jax_threefry_partitionable': bool(jax.config.jax_threefry_partitionable),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  })
+  return record
 
 
 def peak_memory_bytes() -> Optional[int]:
@@ -246,3 +266,68 @@ def fmt_pct(fraction: Optional[float]) -> str:
     return '—'
   percent = 100 * fraction
   return f'{percent:.1f}%' if abs(percent) >= 0.1 or percent == 0 else f'{percent:.2g}%'
+
+
+def latest_trace_file(trace_dir: str) -> Optional[str]:
+  """The newest `*.trace.json.gz` that `jax.profiler.trace(trace_dir)` wrote, or None."""
+  paths = []
+  for root, _, files in os.walk(trace_dir):
+    paths += [os.path.join(root, f) for f in files if f.endswith('.trace.json.gz')]
+  return max(paths, key=os.path.getmtime) if paths else None
+
+
+def trace_top_ops(trace_dir: str, *, steps: int, top: int = 15, by_kind: bool = False) -> list[dict]:
+  """The XLA ops that took the most time in the newest `jax.profiler` trace under `trace_dir`.
+
+  Reads the trace-viewer JSON the profiler writes beside its XPlane file (stdlib only: no TensorBoard or xprof).
+  An op event is one that names its HLO instruction (`args.hlo_op`: XLA:CPU thunks, GPU kernels); where a
+  backend names none, the events of its device timelines (`/device:...` processes) are used. Times are
+  inclusive: a while loop's or a call's event contains the ops of its body, so shares may add up to over 100%.
+
+  Args:
+    trace_dir: the directory given to `jax.profiler.trace`.
+    steps: steps the trace covers, to give per-step times.
+    top: how many ops to return.
+    by_kind: add up the ops of one kind (the HLO name without its number: every `convolution.N`, every
+      `transpose_copy_fusion.N`), which shows where the time goes when no single op dominates.
+
+  Returns:
+    Rows {'op', 'module', 'calls', 'total_ms', 'ms_per_step_per_device', 'share'}, slowest first; `share` is
+    the op's part of all op time in the trace. Empty when the trace holds no op events.
+  """
+  path = latest_trace_file(trace_dir)
+  if path is None:
+    return []
+  with gzip.open(path, 'rt') as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  process_names = {e['pid']: e.get('args', {}).get('name', '') for e in events
+                   if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  spans = [e for e in events if e.get('ph') == 'X' and 'dur' in e]
+  ops = [e for e in spans if 'hlo_op' in e.get('args', {})]
+  if not ops:
+    ops = [e for e in spans if '/device:' in process_names.get(e['pid'], '')]
+  totals, calls, devices = {}, {}, set()
+  for e in ops:
+    args = e.get('args', {})
+    op = args.get('hlo_op', e['name'])
+    key = (re.sub(r'\.\d+$', '', op) if by_kind else op, args.get('hlo_module', ''))
+    totals[key] = totals.get(key, 0.0) + float(e['dur'])
+    calls[key] = calls.get(key, 0) + 1
+    devices.add((e['pid'], args.get('device_ordinal')))
+  grand_total = sum(totals.values())
+  rows = []
+  for (op, module), micros in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+    rows.append({'op': op, 'module': module, 'calls': calls[(op, module)], 'total_ms': micros / 1e3,
+                 'ms_per_step_per_device': micros / 1e3 / max(steps, 1) / max(len(devices), 1),
+                 'share': micros / grand_total if grand_total else None})
+  return rows
+
+
+def top_ops_markdown(rows: Sequence[dict]) -> str:
+  """`trace_top_ops` rows as a markdown table."""
+  lines = ['| op | HLO module | calls | ms/step/device | share |', '|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| `{r['op']}` | `{r['module']}` | {r['calls']} | {fmt(r['ms_per_step_per_device'], 3)} | "
+                 f"{fmt_pct(r['share'])} |")
+  return '\n'.join(lines)

@@ -20,10 +20,20 @@ take ready-made views), and its share and the model-only throughput are reported
 
 FLOPs come from XLA's cost analysis of the compiled pmapped step (per chip); MFU = achieved FLOP/s / peak.
 Writes OUT/throughput.json and OUT/throughput.md. Single-host: the batch is placed on this host's devices.
+
+`--compare-torch` first runs the PyTorch peer (`benchmarks.torch_peer`, same model, width, batch per chip, dtype
+and timing; model step only, augmentation excluded) in a subprocess, before JAX takes the accelerator, and adds its
+images/s and the JAX/PyTorch ratio to every row. `--profile_dir=DIR` traces `--profile_steps` more steps of each
+configuration with `jax.profiler` into DIR/<step>_<dtype>_b<batch> and prints the slowest XLA ops.
 """
 import argparse
 import functools
+import importlib.util
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -73,12 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--edge_kind', default=None, help='relation.edge_kind (default: configs/default.py).')
   parser.add_argument('--teacher_layer', default=None, help='relation.teacher_layer (default: backbone).')
   parser.add_argument('--seed', type=int, default=0, help='Seed of the parameters, images and labels.')
+  parser.add_argument('--compare-torch', '--compare_torch', dest='compare_torch', action='store_true',
+                      help='Also time the PyTorch peer (benchmarks/torch_peer.py) with the same settings and '
+                           'report its images/s and jax/torch; needs pip install -r benchmarks/requirements.txt.')
+  parser.add_argument('--torch_device', choices=('auto', 'cpu', 'cuda'), default='auto',
+                      help='Device of the PyTorch peer (auto: cuda when PyTorch sees one, else cpu).')
+  parser.add_argument('--torch_compile', choices=('auto', 'on', 'off'), default='auto',
+                      help='torch.compile in the PyTorch peer (auto: on for cuda, off on cpu).')
+  parser.add_argument('--profile_dir', default=None,
+                      help='Trace --profile_steps extra steps of each configuration with jax.profiler into '
+                           'PROFILE_DIR/<step>_<dtype>_b<batch> and print the slowest XLA ops.')
+  parser.add_argument('--profile_steps', type=int, default=3, help='Steps per trace (with --profile_dir).')
+  parser.add_argument('--profile_top', type=int, default=15, help='Ops listed per trace (with --profile_dir).')
   parser.add_argument('--out', default='benchmarks/results/latest', help='Directory for throughput.json/.md.')
   return parser
 
 
-def make_config(args: argparse.Namespace, dtype: str, global_batch: int) -> ml_collections.ConfigDict:
-  """configs/default.py with the benchmark's model, dtype, image size and batch; validated like a run's."""
+def make_config(args: argparse.Namespace, dtype: str, global_batch: int,
+                num_devices: Optional[int] = None) -> ml_collections.ConfigDict:
+  """configs/default.py with the benchmark's model, dtype, image size and batch; validated like a run's.
+
+  `num_devices` (default: JAX's device count) is what the batch must divide; the PyTorch peer passes 1 so that
+  it never initialises a JAX backend.
+  """
   config = default.get_config()
   config.data.source = 'synthetic'
   config.data.num_classes = args.num_classes
@@ -94,12 +121,20 @@ def make_config(args: argparse.Namespace, dtype: str, global_batch: int) -> ml_c
   if args.teacher_layer:
     config.relation.teacher_layer = args.teacher_layer
   config.rm.batch_size = config.rgrl.batch_size = global_batch
-  config_checks.validate(config)
+  config_checks.validate(config, num_devices)
   return config
 
 
-def make_step_fn(kind: str, config: ml_collections.ConfigDict):
-  """The un-pmapped step and its sharded argument numbers, with the arguments `pipeline` binds."""
+def _steps_per_epoch(stage_config) -> int:
+  return max(1, CIFAR_TRAIN_SIZE // stage_config.batch_size)
+
+
+def make_step_fn(kind: str, config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None):
+  """The un-pmapped step and its sharded argument numbers, with the arguments `pipeline` binds.
+
+  `steps_per_epoch` (default: a CIFAR-sized epoch) turns the RGRL step count into the epoch progress that
+  methods' schedules read; it does not change the cost of CE.
+  """
   mean, std = augment.CIFAR10_MEAN, augment.CIFAR10_STD
   if kind == 'simsiam':
     return functools.partial(simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(config, mean, std)), (1,)
@@ -107,9 +142,10 @@ def make_step_fn(kind: str, config: ml_collections.ConfigDict):
     step = functools.partial(
         distill.distill_step,
         teacher_apply=distill.teacher_apply_fn(config) if kind == 'rgrl' else None,
-        method_loss=methods.get_method_loss(config.method.name), K=config.relation.K,
+        method=methods.make_method(config.method), K=config.relation.K,
         relation_kwargs=distill.relation_kwargs(config),
-        view_kwargs=distill.view_kwargs(config, mean, std))
+        view_kwargs=distill.view_kwargs(config, mean, std),
+        steps_per_epoch=steps_per_epoch or _steps_per_epoch(config.rgrl))
     return step, (2,)
   raise ValueError(f'Unknown step {kind!r}; use one of {STEPS}.')
 
@@ -123,6 +159,18 @@ def _mirror_of_pmap_step(step_fn, sharded_argnums: Sequence[int], num_args: int)
   """
   in_axes = tuple(0 if i in sharded_argnums else None for i in range(num_args))
   return jax.pmap(step_fn, axis_name=parallel.AXIS, in_axes=in_axes, out_axes=None, donate_argnums=(0,))
+
+
+def compile_step(step_fn, sharded_argnums: Sequence[int], args: Sequence) -> tuple[float, dict]:
+  """Compiles `parallel.pmap_step(step_fn, ...)` for `args` ahead of its first call; returns (seconds, FLOPs).
+
+  `step_fn` must be the very object later given to `pmap_step`: the executable is found again in JAX's
+  compilation cache by the function and the pmap arguments, so the first call does not compile.
+  """
+  start = time.perf_counter()
+  lowered = _mirror_of_pmap_step(step_fn, sharded_argnums, len(args)).lower(*args)
+  _, flops = common.compile_with_flops(lowered)
+  return time.perf_counter() - start, flops
 
 
 def device_batch(host_batch: dict) -> dict:
@@ -155,17 +203,17 @@ def initial_states(config: ml_collections.ConfigDict, image_shape, seed: int, ki
   the host because every benchmark donates its state: each one starts from a fresh replica.
   """
   init_rng = jax.random.key(seed)
-  steps_per_epoch = max(1, CIFAR_TRAIN_SIZE // config.rm.batch_size)
   states = {}
   if 'simsiam' in kinds or 'rgrl' in kinds:
-    rm_lr = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch)
+    rm_lr = train_state_lib.learning_rate_schedule(config.rm, _steps_per_epoch(config.rm))
     states['rm'] = jax.device_get(simsiam.create_simsiam_state(init_rng, config, image_shape, rm_lr))
     states['teacher'] = distill.teacher_variables({'params': states['rm'].params,
                                                    'batch_stats': states['rm'].batch_stats})
   if 'rgrl' in kinds or 'ce' in kinds:
-    rgrl_lr = train_state_lib.learning_rate_schedule(config.rgrl, steps_per_epoch)
+    rgrl_lr = train_state_lib.learning_rate_schedule(config.rgrl, _steps_per_epoch(config.rgrl))
     states['student'] = jax.device_get(
-        distill.create_distill_state(init_rng, config, image_shape, rgrl_lr, states.get('teacher')))
+        distill.create_distill_state(init_rng, config, image_shape, rgrl_lr, states.get('teacher'),
+                                     num_examples=config.data.synthetic_train_size))
   return states
 
 
@@ -190,7 +238,8 @@ def step_inputs(kind: str, config: ml_collections.ConfigDict, states: dict, batc
 
 
 def measure_step(kind: str, config: ml_collections.ConfigDict, states: dict, batch: dict, *, steps: int,
-                 repeats: int, warmup: int) -> dict:
+                 repeats: int, warmup: int, profile_dir: Optional[str] = None, profile_steps: int = 0,
+                 profile_top: int = 15) -> dict:
   """Times `steps` x `repeats` calls of the pmapped step; returns timings, FLOPs and compile time.
 
   Args:
@@ -201,20 +250,20 @@ def measure_step(kind: str, config: ml_collections.ConfigDict, states: dict, bat
     steps: timed steps per repeat.
     repeats: timed repeats.
     warmup: untimed steps first.
+    profile_dir: if given, `profile_steps` more steps run under `jax.profiler.trace(profile_dir)` after the
+      timed ones (so the trace never slows the timing).
+    profile_steps: steps in the trace.
+    profile_top: how many of the slowest ops to return.
 
   Returns:
     dict with repeat_seconds, ms_per_step, flops_per_step_per_chip (and how it was counted), compile_s and
-    first_step_s.
+    first_step_s; with `profile_dir`, also profile_dir, top_ops and top_op_kinds (`common.trace_top_ops`).
   """
   step_fn, sharded_argnums, (state, *rest) = step_inputs(kind, config, states, batch)
   pmapped = parallel.pmap_step(step_fn, sharded_argnums=sharded_argnums)
-  keys = step_keys(1, warmup + steps * repeats)
+  keys = step_keys(1, warmup + steps * repeats + (profile_steps if profile_dir else 0))
 
-  start = time.perf_counter()
-  lowered = _mirror_of_pmap_step(step_fn, sharded_argnums, len(rest) + 2).lower(state, *rest, keys[0])
-  compiled, flops = common.compile_with_flops(lowered)
-  compile_s = time.perf_counter() - start
-  del lowered, compiled
+  compile_s, flops = compile_step(step_fn, sharded_argnums, (state, *rest, keys[0]))
 
   # The first call should find the executable compiled above in JAX's cache; a first step as slow as the
   # compilation shows that it did not (then compile_s undercounts the compile time).
@@ -231,19 +280,32 @@ def measure_step(kind: str, config: ml_collections.ConfigDict, states: dict, bat
   del state
 
   def run_once():
-    state = holder.pop('state')
-    first = holder['next_key']
-    for key in keys[first:first + steps]:
-      state, _ = pmapped(state, *rest, key)
-    holder['state'], holder['next_key'] = state, first + steps
-    return state
+    return run_once_n(holder, pmapped, rest, keys, steps)
 
   seconds = common.time_repeats(run_once, repeats)
+  result = {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps,
+            'flops_per_step_per_chip': flops['flops'], 'flops_source': flops['flops_source'],
+            'flops_compiled': flops['flops_compiled'], 'flops_lowered': flops['flops_lowered'],
+            'compile_s': compile_s, 'first_step_s': first_step_s}
+  if profile_dir:
+    # Synchronised before the trace stops, so that it holds every traced step's device work.
+    with jax.profiler.trace(profile_dir):
+      jax.block_until_ready(run_once_n(holder, pmapped, rest, keys, profile_steps))
+    result['profile_dir'] = profile_dir
+    result['top_ops'] = common.trace_top_ops(profile_dir, steps=profile_steps, top=profile_top)
+    result['top_op_kinds'] = common.trace_top_ops(profile_dir, steps=profile_steps, top=profile_top, by_kind=True)
   holder.clear()
-  return {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps,
-          'flops_per_step_per_chip': flops['flops'], 'flops_source': flops['flops_source'],
-          'flops_compiled': flops['flops_compiled'], 'flops_lowered': flops['flops_lowered'],
-          'compile_s': compile_s, 'first_step_s': first_step_s}
+  return result
+
+
+def run_once_n(holder: dict, pmapped, rest: Sequence, keys: Sequence, count: int):
+  """Dispatches `count` more steps from `holder['state']` with the next unused keys; returns the new state."""
+  state = holder.pop('state')
+  first = holder['next_key']
+  for key in keys[first:first + count]:
+    state, _ = pmapped(state, *rest, key)
+  holder['state'], holder['next_key'] = state, first + count
+  return state
 
 
 def augment_fn(recipe: str, config: ml_collections.ConfigDict):
@@ -320,14 +382,75 @@ def summarise(kind: str, dtype: str, batch_per_device: int, timing: dict, peak_t
   return row
 
 
+TORCH_MISSING = ('--compare-torch needs PyTorch, which the package does not install: '
+                 'pip install -r benchmarks/requirements.txt')
+
+
+def require_torch() -> None:
+  """Stops with one sentence naming the requirements file when PyTorch is not installed."""
+  # find_spec, not import: the PyTorch peer runs in its own process, and this one should not load torch.
+  if importlib.util.find_spec('torch') is None:
+    raise SystemExit(TORCH_MISSING)
+
+
+def torch_peer_command(args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str],
+                       batches: Sequence[int], out_dir: str) -> list[str]:
+  """The `benchmarks.torch_peer` command with this run's model, batch per chip, dtypes and timing."""
+  command = [sys.executable, '-m', 'benchmarks.torch_peer', f'--model={args.model}', f'--width={args.width}',
+             f'--num_classes={args.num_classes}', f'--image_size={args.image_size}',
+             f'--batch={",".join(map(str, batches))}', f'--dtype={",".join(dtypes)}', f'--bench={",".join(kinds)}',
+             f'--steps={args.steps}', f'--repeats={args.repeats}', f'--warmup={args.warmup}',
+             f'--device={args.torch_device}', f'--compile={args.torch_compile}', f'--seed={args.seed}',
+             f'--out={out_dir}']
+  for name in ('projector_dim', 'edge_kind', 'teacher_layer'):
+    if getattr(args, name):
+      command.append(f'--{name}={getattr(args, name)}')
+  return command
+
+
+def run_torch_peer(args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str],
+                   batches: Sequence[int]) -> dict:
+  """Runs the PyTorch peer in a subprocess and returns its JSON record.
+
+  A subprocess, run before this process initialises JAX's backend: on a GPU, JAX reserves most of the memory
+  when it starts, and PyTorch in the same process would run out of it. The subprocess is told to keep JAX (which
+  it imports for the config) on the CPU for the same reason.
+  """
+  require_torch()
+  with tempfile.TemporaryDirectory(prefix='torch_peer_') as out_dir:
+    command = torch_peer_command(args, kinds, dtypes, batches, out_dir)
+    print('PyTorch peer: ' + ' '.join(command[1:]), flush=True)
+    done = subprocess.run(command, cwd=common.REPO_ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=False)
+    if done.returncode:
+      raise RuntimeError(f'The PyTorch peer failed with exit status {done.returncode}; its output is above.')
+    with open(os.path.join(out_dir, 'torch_peer.json')) as f:
+      return json.load(f)
+
+
+def add_torch_columns(row: dict, torch_row: Optional[dict]) -> None:
+  """Adds the PyTorch peer's figures of the same (step, dtype, batch) and the JAX/PyTorch ratios to `row`."""
+  if torch_row is None:
+    return
+  torch_ips = torch_row['images_per_s']
+  row['torch_images_per_s'] = torch_ips
+  row['torch_ms_per_step'] = torch_row['ms_per_step']
+  row['torch_gflop_per_image'] = torch_row.get('gflop_per_image')
+  row['jax_over_torch'] = row['images_per_s_per_chip'] / torch_ips
+  if row.get('model_only_images_per_s_per_chip'):
+    row['model_only_jax_over_torch'] = row['model_only_images_per_s_per_chip'] / torch_ips
+
+
 def markdown(record: dict) -> str:
   """The results table, the settings and the environment as markdown."""
   rows = record['results']
   with_memory = any('peak_memory_bytes_since_start' in r for r in rows)
   with_augment = any('augment_ms_per_step' in r for r in rows)
+  with_torch = any('torch_images_per_s' in r for r in rows)
   header = ['step', 'dtype', 'batch/device', 'images/s/chip', 'ms/step', 'GFLOP/image', 'MFU', 'compile s']
   if with_augment:
     header += ['augment ms', 'augment share', 'model-only images/s/chip']
+  if with_torch:
+    header += ['torch images/s', 'jax/torch']
   if with_memory:
     header += ['peak mem GiB']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -339,6 +462,8 @@ def markdown(record: dict) -> str:
       cells += [common.fmt(r.get('augment_ms_per_step'), 2),
                 common.fmt_pct(r.get('augment_share')),
                 common.fmt(r.get('model_only_images_per_s_per_chip'), 0)]
+    if with_torch:
+      cells += [common.fmt(r.get('torch_images_per_s'), 0), common.fmt(r.get('jax_over_torch'), 2)]
     if with_memory:
       peak = r.get('peak_memory_bytes_since_start')
       cells += [common.fmt(peak / 2**30, 2) if peak is not None else '—']
@@ -362,7 +487,33 @@ def markdown(record: dict) -> str:
   if with_memory:
     notes.append('peak mem: the allocator\'s peak since the process started (an upper bound for the row; rows '
                  'run from small to large footprint).')
-  return '\n'.join(notes) + '\n\n' + common.environment_markdown(record['environment'])
+  if with_torch:
+    notes.append(torch_note(record))
+  text = '\n'.join(notes) + '\n\n' + common.environment_markdown(record['environment'])
+  for r in rows:
+    if r.get('top_ops'):
+      text += (f"\n## Slowest XLA ops: {r['step']} {r['dtype']} batch/device {r['batch_per_device']}\n\n"
+               f"Trace of {s['profile_steps']} steps in `{r['profile_dir']}` (inclusive times).\n\n"
+               + common.top_ops_markdown(r['top_ops']) + '\n\nBy kind (all `NAME.N` together):\n\n'
+               + common.top_ops_markdown(r['top_op_kinds']) + '\n')
+  return text
+
+
+def torch_note(record: dict) -> str:
+  """What the PyTorch columns measured, and on what."""
+  peer = record['torch_peer']
+  env, settings = peer['environment'], peer['settings']
+  jax_platform = record['environment']['hardware']['platform']
+  note = (f"torch images/s: the PyTorch peer (`benchmarks/torch_peer.py`, PyTorch {env['software']['torch']}, "
+          f"{env['software']['torch_num_threads']} thread(s)) on one {settings['device']} device "
+          f"({env['hardware']['device_kind']}), torch.compile {'on' if settings['compiled'] else 'off'}, "
+          f"bfloat16 rows by autocast; same model ({peer['parameters']['simsiam_net']:,} SimSiam parameters), "
+          'batch per chip and timing, run just before the JAX steps on the same machine. Model step only: its input '
+          'views are ready on the device, so augmentation is excluded there but included in the JAX step. '
+          'jax/torch = JAX images/s/chip / PyTorch images/s.')
+  if settings['device'] != jax_platform and not (settings['device'] == 'cuda' and jax_platform == 'gpu'):
+    note += f" PyTorch ran on {settings['device']} but JAX on {jax_platform}: not a like-for-like ratio."
+  return note
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
@@ -376,6 +527,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
       raise ValueError(f'--{name} must be at least 1.')
   if args.warmup < 1:
     raise ValueError('--warmup must be at least 1: the first call of a step may still compile it.')
+  if args.profile_dir and args.profile_steps < 1:
+    raise ValueError('--profile_steps must be at least 1.')
+  # Before anything initialises JAX's backend (see run_torch_peer).
+  torch_record = run_torch_peer(args, kinds, dtypes, batches) if args.compare_torch else None
+  torch_rows = {(r['step'], r['dtype'], r['batch']): r for r in (torch_record or {}).get('results', [])}
   if jax.process_count() > 1:
     raise ValueError('benchmarks.throughput is single-host: per-chip throughput is measured on one host\'s '
                      'devices; run it without jax.distributed.')
@@ -394,8 +550,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
     for dtype in dtypes:
       config = make_config(args, dtype, global_batch)
       for kind in kinds:
+        profile_dir = (os.path.join(args.profile_dir, f'{kind}_{dtype}_b{batch_per_device}')
+                       if args.profile_dir else None)
         timing = measure_step(kind, config, states[dtype], batch, steps=args.steps, repeats=args.repeats,
-                              warmup=args.warmup)
+                              warmup=args.warmup, profile_dir=profile_dir, profile_steps=args.profile_steps,
+                              profile_top=args.profile_top)
         augment_timing = None
         if args.augment == 'off':
           recipe = _AUGMENT_RECIPE[kind]
@@ -404,10 +563,17 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
                                                     repeats=args.repeats, warmup=args.warmup)
           augment_timing = augment_cache[recipe]
         row = summarise(kind, dtype, batch_per_device, timing, common.peak_for(peaks, dtype), augment_timing)
+        add_torch_columns(row, torch_rows.get((kind, dtype, batch_per_device)))
         results.append(row)
         print(f"{kind:8s} {dtype:9s} batch/device {batch_per_device:5d}: "
               f"{row['images_per_s_per_chip']:10.1f} images/s/chip, {row['ms_per_step']:9.2f} ms/step, "
-              f"{common.fmt_sig(row['gflop_per_image'])} GFLOP/image", flush=True)
+              f"{common.fmt_sig(row['gflop_per_image'])} GFLOP/image"
+              + (f", torch {row['torch_images_per_s']:.1f} images/s, jax/torch {row['jax_over_torch']:.2f}"
+                 if 'jax_over_torch' in row else ''), flush=True)
+        if row.get('top_ops'):
+          print(f"Slowest XLA ops ({args.profile_steps} traced steps in {row['profile_dir']}):\n"
+                + common.top_ops_markdown(row['top_ops']) + '\nBy kind:\n'
+                + common.top_ops_markdown(row['top_op_kinds']), flush=True)
     del batch
 
   record = {
@@ -417,6 +583,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
                    'bench': kinds},
       'results': results,
   }
+  if torch_record is not None:
+    record['torch_peer'] = torch_record
   json_path, md_path = common.write_outputs(args.out, 'throughput', record, markdown(record))
   print(f'Wrote {json_path} and {md_path}.', flush=True)
   return record
