@@ -7,7 +7,6 @@ The other configs import this and override a few keys. Command (RMDNet on CIFAR-
 Keys marked "Reconstruction" implement choices the paper's available text does not fix.
 """
 import ml_collections
-from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:

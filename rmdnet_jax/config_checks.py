@@ -7,6 +7,7 @@ import math
 
 import jax
 import ml_collections
+import numpy as np
 
 from rmdnet_jax import data, methods, models, noise, relation
 
@@ -33,6 +34,9 @@ INTEGER_KEYS = SEED_KEYS + (
 FLOAT_KEYS = (
     'relation.K', 'relation.node_weight', 'relation.edge_weight', 'relation.temperature', 'rm.knn_temperature',
     'rgrl.augment.flip_prob', 'method.gce_q', 'method.sce_alpha', 'method.sce_beta', 'method.sce_log_zero',
+    'method.forget_rate', 'method.forget_exponent', 'method.jocor_lambda', 'method.elr_lambda', 'method.elr_beta',
+    'method.dividemix_p_threshold', 'method.dividemix_temperature', 'method.dividemix_alpha',
+    'method.dividemix_lambda_u', 'method.dividemix_gmm_tol', 'method.dividemix_gmm_reg_covar',
     *(f'rm.augment.{key}' for key in ('crop_scale_min', 'brightness', 'contrast', 'saturation', 'hue',
                                       'jitter_prob', 'grayscale_prob', 'flip_prob')),
     *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('learning_rate', 'momentum', 'weight_decay')))
@@ -153,6 +157,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
              f'{stage}.batch_size={s.batch_size} must be a positive multiple of the {num_devices} devices; '
              f'e.g. --config.{stage}.batch_size={max(num_devices, s.batch_size - s.batch_size % num_devices)}.')
     _require(s.learning_rate > 0, f'{stage}.learning_rate={s.learning_rate} must be positive.')
+    peak = s.learning_rate * (s.batch_size / 256 if s.scale_lr_by_batch else 1.0)
+    _require(peak < np.finfo(np.float32).max / 2,
+             f'{stage}.learning_rate={s.learning_rate} gives a peak rate of {peak:.3g}, which overflows the '
+             'float32 schedule; use a realistic rate (the paper notes: 0.06 per 256 images for rm, 0.02 for rgrl).')
     _require(s.weight_decay >= 0, f'{stage}.weight_decay={s.weight_decay} must be >= 0.')
     _require(0 <= s.momentum < 1, f'{stage}.momentum={s.momentum} must be in [0, 1).')
     _require(s.eval_every_epochs >= 0 and s.checkpoint_every_epochs >= 0,

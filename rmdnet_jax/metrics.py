@@ -1,7 +1,7 @@
 """Monitors and metric writers: kNN accuracy of an encoder, classification accuracy, clu writers + JSONL."""
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,7 @@ BatchNorm takes an `axis_name`: inside `parallel.pmap_step` it is `parallel.AXIS
 over the global batch and N devices train exactly like one device on the same batch.
 """
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections

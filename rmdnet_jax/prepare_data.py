@@ -7,8 +7,8 @@ and internet; after that, training reads DIR with `tfds.data_source` and needs n
 (`--config.data.data_dir=DIR`). An already prepared DIR is left as it is, so the command is safe to rerun and
 works on a read-only DIR.
 
-`--npz=FILE` also writes both splits, in id order, as one .npz (x_train, y_train, x_test, y_test, ids_train, and
-coarse_train for CIFAR-100, human_<label> for CIFAR-N) for hosts that have no tfds or no copy of DIR:
+`--npz=FILE` also writes both splits, in id order, as one .npz (x_train, y_train, x_test, y_test, ids_train when the ids are
+CIFAR indices, coarse_train for CIFAR-100, human_<label> for CIFAR-N) for hosts that have no tfds or no copy of DIR:
 `--config.data.source=npz --config.data.npz_path=FILE` reads back exactly the arrays the tfds source gives.
 
 CIFAR-N (`--dataset=cifar10_n|cifar100_n`): tfds' builders also read three files that only the CIFAR-N repository
@@ -221,8 +221,11 @@ def npz_arrays(dataset: data.Dataset) -> dict[str, np.ndarray]:
   arrays = {
       'x_train': dataset.train_images, 'y_train': dataset.train_labels,
       'x_test': dataset.test_images, 'y_test': dataset.test_labels,
-      'ids_train': dataset.train_ids,
   }
+  # Only original CIFAR indices are worth keeping (CIFAR-N joins on them, and data.load takes their presence as
+  # saying so); other ids are ranks, which is what a file without them reads back as.
+  if dataset.train_ids_are_cifar_indices:
+    arrays['ids_train'] = dataset.train_ids
   if dataset.train_coarse_labels is not None:
     arrays['coarse_train'] = dataset.train_coarse_labels
   for label, column in dataset.train_human_labels.items():

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
-from rmdnet_jax import data, noise, pipeline, prepare_data, results
+from configs import default, noisy_cifar
+from rmdnet_jax import checkpoints, data, noise, pipeline, prepare_data, results
 from tests import helpers
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared'
@@ -101,22 +101,6 @@ def write_pt(path, arrays: dict, folder='archive'):
   with zipfile.ZipFile(path, 'w') as archive:
     archive.writestr(f'{folder}/data.pkl', pickle.dumps(dict(arrays), protocol=2))
     archive.writestr(f'{folder}/version', '3\n')
-
-
-def assert_same_dataset(a: data.Dataset, b: data.Dataset):
-  for field in ('train_images', 'train_labels', 'test_images', 'test_labels', 'train_ids', 'train_coarse_labels'):
-    x, y = getattr(a, field), getattr(b, field)
-    if x is None or y is None:
-      assert x is None and y is None, field
-      continue
-    assert x.dtype == y.dtype, field
-    np.testing.assert_array_equal(x, y, err_msg=field)
-  assert a.train_human_labels.keys() == b.train_human_labels.keys()
-  for key in a.train_human_labels:
-    assert a.train_human_labels[key].dtype == b.train_human_labels[key].dtype == np.int64
-    np.testing.assert_array_equal(a.train_human_labels[key], b.train_human_labels[key], err_msg=key)
-  assert (a.name, a.num_classes, a.mean, a.std, a.train_ids_are_cifar_indices) == (
-      b.name, b.num_classes, b.mean, b.std, b.train_ids_are_cifar_indices)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -210,11 +194,11 @@ def test_tfds_cifar_n_and_label_file_give_the_same_dataset(monkeypatch, tmp_path
   path_a = data.load(tfds_config(f'{name}_n'))
   path_b = data.load(tfds_config(name, cifar_n_labels=str(path)))
   assert path_a.train_human_labels
-  assert_same_dataset(path_a, path_b)
+  helpers.assert_same_dataset(path_a, path_b)
   # ... and an .npz written by prepare_data from path A reads back the same (offline clusters).
   npz = tmp_path / 'c.npz'
   prepare_data.write_npz(path_a, str(npz))
-  assert_same_dataset(path_a, data.load(data_config(source='npz', name=f'{name}_n', num_classes=num_classes,
+  helpers.assert_same_dataset(path_a, data.load(data_config(source='npz', name=f'{name}_n', num_classes=num_classes,
                                                     npz_path=str(npz))))
 
 
@@ -511,10 +495,8 @@ def test_results_rows_of_human_noise(tmp_path, capsys):
 
 
 def test_cifar_n_runs_share_the_base_datasets_teacher():
-  from rmdnet_jax import checkpoints
-  from configs import noisy_cifar
-  for noise, base in (('c10n_worst', 'cifar10'), ('c100n_noisy', 'cifar100')):
-    cifar_n = noisy_cifar.get_config(f'noise={noise}')
+  for token, base in (('c10n_worst', 'cifar10'), ('c100n_noisy', 'cifar100')):
+    cifar_n = noisy_cifar.get_config(f'noise={token}')
     plain = noisy_cifar.get_config(f'dataset={base}')
     assert cifar_n.data.name == f'{base}_n'
     a = checkpoints.stage_meta(cifar_n, 'rm', (32, 32, 3))

@@ -45,6 +45,7 @@ def test_shipped_configs_are_valid(get_config):
     ('rm.epochs', -1, 'epochs'),
     ('rgrl.momentum', 1.0, 'momentum'),
     ('rm.learning_rate', 0.0, 'learning_rate'),
+    ('rgrl.learning_rate', 1e308, 'overflows the float32 schedule'),
 ])
 def test_each_rule_rejects_with_one_sentence(key, value, message):
   config = default.get_config()

@@ -31,10 +31,29 @@ def shared_dir():
     return SHARED
 
 # Many tests build the same steps (each pipeline.run makes new pmapped functions): a persistent compilation cache
-# shared by the whole session turns their repeated XLA compiles into cache hits.
-import jax  # noqa: E402
+# for the session turns their repeated XLA compiles into cache hits. It is this session's own, fresh folder:
+# several pytest processes writing one shared folder at once can leave an entry that crashes the reader.
+# RMDNET_TEST_COMPILATION_CACHE names a folder to keep between sessions instead (one session at a time).
+import atexit  # noqa: E402
+import gc  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "RMDNET_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "rmdnet_jax_test_xla_cache")))
+import jax  # noqa: E402
+
+_CACHE_DIR = os.environ.get("RMDNET_TEST_COMPILATION_CACHE")
+if not _CACHE_DIR:
+    _CACHE_DIR = tempfile.mkdtemp(prefix="rmdnet_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Frees each test module's compiled programs when it ends. Every loaded XLA:CPU executable holds memory
+    mappings, and a whole session's worth exceeds the kernel's limit (vm.max_map_count, 65,530), at which point
+    loading the next one crashes the process. Later modules reload what they need from the session's cache."""
+    yield
+    jax.clear_caches()
+    gc.collect()

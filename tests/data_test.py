@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from rmdnet_jax import data, parallel, prepare_data
+from tests import helpers
 
 NUM_MOCK = 24
 
@@ -25,17 +26,6 @@ def data_config(**overrides):
 
 def tfds_config(name: str, **overrides):
     return data_config(source="tfds", name=name, num_classes=data.DATASETS[name]["num_classes"], **overrides)
-
-
-def assert_same_dataset(a: data.Dataset, b: data.Dataset):
-    for field in ("train_images", "train_labels", "test_images", "test_labels", "train_ids", "train_coarse_labels"):
-        x, y = getattr(a, field), getattr(b, field)
-        if x is None or y is None:
-            assert x is None and y is None, field
-            continue
-        assert x.dtype == y.dtype, field
-        np.testing.assert_array_equal(x, y, err_msg=field)
-    assert (a.name, a.num_classes, a.mean, a.std) == (b.name, b.num_classes, b.mean, b.std)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,7 +61,7 @@ def test_tfds_mock_load(name):
     assert ids != sorted(ids), "mock records happen to be in id order; the order check proves nothing"
     expected = np.stack([records[i]["image"] for i in np.argsort(ids, kind="stable")])
     np.testing.assert_array_equal(dataset.train_images, expected)
-    assert_same_dataset(dataset, again)
+    helpers.assert_same_dataset(dataset, again)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -177,10 +167,10 @@ def test_npz_round_trip(tmp_path, name):
 
     from_npz = data.load(data_config(source="npz", name=name, num_classes=from_tfds.num_classes,
                                      npz_path=str(path)))
-    assert_same_dataset(from_tfds, from_npz)
+    helpers.assert_same_dataset(from_tfds, from_npz)
     with np.load(path) as f:
-        expected = {"x_train", "y_train", "x_test", "y_test", "ids_train"} | ({"coarse_train"}
-                                                                              if name == "cifar100" else set())
+        # Mock ids are not CIFAR indices (train_NNNNN), so no ids_train: it would claim they are.
+        expected = {"x_train", "y_train", "x_test", "y_test"} | ({"coarse_train"} if name == "cifar100" else set())
         assert set(f.files) == expected
 
 
@@ -236,7 +226,7 @@ def test_synthetic_shapes_and_determinism():
     assert dataset.test_images.shape == (32, 16, 16, 3)
     assert dataset.train_labels.max() < 100 and dataset.train_coarse_labels.max() < 20
     np.testing.assert_array_equal(dataset.train_ids, np.arange(64))
-    assert_same_dataset(dataset, data.load(cfg))
+    helpers.assert_same_dataset(dataset, data.load(cfg))
     other_seed = data.load(data_config(**{**cfg.to_dict(), "synthetic_seed": 1}))
     assert not np.array_equal(dataset.train_images, other_seed.train_images)
 

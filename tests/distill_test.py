@@ -2,7 +2,6 @@
 objective equals CE + K * (w_node * node + w_edge * edge) computed by hand on the global batch."""
 import functools
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,21 +42,13 @@ def _batch(n=16):
   return {'images': helpers.images(n), 'labels': helpers.labels(n)}
 
 
-def _run(step, state, teacher, batch, num_devices, steps=2):
-  fn = parallel.pmap_step(step, sharded_argnums=(2,), donate_argnums=(), devices=jax.devices()[:num_devices])
-  sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
-  for i in range(steps):
-    state, metrics = fn(state, teacher, sharded, jax.random.fold_in(jax.random.key(5), i))
-  return state, metrics
-
-
 @pytest.mark.parametrize('edge_kind', ['frobenius', 'kl'])
 def test_distill_step_8_devices_equals_1_device(edge_kind):
   config = _config(**{'relation.edge_kind': edge_kind, 'relation.edge_topk': 3 if edge_kind == 'kl' else 0})
   state, teacher, step = _setup(config)
   batch = _batch()
-  s8, m8 = _run(step, state, teacher, batch, 8)
-  s1, m1 = _run(step, state, teacher, batch, 1)
+  s8, m8 = helpers.run_rgrl_steps(step, state, teacher, batch, 8)
+  s1, m1 = helpers.run_rgrl_steps(step, state, teacher, batch, 1)
   # The relation graph spans the global batch (all_gather), so the loss and update do not depend on devices.
   for key in ('loss', 'method', 'node', 'edge'):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, err_msg=key)
@@ -71,8 +62,8 @@ def test_k_zero_equals_plain_method_step():
   state, teacher, step_k0 = _setup(config)
   _, _, step_ce = _setup(config, distill_on=False)
   batch = _batch()
-  s_k0, m_k0 = _run(step_k0, state, teacher, batch, 8)
-  s_ce, m_ce = _run(step_ce, state, None, batch, 8)
+  s_k0, m_k0 = helpers.run_rgrl_steps(step_k0, state, teacher, batch, 8)
+  s_ce, m_ce = helpers.run_rgrl_steps(step_ce, state, None, batch, 8)
   for part in ('backbone', 'classifier'):
     helpers.assert_trees_close(s_k0.params[part], s_ce.params[part], rtol=1e-6, atol=1e-7)
   helpers.assert_trees_close(s_k0.batch_stats, s_ce.batch_stats, rtol=1e-6, atol=1e-7)
@@ -85,7 +76,7 @@ def test_distill_loss_equals_hand_computed_objective():
   config = _config()
   state, teacher, step = _setup(config)
   batch = _batch()
-  _, metrics = _run(step, state, teacher, batch, 1, steps=1)
+  _, metrics = helpers.run_rgrl_steps(step, state, teacher, batch, 1, steps=1)
   # Rebuild the same view: keys from global positions, as parallel.per_example_keys does on one device.
   rng = jax.random.fold_in(jax.random.key(5), 0)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(16))
@@ -107,7 +98,7 @@ def test_teacher_is_never_updated_and_gets_no_gradient():
   config = _config()
   state, teacher, step = _setup(config)
   before = jax.tree.map(np.copy, teacher)
-  _run(step, state, teacher, _batch(), 8)
+  helpers.run_rgrl_steps(step, state, teacher, _batch(), 8)
   helpers.assert_trees_close(teacher, before, rtol=0, atol=0)
   assert 'predictor' not in teacher['params']
 

@@ -3,6 +3,7 @@ import jax
 import numpy as np
 
 from configs import tiny
+from rmdnet_jax import parallel
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -47,3 +48,29 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def assert_same_dataset(a, b):
+  """Two `data.Dataset`s hold the same arrays (dtypes included), CIFAR-N columns and metadata."""
+  for field in ('train_images', 'train_labels', 'test_images', 'test_labels', 'train_ids', 'train_coarse_labels'):
+    x, y = getattr(a, field), getattr(b, field)
+    if x is None or y is None:
+      assert x is None and y is None, field
+      continue
+    assert x.dtype == y.dtype, field
+    np.testing.assert_array_equal(x, y, err_msg=field)
+  assert a.train_human_labels.keys() == b.train_human_labels.keys()
+  for key in a.train_human_labels:
+    assert a.train_human_labels[key].dtype == b.train_human_labels[key].dtype == np.int64
+    np.testing.assert_array_equal(a.train_human_labels[key], b.train_human_labels[key], err_msg=key)
+  assert (a.name, a.num_classes, a.mean, a.std, a.train_ids_are_cifar_indices) == (
+      b.name, b.num_classes, b.mean, b.std, b.train_ids_are_cifar_indices)
+
+
+def run_rgrl_steps(step, state, teacher, batch, num_devices, steps=2):
+  """`steps` pmapped RGRL steps on the first `num_devices` devices with the global `batch` split over them."""
+  fn = parallel.pmap_step(step, sharded_argnums=(2,), donate_argnums=(), devices=jax.devices()[:num_devices])
+  sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+  for i in range(steps):
+    state, metrics = fn(state, teacher, sharded, jax.random.fold_in(jax.random.key(5), i))
+  return state, metrics

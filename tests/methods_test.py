@@ -146,6 +146,19 @@ def test_bind_refuses_a_hyperparameter_no_function_takes():
     ('gce_q', float('nan'), 'method.gce_q'),
     ('sce_alpha', -0.1, 'method.sce_alpha'),
     ('sce_beta', -1.0, 'method.sce_beta'),
+    ('forget_rate', 1.0, 'method.forget_rate'),
+    ('forget_gradual_epochs', -1, 'method.forget_gradual_epochs'),
+    ('forget_exponent', 0.0, 'method.forget_exponent'),
+    ('jocor_lambda', 1.5, 'method.jocor_lambda'),
+    ('elr_lambda', -1.0, 'method.elr_lambda'),
+    ('elr_beta', 1.0, 'method.elr_beta'),
+    ('dividemix_warmup_epochs', -1, 'method.dividemix_warmup_epochs'),
+    ('dividemix_rampup_epochs', 0, 'method.dividemix_rampup_epochs'),
+    ('dividemix_p_threshold', 1.5, 'method.dividemix_p_threshold'),
+    ('dividemix_temperature', 0.0, 'method.dividemix_p_threshold'),
+    ('dividemix_lambda_u', float('inf'), 'method.dividemix_lambda_u'),
+    ('dividemix_gmm_iterations', 0, 'method.dividemix_gmm_iterations'),
+    ('dividemix_gmm_reg_covar', 0.0, 'method.dividemix_gmm_iterations'),
 ])
 def test_config_checks_reject_bad_hyperparameters(key, value, message):
   config = default.get_config()
@@ -154,8 +167,8 @@ def test_config_checks_reject_bad_hyperparameters(key, value, message):
     config_checks.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize('name', ['gce', 'sce'])
-def test_new_methods_pass_validation(name):
+@pytest.mark.parametrize('name', sorted(methods.METHODS))
+def test_every_method_passes_validation(name):
   config = default.get_config()
   config.method.name = name
   config_checks.validate(config, num_devices=8)

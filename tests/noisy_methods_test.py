@@ -278,7 +278,7 @@ def test_dividemix_divide_is_skipped_in_warmup_and_splits_after():
 # --- whole steps: 8 devices = 1 device -------------------------------------------------------------------------
 
 
-def _step_setup(name, **method_overrides):
+def _step_setup(name, *, with_teacher, **method_overrides):
   config = helpers.tiny_config(**{'method.name': name, 'rgrl.learning_rate': 0.05,
                                   **{f'method.{k}': v for k, v in method_overrides.items()}})
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, 4)
@@ -289,29 +289,23 @@ def _step_setup(name, **method_overrides):
   teacher = helpers.to_host(distill.teacher_variables({'params': rm_state.params,
                                                        'batch_stats': rm_state.batch_stats}))
   step = functools.partial(
-      distill.distill_step, teacher_apply=distill.teacher_apply_fn(config),
+      distill.distill_step, teacher_apply=distill.teacher_apply_fn(config) if with_teacher else None,
       method=methods.make_method(config.method), K=config.relation.K,
       relation_kwargs=distill.relation_kwargs(config),
       view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD), steps_per_epoch=2)
   rng = np.random.default_rng(0)
   batch = {'images': helpers.images(16), 'labels': helpers.labels(16),
            'index': rng.permutation(num_examples)[:16].astype(np.int32)}
-  return config, state, teacher, step, batch
+  return config, state, teacher if with_teacher else None, step, batch
 
 
-def _run_steps(step, state, teacher, batch, num_devices, steps=2):
-  fn = parallel.pmap_step(step, sharded_argnums=(2,), donate_argnums=(), devices=jax.devices()[:num_devices])
-  sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
-  for i in range(steps):
-    state, metrics = fn(state, teacher, sharded, jax.random.fold_in(jax.random.key(5), i))
-  return state, metrics
-
-
+# Co-teaching runs with RMDNet's relation terms (one set per network); the others alone, which keeps the compile
+# time of the suite down: the relation terms are the same code for every method (tests/distill_test.py).
 STEP_CASES = {
-    'coteaching': dict(forget_rate=0.5, forget_gradual_epochs=0),
-    'jocor': dict(forget_rate=0.25, forget_gradual_epochs=0),
-    'elr': {},
-    'dividemix': dict(dividemix_warmup_epochs=0),
+    'coteaching': dict(with_teacher=True, forget_rate=0.5, forget_gradual_epochs=0),
+    'jocor': dict(with_teacher=False, forget_rate=0.25, forget_gradual_epochs=0),
+    'elr': dict(with_teacher=False),
+    'dividemix': dict(with_teacher=False, dividemix_warmup_epochs=0),
 }
 
 
@@ -322,8 +316,8 @@ def test_method_step_8_devices_equals_1_device(name):
     # A division as if made by the epoch hook: some examples labelled for each network.
     probs = np.random.default_rng(1).uniform(size=state.method_state['clean_probability'].shape)
     state = state.replace(method_state={'clean_probability': probs.astype(np.float32)})
-  s8, m8 = _run_steps(step, state, teacher, batch, 8)
-  s1, m1 = _run_steps(step, state, teacher, batch, 1)
+  s8, m8 = helpers.run_rgrl_steps(step, state, teacher, batch, 8)
+  s1, m1 = helpers.run_rgrl_steps(step, state, teacher, batch, 1)
   for key in m1:
     np.testing.assert_allclose(m8[key], m1[key], rtol=2e-4, atol=1e-6, err_msg=key)
   helpers.assert_trees_close(s8.params, s1.params, rtol=2e-4, atol=2e-5)
@@ -334,71 +328,11 @@ def test_method_step_8_devices_equals_1_device(name):
     # Two networks from different keys, each with its own relation terms: they stay different.
     first = jax.tree.leaves(s1.params)[0]
     assert first.shape[0] == 2 and not np.allclose(first[0], first[1])
-  assert float(m1['node']) > 0 and float(m1['edge']) > 0
+  if teacher is not None:
+    assert float(m1['node']) > 0 and float(m1['edge']) > 0
   before = jax.tree.leaves(helpers.to_host(state.params))
   assert any(not np.allclose(a, b) for a, b in zip(before, jax.tree.leaves(helpers.to_host(s1.params))))
   if name == 'elr':
     targets = np.asarray(s1.method_state['targets'])
     assert np.all(targets[batch['index']].sum(-1) > 0)
     assert not np.any(np.delete(targets, batch['index'], axis=0))
-
-
-# --- DivideMix through the pipeline: the epoch hook, its state in the checkpoint, exact resume ----------------
-
-
-def _dividemix_config():
-  return helpers.tiny_config(**{
-      'stages': 'rgrl', 'method.name': 'dividemix', 'method.distill': False, 'rgrl.epochs': 2,
-      'method.dividemix_warmup_epochs': 1, 'method.dividemix_rampup_epochs': 1,
-      'data.synthetic_train_size': 64, 'rgrl.track_memorization': False})
-
-
-def test_dividemix_run_divides_after_warmup_and_resumes_exactly(tmp_path, monkeypatch):
-  import json
-  import os
-  import signal
-
-  import orbax.checkpoint as ocp
-
-  from rmdnet_jax import loop, pipeline
-
-  def restore(workdir):
-    mngr = ocp.CheckpointManager(os.path.join(workdir, 'rgrl'), item_names=('state', 'meta'))
-    step = mngr.latest_step()
-    return step, mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-
-  reference_dir = str(tmp_path / 'reference')
-  reference = pipeline.run(_dividemix_config(), reference_dir)
-  step, state = restore(reference_dir)
-  assert step == 8
-  p = np.asarray(state['method_state']['clean_probability'])
-  assert p.shape == (2, 64) and np.all((p >= 0) & (p <= 1)) and np.ptp(p) > 0, 'the division never ran'
-  rows = [json.loads(line) for line in open(os.path.join(reference_dir, 'metrics.jsonl'))]
-  fractions = [r['rgrl/method_labelled_fraction'] for r in rows if 'rgrl/method_labelled_fraction' in r]
-  assert fractions[0] == 0.0 and fractions[-1] > 0.0  # warm-up epoch, then MixMatch on the division
-
-  # SIGTERM during step 6 (mid second epoch, after the division): the resumed run must equal the reference.
-  original = parallel.pmap_step
-  calls = {'n': 0}
-
-  def preempting_pmap_step(*args, **kwargs):
-    fn = original(*args, **kwargs)
-
-    def wrapped(*a):
-      calls['n'] += 1
-      if calls['n'] == 6:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return fn(*a)
-
-    return wrapped
-
-  workdir = str(tmp_path / 'preempted')
-  monkeypatch.setattr(parallel, 'pmap_step', preempting_pmap_step)
-  with pytest.raises(loop.Preempted):
-    pipeline.run(_dividemix_config(), workdir)
-  monkeypatch.undo()
-  assert restore(workdir)[0] == 6
-  resumed = pipeline.run(_dividemix_config(), workdir)
-  for a, b in zip(jax.tree.leaves(restore(reference_dir)[1]), jax.tree.leaves(restore(workdir)[1])):
-    np.testing.assert_array_equal(a, b)
-  assert resumed['test_accuracy_last'] == reference['test_accuracy_last']

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rmdnet_jax import checkpoints, config_checks, loop, noise, parallel, pipeline
+from rmdnet_jax import checkpoints, loop, noise, parallel, pipeline
 from tests import helpers
 
 

@@ -151,7 +151,10 @@ def dividemix_loss(inputs: base.LossInputs, *, warmup_epochs: int, p_threshold: 
       all_metrics.append(metrics)
     return tuple(losses), jax.tree.map(lambda a, b: 0.5 * (a + b), *all_metrics)
 
-  losses, metrics = lax.cond(inputs.progress < warmup_epochs, warm, mixmatch, None)
+  if warmup_epochs <= 0:  # no warm-up: the CE branch is never taken, so it is not compiled either
+    losses, metrics = mixmatch(None)
+  else:
+    losses, metrics = lax.cond(inputs.progress < warmup_epochs, warm, mixmatch, None)
   return base.LossOutputs(losses=losses, metrics=metrics)
 
 
