@@ -158,7 +158,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
              f'e.g. --config.{stage}.batch_size={max(num_devices, s.batch_size - s.batch_size % num_devices)}.')
     _require(s.learning_rate > 0, f'{stage}.learning_rate={s.learning_rate} must be positive.')
     peak = s.learning_rate * (s.batch_size / 256 if s.scale_lr_by_batch else 1.0)
-    _require(peak < np.finfo(np.float32).max / 2,
+    _require(peak < float(np.finfo(np.float32).max) / 2,
              f'{stage}.learning_rate={s.learning_rate} gives a peak rate of {peak:.3g}, which overflows the '
              'float32 schedule; use a realistic rate (the paper notes: 0.06 per 256 images for rm, 0.02 for rgrl).')
     _require(s.weight_decay >= 0, f'{stage}.weight_decay={s.weight_decay} must be >= 0.')

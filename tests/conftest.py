@@ -57,3 +57,18 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+# The slowest files first: the parallel runner hands out whole files in collection order, so starting with the
+# longest ones keeps one worker from running a long file alone at the end (longest-processing-time-first).
+SLOWEST_FILES = ("noisy_methods_test.py", "pipeline_test.py", "analysis_test.py", "distill_test.py",
+                 "config_test.py", "dividemix_pipeline_test.py", "simsiam_test.py", "benchmarks_test.py",
+                 "notebook_test.py", "cifar_n_test.py", "device_data_test.py", "data_test.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file

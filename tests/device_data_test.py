@@ -70,18 +70,6 @@ def test_put_resident_replicates_on_every_device():
   np.testing.assert_array_equal(np.asarray(resident['images']), _dataset()['images'])
 
 
-def test_simsiam_step_on_resident_data_is_bitwise_the_host_batch_step():
-  config = helpers.tiny_config()
-  lr_fn = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch=3)
-  state = helpers.to_host(simsiam.create_simsiam_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn))
-  step = functools.partial(simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(
-      config, augment.CIFAR10_MEAN, augment.CIFAR10_STD))
-  (state_h, metrics_h), (state_d, metrics_d) = _compare(step, state, (), {'images': _dataset()['images']}, 1)
-  _assert_bitwise_equal(state_d, state_h)
-  _assert_bitwise_equal(metrics_d, metrics_h)
-  assert int(state_d.step) == STEPS
-
-
 def test_distill_step_on_resident_data_is_bitwise_the_host_batch_step():
   config = helpers.tiny_config()
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, steps_per_epoch=3)
