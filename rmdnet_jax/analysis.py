@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rmdnet_jax import augment, checkpoints, config_checks, data, distill, metrics, noise, parallel  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, data, distill, metrics, noise, parallel  # noqa: E402
 from rmdnet_jax import pipeline  # noqa: E402
 from rmdnet_jax import train_state as train_state_lib  # noqa: E402
 
@@ -344,8 +344,7 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
 def student_outputs_fn(config: ml_collections.ConfigDict, dataset: data.Dataset):
   """apply(variables, uint8 images) -> {'logits', 'features'} of the student: `pipeline.logits_fn` plus the
   pooled backbone features, so one pass over the data gives both."""
-  apply = distill.classify_fn(config)
-  return lambda variables, images: apply(variables, augment.normalize(images, dataset.mean, dataset.std))
+  return pipeline.on_uint8_images(distill.classify_fn(config), dataset)
 
 
 def teacher_backbone_fn(config: ml_collections.ConfigDict, dataset: data.Dataset):

@@ -170,14 +170,19 @@ def _resume(mngr, state, meta, total_steps: int, stage: str):
   return restored, start
 
 
+def on_uint8_images(apply, dataset, output_key=None):
+  """apply(variables, float images) as a function of the dataset's uint8 images (normalised with its statistics),
+  optionally picking one output; built once per stage so it compiles once."""
+  def on_uint8(variables, images):
+    out = apply(variables, augment.normalize(images, dataset.mean, dataset.std))
+    return out if output_key is None else out[output_key]
+
+  return on_uint8
+
+
 def encoder_features_fn(config, dataset):
-  """apply(variables, uint8 images) -> teacher-layer features; built once per stage so it compiles once."""
-  net_apply = distill.teacher_apply_fn(config)  # 'features' or 'z' per relation.teacher_layer
-
-  def apply(variables, images):
-    return net_apply(variables, augment.normalize(images, dataset.mean, dataset.std))
-
-  return apply
+  """apply(variables, uint8 images) -> teacher-layer features ('features' or 'z' per relation.teacher_layer)."""
+  return on_uint8_images(distill.teacher_apply_fn(config), dataset)
 
 
 def knn_monitor(config, dataset, variables, features_fn) -> float:
@@ -256,8 +261,7 @@ def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer) -> di
 
 def logits_fn(config, dataset):
   """apply(variables, uint8 images) -> student logits; built once per stage so it compiles once."""
-  apply = distill.classify_fn(config)
-  return lambda variables, images: apply(variables, augment.normalize(images, dataset.mean, dataset.std))['logits']
+  return on_uint8_images(distill.classify_fn(config), dataset, 'logits')
 
 
 def predict(config, variables, images, logits_apply) -> np.ndarray:
@@ -322,8 +326,7 @@ def method_epoch_hook(config, dataset, noisy, method):
   """loop.train's epoch_start_fn for a method with an epoch hook (DivideMix's co-divide), else None."""
   if method.epoch_hook is None:
     return None
-  network_logits = distill.network_logits_fn(config)
-  apply = lambda variables, images: network_logits(variables, augment.normalize(images, dataset.mean, dataset.std))
+  apply = on_uint8_images(distill.network_logits_fn(config), dataset)
 
   def epoch_start(state, epoch):
     def logits_fn():
