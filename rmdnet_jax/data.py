@@ -52,10 +52,27 @@ CIFAR_N_KEYS = {'aggre_label': 'aggre', 'worse_label': 'worst', 'random_label1':
 # Below this agreement between a CIFAR-N file's clean_label and the dataset's labels, the join is wrong (another
 # order, another dataset), not a few relabelled images.
 MIN_CLEAN_AGREEMENT = 0.99
+# The share of each CIFAR-N column that differs from the clean CIFAR labels, as published (Wei et al. 2022) and
+# measured on the official files over the 50,000 training images. A column whose realised rate is far from it is
+# misaligned (shifted, another order, another column), even when the file's clean_label is right.
+PUBLISHED_NOISE_RATES = {'aggre': 0.0901, 'worst': 0.4021, 'random1': 0.1723, 'random2': 0.1812,
+                         'random3': 0.1764, 'noisy': 0.4020}
+# Allowed |realised - published|: this much plus 4 binomial standard deviations of a sample of the joined size
+# (0.6 points in all on the whole training set; a shifted column misses by ~50 points).
+NOISE_RATE_TOLERANCE = 0.005
 
 
 class DataUnavailableError(RuntimeError):
   """The configured data cannot be read; the message says how to fix it."""
+
+
+def brief_error(e: BaseException, limit: int = 160) -> str:
+  """An exception as a short clause for a one-sentence message: its type and the first line of its text."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  text = text.replace('. ', '; ').rstrip('.')
+  if len(text) > limit:
+    text = text[:limit - 3].rstrip() + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
 @dataclasses.dataclass
@@ -121,11 +138,19 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
         '--config.data.source=npz --config.data.npz_path=FILE.') from e
   start = time.perf_counter()
   logging.info('Reading %d %s/%s records (decoding PNGs takes ~20 s for CIFAR train)...', len(source), name, split)
-  records = _read_records(source)
+  try:
+    records = _read_records(source)
+    order, numeric_ids = _order_by_id([r['id'] for r in records])
+    records = [records[i] for i in order]
+    images = np.stack([np.asarray(r['image'], np.uint8) for r in records])
+  except Exception as e:  # The readers raise RuntimeError (hash mismatch), ValueError, OSError, decode errors.
+    where = data_dir or '~/tensorflow_datasets'
+    folder = getattr(getattr(source, 'dataset_info', None), 'data_dir', None) or os.path.join(where, name)
+    raise DataUnavailableError(
+        f'The prepared tfds dataset {name!r} (split {split!r}) in {folder} is damaged ({brief_error(e)}); delete '
+        f'{folder} and prepare it again with `python -m rmdnet_jax.prepare_data --dataset={name} '
+        f'--data_dir={where}`.') from e
   logging.info('Read %s/%s in %.1f s.', name, split, time.perf_counter() - start)
-  order, numeric_ids = _order_by_id([r['id'] for r in records])
-  records = [records[i] for i in order]
-  images = np.stack([np.asarray(r['image'], np.uint8) for r in records])
   labels = np.array([int(r['label']) for r in records], np.int64)
   coarse = (np.array([int(r['coarse_label']) for r in records], np.int64)
             if 'coarse_label' in records[0] else None)
@@ -171,22 +196,92 @@ NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 NPZ_HUMAN_PREFIX = 'human_'
 
 
+def _npz_remake(cfg) -> str:
+  return (f'write it again with `python -m rmdnet_jax.prepare_data --dataset={cfg.name} --npz=FILE` on a machine '
+          'with the data')
+
+
+def _check_label_array(path, key, array, n, num_classes, fix) -> None:
+  if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_):
+    raise DataUnavailableError(f'{path}: {key} is {array.dtype} of shape {array.shape}, but it must be a 1-D integer '
+                               f'array of class indices; {fix}.')
+  if len(array) != n:
+    raise DataUnavailableError(f'{path}: {key} has {len(array)} entries for {n} images, but it needs one per image; '
+                               f'{fix}.')
+  if n and (array.min() < 0 or array.max() >= num_classes):
+    raise DataUnavailableError(f'{path}: {key} lies in [{array.min()}, {array.max()}], outside the {num_classes} '
+                               f'classes [0, {num_classes}); {fix}.')
+
+
+def _check_images(path, key, x, fix) -> None:
+  if x.ndim != 4 or x.shape[-1] != 3 or len(x) == 0:
+    raise DataUnavailableError(f'{path}: {key} has shape {x.shape}, but images must be [N, H, W, 3] with N > 0; '
+                               f'{fix}.')
+  if x.dtype == np.uint8:
+    return
+  if np.issubdtype(x.dtype, np.floating):
+    raise DataUnavailableError(
+        f'{path}: {key} is {x.dtype} (values in [{x.min():g}, {x.max():g}]), but images must be uint8 in [0, 255], '
+        'and casting floats would destroy them; save np.round(x * 255).astype(np.uint8) for images in [0, 1] (or '
+        'x.astype(np.uint8) for [0, 255]).')
+  if not np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_ or x.min() < 0 or x.max() > 255:
+    lo_hi = f' in [{x.min()}, {x.max()}]' if np.issubdtype(x.dtype, np.number) else ''
+    raise DataUnavailableError(f'{path}: {key} is {x.dtype}{lo_hi}, but images must be uint8 in [0, 255]; {fix}.')
+
+
+def check_npz_arrays(path: str, arrays: dict, num_classes: int, fix: str) -> None:
+  """Refuses, with one sentence, .npz arrays that would train on something else than the data meant: images that
+  are not uint8 pixels [N, H, W, 3] (float images in [0, 1] would become all 0 or 1), label counts that differ
+  from the image counts, labels outside [0, num_classes), and optional per-image arrays of another length."""
+  for split in ('train', 'test'):
+    x, y = arrays[f'x_{split}'], arrays[f'y_{split}']
+    _check_images(path, f'x_{split}', x, fix)
+    _check_label_array(path, f'y_{split}', y, len(x), num_classes, fix)
+  if arrays['x_train'].shape[1:] != arrays['x_test'].shape[1:]:
+    raise DataUnavailableError(f'{path}: x_train images are {arrays["x_train"].shape[1:]} but x_test images are '
+                               f'{arrays["x_test"].shape[1:]}; both splits need the same image size, so {fix}.')
+  n = len(arrays['x_train'])
+  if 'ids_train' in arrays:
+    ids = arrays['ids_train']
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or len(np.unique(ids)) != n:
+      raise DataUnavailableError(f'{path}: ids_train ({ids.dtype}, shape {ids.shape}) must be {n} distinct integer '
+                                 f'ids, one per training image; {fix}.')
+  if 'coarse_train' in arrays:
+    _check_label_array(path, 'coarse_train', arrays['coarse_train'], n, 20, fix)
+  for key, array in arrays.items():
+    if key.startswith(NPZ_HUMAN_PREFIX):
+      _check_label_array(path, key, array, n, num_classes, fix)
+
+
 def _load_npz(cfg) -> Dataset:
   path = cfg.npz_path
   if not path or not os.path.isfile(path):
     raise DataUnavailableError(
         f'data.npz_path {path!r} is not a file; write one with `python -m rmdnet_jax.prepare_data '
         f'--dataset={cfg.name} --npz=FILE` on a machine with the data, or use --config.data.source=tfds.')
-  with np.load(path) as f:
-    missing = [k for k in NPZ_KEYS if k not in f]
-    if missing:
-      raise DataUnavailableError(f'{path} lacks arrays {missing}; it needs {list(NPZ_KEYS)} '
-                                 '(uint8 images [N,32,32,3], int labels [N]) and optionally coarse_train, ids_train.')
-    arrays = {k: f[k] for k in f.files}
+  with open(path, 'rb') as f:
+    if f.read(2) != b'PK':
+      raise DataUnavailableError(f'{path} is not an .npz (an .npz is a zip archive of arrays, and this file is not '
+                                 f'a zip archive); point --config.data.npz_path at the .npz, or {_npz_remake(cfg)}.')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in NPZ_KEYS if k not in f.files]
+      if missing:
+        raise DataUnavailableError(
+            f'{path} lacks arrays {missing}; it needs {list(NPZ_KEYS)} (uint8 images [N,32,32,3], int labels [N]) '
+            'and optionally coarse_train, ids_train.')
+      arrays = {k: f[k] for k in f.files}
+  except DataUnavailableError:
+    raise
+  except Exception as e:  # not a zip, truncated, a bad CRC, pickled objects: numpy raises many types here.
+    raise DataUnavailableError(f'{path} is not a readable .npz of arrays ({brief_error(e)}); it is damaged or of '
+                               f'another format, so {_npz_remake(cfg)}.') from e
+  num_classes = DATASETS[cfg.name]['num_classes']
+  check_npz_arrays(path, arrays, num_classes, _npz_remake(cfg))
   n = len(arrays['x_train'])
   human = {k[len(NPZ_HUMAN_PREFIX):]: v.astype(np.int64) for k, v in arrays.items()
            if k.startswith(NPZ_HUMAN_PREFIX)}
-  return Dataset(DATASETS[cfg.name]['base'], DATASETS[cfg.name]['num_classes'],
+  return Dataset(DATASETS[cfg.name]['base'], num_classes,
                  arrays['x_train'].astype(np.uint8), arrays['y_train'].astype(np.int64),
                  arrays['x_test'].astype(np.uint8), arrays['y_test'].astype(np.int64),
                  arrays.get('ids_train', np.arange(n)).astype(np.int64),
@@ -347,6 +442,34 @@ def attach_cifar_n_labels(dataset: Dataset, path: str) -> None:
   dataset.train_human_labels = {name: column[ids] for name, column in columns.items()}
 
 
+def check_human_label_rates(dataset: Dataset, where: str, fix: str) -> None:
+  """Refuses CIFAR-N columns whose realised noise rate (label != the dataset's clean label) is not the published
+  one (`PUBLISHED_NOISE_RATES`) within the tolerance, and logs each column's rate.
+
+  Args:
+    dataset: with `train_human_labels` in the order of its train arrays (the whole training set, before subsets).
+    where: what the columns came from, for the message (a file, a tfds dataset).
+    fix: what the user should do, for the message.
+
+  Raises:
+    DataUnavailableError: a column's rate is off (it is misaligned or another column).
+  """
+  n = len(dataset.train_labels)
+  for name, column in sorted(dataset.train_human_labels.items()):
+    published = PUBLISHED_NOISE_RATES.get(name)
+    if published is None or n == 0:
+      continue
+    rate = float(np.mean(column != dataset.train_labels))
+    tolerance = NOISE_RATE_TOLERANCE + 4 * np.sqrt(published * (1 - published) / n)
+    if abs(rate - published) > tolerance:
+      raise DataUnavailableError(
+          f'The CIFAR-N {name} labels of {where} differ from the {dataset.name} labels on {rate:.2%} of the {n} '
+          f'training images, but published CIFAR-N {name} labels differ on {published:.2%} (tolerance '
+          f'{tolerance:.2%}), so the column is misaligned or mislabelled; {fix}.')
+    logging.info('CIFAR-N %s labels: realised noise rate %.2f%% (published %.2f%%).', name, 100 * rate,
+                 100 * published)
+
+
 def human_noisy_labels(dataset: Dataset, human_label: str) -> np.ndarray:
   """The CIFAR-N column `human_label` of `dataset` (noise.kind=human).
 
@@ -385,6 +508,15 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
       raise ValueError(f'data.name={cfg.name} already carries CIFAR-N labels; drop --config.data.cifar_n_labels or '
                        f'use --config.data.name={dataset.name}.')
     attach_cifar_n_labels(dataset, labels_path)
+    check_human_label_rates(dataset, labels_path, 'pass the official CIFAR-10_human.pt / CIFAR-100_human.pt '
+                            '(UCSC-REAL/cifar-10-100n) unchanged, or an .npz of its arrays in their original order')
+  elif dataset.train_human_labels:
+    where = (cfg.npz_path if cfg.source == 'npz' else
+             f'tfds dataset {cfg.name} in {cfg.data_dir or "~/tensorflow_datasets"}')
+    fix = (f'write the .npz again with `python -m rmdnet_jax.prepare_data --dataset={cfg.name} --npz=FILE`'
+           if cfg.source == 'npz' else
+           f'delete that dataset and prepare it again from the official CIFAR-N files (README "CIFAR-N")')
+    check_human_label_rates(dataset, where, fix)
   if cfg.train_subset:
     # Deterministic subset for quick experiments: the first examples in id order.
     n = cfg.train_subset

@@ -5,6 +5,7 @@ Path A runs under `tfds.testing.mock_data` and on fake data sources; path B on f
 ones are CC BY-NC and never in the repository). The real CIFAR-10 + CIFAR-10N of ../shared is used by the tests
 that skip where ../shared is absent.
 """
+import dataclasses
 import io
 import json
 import os
@@ -61,13 +62,16 @@ class FakeSource:
 
 
 def label_file_arrays(num_indices: int, num_classes: int = 10, seed: int = 0) -> dict:
-  """A fabricated CIFAR-N file's arrays, indexed by CIFAR index: clean label k % C and random human labels."""
+  """A fabricated CIFAR-N file's arrays, indexed by CIFAR index: clean label k % C, and human labels of which
+  (as near as the size allows) the published share differs from it, at random positions."""
   rng = np.random.default_rng(seed)
-  arrays = {'clean_label': np.arange(num_indices) % num_classes}
+  clean = np.arange(num_indices) % num_classes
+  arrays = {'clean_label': clean}
   keys = C10N_KEYS if num_classes == 10 else ('noisy_label',)
   for key in keys:
-    arrays[key] = np.where(rng.random(num_indices) < 0.3, rng.integers(0, num_classes, num_indices),
-                           arrays['clean_label'])
+    wrong = rng.permutation(num_indices)[:round(data.PUBLISHED_NOISE_RATES[data.CIFAR_N_KEYS[key]] * num_indices)]
+    arrays[key] = clean.copy()
+    arrays[key][wrong] = (clean[wrong] + rng.integers(1, num_classes, len(wrong))) % num_classes
   return arrays
 
 
@@ -110,8 +114,10 @@ def write_pt(path, arrays: dict, folder='archive'):
 
 @pytest.mark.parametrize('name, expected', [('cifar10_n', data.HUMAN_LABELS['cifar10']),
                                             ('cifar100_n', data.HUMAN_LABELS['cifar100'])])
-def test_tfds_cifar_n_mock_gives_the_human_columns(name, expected):
+def test_tfds_cifar_n_mock_gives_the_human_columns(monkeypatch, name, expected):
   num_classes = data.DATASETS[name]['num_classes']
+  # Mock labels are uniformly random, not CIFAR-N's: no published noise rate applies to them.
+  monkeypatch.setattr(data, 'PUBLISHED_NOISE_RATES', {})
   with tfds.testing.mock_data(num_examples=NUM_MOCK):
     dataset = data.load(tfds_config(name))
     subset = data.load(tfds_config(name, train_subset=8))
@@ -296,6 +302,18 @@ def test_real_cifar10n_realised_rates(real_cifar10n, tmp_path):
   assert np.allclose(noisy.transition.sum(axis=1), 1.0)
 
 
+def test_real_cifar10n_file_with_a_shifted_column_is_refused(real_cifar10n, tmp_path):
+  with np.load(SHARED / 'data' / 'cifar-n' / 'cifar10n_labels.npz') as f:
+    arrays = {k: f[k] for k in f.files}
+  arrays['worse_label'] = np.roll(arrays['worse_label'], 1)
+  np.savez(tmp_path / 'shifted.npz', **arrays)
+  dataset = dataclasses.replace(real_cifar10n, train_human_labels={})
+  data.attach_cifar_n_labels(dataset, str(tmp_path / 'shifted.npz'))  # its clean_label is right: the join passes
+  with pytest.raises(data.DataUnavailableError, match='worst labels of .* differ from the cifar10 labels on 90') as e:
+    data.check_human_label_rates(dataset, str(tmp_path / 'shifted.npz'), 'pass the official file')
+  assert_one_sentence(str(e.value))
+
+
 def test_real_cifar100n_file_is_refused_for_cifar10(real_cifar10n):
   with pytest.raises(data.DataUnavailableError, match='holds CIFAR-100N labels but the data is cifar10') as info:
     data.attach_cifar_n_labels(real_cifar10n, str(SHARED / 'data' / 'cifar-n' / 'cifar100n_labels.npz'))
@@ -348,6 +366,54 @@ def test_label_file_refusals(tmp_path):
   np.savez(tmp_path / 'other_order.npz', **shuffled)
   message = refusal(attach, small_dataset(), str(tmp_path / 'other_order.npz'), match='agrees with the cifar10')
   assert '0.00%' in message
+
+
+SHIFT_SIZE = 2000  # enough images for the rate check to tell a shifted column (~90 % wrong) from a real one
+
+
+@pytest.mark.parametrize('key', ['aggre_label', 'worse_label', 'random_label2'])
+def test_label_file_with_shifted_noisy_column_is_refused(monkeypatch, tmp_path, key):
+  arrays = label_file_arrays(SHIFT_SIZE)
+  good, shifted = tmp_path / 'good.npz', tmp_path / 'shifted.npz'
+  np.savez(good, **arrays)
+  np.savez(shifted, **{**arrays, key: np.roll(arrays[key], 1)})  # clean_label is still right
+  patch_sources(monkeypatch, {'cifar10': {'train': fake_records('train', range(SHIFT_SIZE), image_size=2),
+                                          'test': fake_records('test', range(4), image_size=2)}})
+  assert data.load(tfds_config('cifar10', cifar_n_labels=str(good))).train_human_labels
+  label = data.CIFAR_N_KEYS[key]
+  message = refusal(data.load, tfds_config('cifar10', cifar_n_labels=str(shifted)),
+                    match=f'The CIFAR-N {label} labels of {shifted} differ from the cifar10 labels on')
+  assert f'published CIFAR-N {label} labels differ on {data.PUBLISHED_NOISE_RATES[label]:.2%}' in message
+  assert 'pass the official CIFAR-10_human.pt' in message
+
+
+def test_tfds_cifar_n_and_npz_with_shifted_column_are_refused(monkeypatch, tmp_path):
+  arrays = label_file_arrays(SHIFT_SIZE)
+  human = {k: v for k, v in arrays.items() if k != 'clean_label'}
+  human['random_label3'] = np.roll(human['random_label3'], 7)
+  patch_sources(monkeypatch, {'cifar10_n': {
+      'train': fake_records('train', range(SHIFT_SIZE), human=human, image_size=2),
+      'test': fake_records('test', range(4), human=human, image_size=2)}})
+  refusal(data.load, tfds_config('cifar10_n', data_dir='/fake'),
+          match='random3 labels of tfds dataset cifar10_n in /fake differ .* prepare it again')
+  with pytest.MonkeyPatch.context() as patch:  # write the npz that prepare_data would write from such a dataset
+    patch.setattr(data, 'PUBLISHED_NOISE_RATES', {})
+    dataset = data.load(tfds_config('cifar10_n', data_dir='/fake'))
+  npz = tmp_path / 'c.npz'
+  prepare_data.write_npz(dataset, str(npz))
+  refusal(data.load, data_config(source='npz', name='cifar10_n', npz_path=str(npz)),
+          match=f'random3 labels of {npz} differ .* write the .npz again')
+
+
+def test_real_cifar_n_files_have_the_published_rates(tmp_path):
+  files = {'cifar10n_labels.npz': C10N_KEYS, 'cifar100n_labels.npz': ('noisy_label',)}
+  if not all((SHARED / 'data' / 'cifar-n' / f).is_file() for f in files):
+    pytest.skip('../shared/data/cifar-n is not present (only on the team\'s machines)')
+  for name, keys in files.items():
+    with np.load(SHARED / 'data' / 'cifar-n' / name) as f:
+      for key in keys:
+        rate = np.mean(f[key] != f['clean_label'])
+        assert rate == pytest.approx(data.PUBLISHED_NOISE_RATES[data.CIFAR_N_KEYS[key]], abs=5e-5), key
 
 
 def test_label_file_at_99_percent_agreement_is_accepted(tmp_path):

@@ -4,6 +4,8 @@ tfds is exercised through `tfds.testing.mock_data` (random records, no files) an
 CIFAR-10 in ../shared is read by one test that skips where ../shared is absent.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import requests
@@ -150,6 +152,118 @@ def test_npz_lacking_keys(tmp_path):
     with pytest.raises(data.DataUnavailableError) as info:
         data.load(data_config(source="npz", npz_path=str(path)))
     assert "lacks arrays ['x_test', 'y_test']" in str(info.value)
+
+
+def assert_one_sentence(text: str):
+    assert "\n" not in text and text.endswith("."), text
+    assert text.count(". ") <= text.count("e.g. "), text
+
+
+def npz_arrays(n_train=20, n_test=8, size=4):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.integers(0, 256, (n_train, size, size, 3), dtype=np.uint8),
+            "y_train": rng.integers(0, 10, n_train), "x_test": rng.integers(0, 256, (n_test, size, size, 3),
+                                                                         dtype=np.uint8),
+            "y_test": rng.integers(0, 10, n_test)}
+
+
+def npz_refusal(tmp_path, match, **changes):
+    arrays = {**npz_arrays(), **changes}
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    with pytest.raises(data.DataUnavailableError, match=match) as info:
+        data.load(data_config(source="npz", npz_path=str(path)))
+    assert_one_sentence(str(info.value))
+    return str(info.value)
+
+
+def test_npz_with_float_images_is_refused_not_cast(tmp_path):
+    # Cast to uint8, float images in [0, 1] would train on pixels that are all 0 or 1.
+    floats = npz_arrays()["x_train"] / 255.0
+    message = npz_refusal(tmp_path, "x_train is float64 .values in \\[0, 1\\]., but images must be uint8",
+                          x_train=floats)
+    assert "np.round(x * 255).astype(np.uint8)" in message
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(y_train=np.zeros(19, np.int64)), "y_train has 19 entries for 20 images"),
+    (dict(y_test=np.zeros(9, np.int64)), "y_test has 9 entries for 8 images"),
+    (dict(y_train=np.full(20, 10)), "y_train lies in \\[10, 10\\], outside the 10 classes"),
+    (dict(y_test=np.full(8, -1)), "y_test lies in \\[-1, -1\\], outside the 10 classes"),
+    (dict(y_train=np.zeros(20, np.float32)), "y_train is float32 of shape \\(20,\\), but it must be a 1-D integer"),
+    (dict(x_train=np.zeros((20, 4, 4), np.uint8)), "x_train has shape \\(20, 4, 4\\), but images must be"),
+    (dict(x_test=np.zeros((8, 4, 4, 1), np.uint8)), "x_test has shape \\(8, 4, 4, 1\\)"),
+    (dict(x_test=np.zeros((8, 5, 5, 3), np.uint8)), "both splits need the same image size"),
+    (dict(x_train=np.full((20, 4, 4, 3), 300, np.int64)), "x_train is int64 in \\[300, 300\\], but images must be"),
+    (dict(ids_train=np.zeros(20, np.int64)), "ids_train .* must be 20 distinct integer ids"),
+    (dict(human_aggre=np.zeros(19, np.int64)), "human_aggre has 19 entries for 20 images"),
+])
+def test_npz_arrays_are_validated_up_front(tmp_path, changes, match):
+    npz_refusal(tmp_path, match, **changes)
+
+
+def test_npz_with_integer_pixels_in_range_is_accepted(tmp_path):
+    arrays = npz_arrays()
+    path = tmp_path / "int.npz"
+    np.savez(path, **{**arrays, "x_train": arrays["x_train"].astype(np.int64)})
+    dataset = data.load(data_config(source="npz", npz_path=str(path)))
+    assert dataset.train_images.dtype == np.uint8
+    np.testing.assert_array_equal(dataset.train_images, arrays["x_train"])
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("text", "is not an .npz .an .npz is a zip archive of arrays"),
+    ("truncated", "is not a readable .npz of arrays .BadZipFile"),
+    ("bad_crc", "is not a readable .npz of arrays .BadZipFile: Bad CRC-32"),
+])
+def test_damaged_npz_is_one_sentence(tmp_path, damage, match):
+    path = tmp_path / "d.npz"
+    np.savez(path, **npz_arrays(n_train=200))
+    raw = path.read_bytes()
+    if damage == "text":
+        raw = b"x_train,y_train\n1,2\n"
+    elif damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    else:
+        raw = raw[:1000] + bytes(b ^ 0xFF for b in raw[1000:1100]) + raw[1100:]
+    path.write_bytes(raw)
+    with pytest.raises(data.DataUnavailableError, match=match) as info:
+        data.load(data_config(source="npz", npz_path=str(path)))
+    assert_one_sentence(str(info.value))
+    assert "prepare_data --dataset=cifar10 --npz=FILE" in str(info.value)
+
+
+class CorruptedSource(FakeSource):
+    def __getitems__(self, indices):
+        # What array_record raises for a damaged file (measured on a copy of ../shared with bytes overwritten).
+        raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch (computed 0xa0fa, stored "
+                           "0xb387), chunk at 4997890 with length 2175; at byte 5000065")
+
+
+def test_corrupted_tfds_file_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(tfds, "data_source", lambda name, **kwargs: CorruptedSource(fake_records("train", range(4))))
+    with pytest.raises(data.DataUnavailableError, match="is damaged .RuntimeError: Corrupted Riegeli") as info:
+        data.load(tfds_config("cifar10", data_dir="/fake"))
+    message = str(info.value)
+    assert_one_sentence(message)
+    assert "delete /fake/cifar10 and prepare it again with `python -m rmdnet_jax.prepare_data" in message
+
+
+def test_real_corrupted_tfds_file_is_one_sentence(shared_dir, tmp_path):
+    source = shared_dir / "data" / "tfds" / "cifar10" / "3.0.2"
+    target = tmp_path / "cifar10" / "3.0.2"
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        if "train" not in f.name:  # the test split is enough (and 5x smaller)
+            shutil.copyfile(f, target / f.name)
+    shard = target / "cifar10-test.array_record-00000-of-00001"
+    with open(shard, "r+b") as f:
+        f.seek(5_000_000)
+        f.write(bytes(100_000))
+    with pytest.raises(data.DataUnavailableError, match="is damaged .RuntimeError: Corrupted") as info:
+        data._tfds_split("cifar10", "test", str(tmp_path))
+    assert_one_sentence(str(info.value))
+    assert f"delete {target} and prepare it again" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------------------------
