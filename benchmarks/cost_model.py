@@ -55,28 +55,29 @@ class System:
   chips: int
   peak_tflops: float          # dense bf16, per chip
   peak_source: str
-  price_per_chip_hour: Optional[float]   # USD, on demand; None: not found
+  price_per_chip_hour: Optional[float]   # USD, on demand; None: not found (the tables say so)
   price_source: str
 
 
-_TPU_PRICE_MISSING = ('not found: the stored copy of cloud.google.com/tpu/pricing predates this chip; pass '
-                      '--price with the current on-demand price')
+# TPU VM prices: SkyPilot's catalog of GCP prices (github.com/skypilot-org/skypilot-catalog, catalogs/v8/gcp/vms.csv
+# at commit 006059e0f18acb1341e22a27751e9f80df6ba92f; the stored copy carries no date), on demand, per VM-hour.
+_SKYPILOT = 'skypilot-catalog catalogs/v8/gcp/vms.csv @006059e, on demand'
 _H100_PRICE = ('GCP a3-highgpu-8g, us-central1, on demand: $88.49/h for 8 H100 80GB (VM with its 208 vCPUs, 1,872 GB '
-               'and 6 TB local SSD) / 8; Cloud Billing Catalog snapshot of 2025-03-06 in '
-               'github.com/Cyclenerd/google-cloud-pricing-cost-calculator pricing.yml')
+               'and 6 TB local SSD) / 8 (the -2g and -4g VMs give the same per GPU); Cloud Billing Catalog snapshot '
+               'of 2025-03-06 in github.com/Cyclenerd/google-cloud-pricing-cost-calculator pricing.yml')
 
 SYSTEMS = (
     System('v4-8', 'v4-8', 4, 275.0,
            'cloud.google.com/tpu/docs/v4: 275 TFLOP/s bf16 per chip; v4-8 = 4 chips (8 cores)',
-           None, _TPU_PRICE_MISSING),
+           12.88 / 4, f'tpu-v4-8, us-central2-b (the only v4 zone): $12.88/h / 4 chips; {_SKYPILOT}'),
     System('v5e-8', 'v5e-8 (v5litepod-8)', 8, 197.0,
            'cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16 per chip, 8 chips',
-           None, _TPU_PRICE_MISSING),
+           9.60 / 8, f'tpu-v5litepod-8, us-central1: $9.60/h / 8 chips; {_SKYPILOT}'),
     System('v5p-8', 'v5p-8', 4, 459.0,
            'cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16 per chip; v5p-8 = 2x2x1 = 4 chips',
-           None, _TPU_PRICE_MISSING),
-    System('v6e-8', 'v6e-8', 8, 918.0, 'cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16 per chip, 8 chips', None,
-           _TPU_PRICE_MISSING),
+           16.80 / 4, f'tpu-v5p-8, us-central1: $16.80/h / 4 chips; {_SKYPILOT}'),
+    System('v6e-8', 'v6e-8', 8, 918.0, 'cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16 per chip, 8 chips',
+           21.60 / 8, f'tpu-v6e-8, us-central1: $21.60/h / 8 chips; {_SKYPILOT}'),
     System('h100', '1x H100 SXM', 1, 989.4,
            'NVIDIA H100 SXM: 1,979 TFLOP/s bf16 with 2:4 sparsity, 989.4 dense',
            88.49 / 8, _H100_PRICE),

@@ -75,10 +75,17 @@ def test_table_is_generated_from_a_small_flop_record(tmp_path):
   # RM on a v5e-8: 800 x 97 x 512 images x 1 TFLOP / (8 x 197 TFLOP/s x 0.5) = 50,420 s = 14.0 h; x 8 chips x $2.
   rm_time = [line for line in markdown.splitlines() if line.startswith('| RM (SimSiam teacher)')]
   assert '| 14.0 h |' in rm_time[0] and '| $224 |' in rm_time[1]
-  assert 'price not found' in rm_time[1]   # v4-8, v5p-8, v6e-8: no price given or found
   record = json.loads((tmp_path / 'cost_model.json').read_text())
   grid = record['results'][-1]['systems']['v5e-8 (v5litepod-8)']['mfu']
   assert grid['0.25']['seconds'] == pytest.approx(2 * grid['0.5']['seconds'])
+
+
+def test_a_system_without_a_price_says_so():
+  cells = cost_model.grid_cells(['t configs/cifar10_rmdnet.py --config.stages=rm'])
+  _, markdown = cost_model.build(small_flops(), cells, None, mfu=0.35, alt_mfu=None,
+                                 systems=[cost_model.System('x', 'x', 4, 100.0, 'test', None, 'not found')])
+  rm_cost = [line for line in markdown.splitlines() if line.startswith('| RM (SimSiam teacher)')][1]
+  assert rm_cost.endswith('| price not found |')
 
 
 @pytest.mark.parametrize('argv, message', [
