@@ -1,11 +1,13 @@
 """benchmarks/cost_model.py: the time arithmetic, the grid count, the tables from a small FLOP record, and XLA's
 FLOP count of the real steps at a tiny width (the only part that compiles: the RGRL and CE steps, ~20 s)."""
 import json
+import pathlib
 
 import pytest
 
 from benchmarks import cost_model
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SYSTEM = cost_model.System('test-4', 'test-4', 4, 100.0, 'test', 2.0, 'test')
 
 
@@ -86,6 +88,18 @@ def test_a_system_without_a_price_says_so():
                                  systems=[cost_model.System('x', 'x', 4, 100.0, 'test', None, 'not found')])
   rm_cost = [line for line in markdown.splitlines() if line.startswith('| RM (SimSiam teacher)')][1]
   assert rm_cost.endswith('| price not found |')
+
+
+def test_readme_shows_the_committed_tables_verbatim():
+  generated = (REPO / 'benchmarks' / 'results' / 'cost_model' / 'cost_model.md').read_text()
+  readme = (REPO / 'README.md').read_text()
+  tables = []
+  for heading in ('## Wall time (ESTIMATE)', '## On-demand cost (ESTIMATE'):
+    lines = generated.split(heading, 1)[1].split('\n\n')[1]
+    assert lines.startswith('| configuration |')
+    tables.append(lines)
+  for table in tables:
+    assert table in readme, 'README.md "Time and cost (estimate)" differs from benchmarks/results/cost_model/'
 
 
 @pytest.mark.parametrize('argv, message', [
