@@ -27,7 +27,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 USER_ERRORS = (config_checks.ConfigError, data.DataUnavailableError, checkpoints.CheckpointError,
-               pipeline.WorkdirConfigMismatch, loop.NonFiniteLossError)
+               pipeline.WorkdirConfigMismatch, loop.NonFiniteLossError, pipeline.WorkdirError)
 
 
 def _quiet_orbax(record) -> bool:

@@ -51,18 +51,28 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwa
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """One JSON object per `write_scalars` call in WORKDIR/metrics.jsonl: easy to read from anything.
 
-  The file is rewritten whole on each call (it holds one row per log interval, so it stays small) because object
-  stores such as GCS cannot append; a resumed run keeps the rows already there.
+  On a local disk each row is appended (one write); a row torn by a crash is dropped when the next writer opens
+  the file. Object stores such as GCS cannot append, so there the file is rewritten whole on each call (it holds
+  one row per log interval, so it stays small), each upload replacing the object at once. Either way a resumed
+  run keeps the rows already there.
   """
 
   def __init__(self, path: str):
     self._path = path
-    self._text = fileio.read_text(path) if fileio.exists(path) else ''
+    self._remote = fileio.is_remote(path)
+    if self._remote:
+      self._text = fileio.read_text(path) if fileio.exists(path) else ''
+    else:
+      fileio.drop_torn_last_line(path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._text += json.dumps(row) + '\n'
-    fileio.write_text(self._path, self._text)
+    line = json.dumps(row) + '\n'
+    if self._remote:
+      self._text += line
+      fileio.write_text(self._path, self._text)
+    else:
+      fileio.append_text(self._path, line)
 
   def write_summaries(self, step, values, metadata=None):
     pass

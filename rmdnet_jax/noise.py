@@ -39,6 +39,10 @@ CIFAR100_FINE_PER_COARSE = 5
 INSTANCE_FLIP_RATE_STD = 0.1
 
 
+class NoisyLabelsFileError(ValueError):
+    """A noisy-label file exists but cannot be read (truncated, damaged, or not written by ``save_noisy_labels``)."""
+
+
 class NoisyLabels(NamedTuple):
     """Noisy labels together with how they were (or turned out to be) generated.
 
@@ -568,6 +572,10 @@ def save_noisy_labels(path: str | os.PathLike, noisy: NoisyLabels, meta: Mapping
     fileio.write_bytes(path, buffer.getvalue())
 
 
+# How to recover from a damaged noisy-label file: the labels are a pure function of (config, clean labels, seed).
+_REMAKE = "delete it, and the same config remakes the same labels from the data"
+
+
 def load_noisy_labels(path: str | os.PathLike) -> tuple[NoisyLabels, dict]:
     """Reads noisy labels written by ``save_noisy_labels``.
 
@@ -579,16 +587,40 @@ def load_noisy_labels(path: str | os.PathLike) -> tuple[NoisyLabels, dict]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
+        NoisyLabelsFileError: if the file is damaged (not a zip, truncated, a bad CRC) or lacks an array, or its
+            arrays do not fit each other (one label per example, a [C, C] transition matrix, labels in [0, C)).
     """
     if not fileio.exists(path):
         raise FileNotFoundError(
             f"No noisy-label file at {os.fspath(path)}; generate it with save_noisy_labels or check the path."
         )
-    with np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False) as stored:
-        noisy = NoisyLabels(
-            labels=stored["labels"].astype(np.int64),
-            realized_rate=float(stored["realized_rate"]),
-            transition=stored["transition"].astype(np.float64),
+    raw = fileio.read_bytes(path)
+    if raw[:2] != b"PK":  # An .npz is a zip archive; numpy would take anything else for a pickle.
+        raise NoisyLabelsFileError(f"{os.fspath(path)} is not an .npz of noisy labels (not a zip archive); {_REMAKE}.")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+            noisy = NoisyLabels(
+                labels=stored["labels"].astype(np.int64),
+                realized_rate=float(stored["realized_rate"]),
+                transition=stored["transition"].astype(np.float64),
+            )
+            meta = json.loads(str(stored["meta"]))
+    except Exception as e:  # numpy and zipfile raise many types for a damaged file (BadZipFile, ValueError, ...).
+        first_line = (str(e).strip().splitlines() or [""])[0].replace(". ", "; ").rstrip(".")[:160]
+        raise NoisyLabelsFileError(
+            f"{os.fspath(path)} is not a readable noisy-label file ({type(e).__name__}: {first_line}); {_REMAKE}."
+        ) from e
+    labels, transition = noisy.labels, noisy.transition
+    num_classes = transition.shape[0] if transition.ndim == 2 else 0
+    if (
+        not isinstance(meta, dict)
+        or labels.ndim != 1
+        or transition.shape != (num_classes, num_classes)
+        or (labels.size and (labels.min() < 0 or labels.max() >= num_classes))
+        or meta.get("num_examples", labels.size) != labels.size
+    ):
+        raise NoisyLabelsFileError(
+            f"{os.fspath(path)} holds labels of shape {labels.shape} and a transition matrix of shape "
+            f"{transition.shape} that do not fit each other or its metadata; {_REMAKE}."
         )
-        meta = json.loads(str(stored["meta"]))
     return noisy, meta

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -24,6 +24,7 @@ from absl import logging
 from rmdnet_jax import (augment, checkpoints, config_checks, data, device_data, distill, fileio, loop, methods,
                         metrics, noise, parallel, simsiam)
 from rmdnet_jax import train_state as train_state_lib
+from rmdnet_jax import workdir as workdir_lib
 
 # Independent random streams derived from config.seed (init, augmentation and data order of each stage).
 STREAM_RM, STREAM_RGRL = 1, 2
@@ -37,6 +38,10 @@ class WorkdirConfigMismatch(RuntimeError):
   """The work directory holds a run with another config."""
 
 
+# The work directory cannot be used: a file, not writable, in use by another run, or a damaged run file.
+WorkdirError = workdir_lib.WorkdirError
+
+
 def _flatten(d: dict, prefix: str = '') -> dict:
   out = {}
   for k, v in d.items():
@@ -48,12 +53,19 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves WORKDIR/config.json on the first run; later runs must have the same config (but RESUMABLE_KEYS)."""
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *, save: bool = True) -> None:
+  """Later runs in a work directory must have the config in its WORKDIR/config.json (but RESUMABLE_KEYS); `save`
+  writes the file. `run` checks first and saves only once the data, labels and teacher are found good, so a
+  refused start leaves no config behind that would refuse the corrected command."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
   if fileio.exists(path):
-    saved = json.loads(fileio.read_text(path))
+    try:
+      saved = json.loads(fileio.read_text(path))
+    except ValueError as e:
+      raise WorkdirError(
+          f'{path} is damaged ({data.brief_error(e)}); restore it, or delete it to adopt this run\'s config '
+          '(only if the run in that directory had this config).') from e
     a, b = _flatten(saved), _flatten(current)
     changed = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
     if changed and not config.allow_config_change:
@@ -61,7 +73,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
       raise WorkdirConfigMismatch(
           f'{workdir} holds a run with a different config ({detail}); use a new --workdir, or pass '
           '--config.allow_config_change=True to resume it with the new values.')
-  if jax.process_index() == 0:
+  if save and jax.process_index() == 0:
     fileio.write_text(path, config.to_json_best_effort(indent=2))
 
 
@@ -77,6 +89,16 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
   With noise.kind=human they are not generated but taken from the dataset's CIFAR-N column noise.human_label
   (noise.rate and noise.seed play no part); the realised rate and the transition matrix are then empirical.
   """
+  noisy, save = prepare_noisy_labels(config, dataset, workdir)
+  save()
+  return noisy
+
+
+def prepare_noisy_labels(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                         workdir: str) -> tuple[noise.NoisyLabels, Callable[[], None]]:
+  """`noisy_labels_for_run` in two steps: (the labels, a function that saves them when they are new). `run`
+  saves only once the run really starts, so a refused start leaves no labels that would refuse the corrected
+  command."""
   path = os.path.join(workdir, 'noisy_labels.npz')
   n = config.noise
   human = n.kind == config_checks.HUMAN_NOISE
@@ -90,14 +112,21 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
     meta = {'kind': n.kind, 'rate': float(n.rate), 'seed': int(n.seed), 'symmetric_from_all': n.symmetric_from_all,
             'cifar100_grouping': n.cifar100_grouping, **common}
   if fileio.exists(path):
-    noisy, saved = noise.load_noisy_labels(path)
+    try:
+      noisy, saved = noise.load_noisy_labels(path)
+    except noise.NoisyLabelsFileError as e:
+      raise WorkdirError(str(e)) from e
     mismatched = [k for k in meta if saved.get(k) != meta[k]]
     if mismatched:
       raise WorkdirConfigMismatch(
           f'{path} was made with {", ".join(f"{k}={saved.get(k)!r}" for k in mismatched)}, not '
           f'{", ".join(f"{k}={meta[k]!r}" for k in mismatched)}; use a new --workdir for other noise or data.')
+    if noisy.transition.shape[0] != dataset.num_classes:
+      raise WorkdirError(
+          f'{path} holds labels of {noisy.transition.shape[0]} classes but {dataset.name} has '
+          f'{dataset.num_classes}; delete it, and the same config remakes the same labels from the data.')
     logging.info('Reloaded noisy labels from %s (realised rate %.4f).', path, noisy.realized_rate)
-    return noisy
+    return noisy, lambda: None
   if human:
     labels = np.asarray(column, np.int64)
     noisy = noise.NoisyLabels(
@@ -108,15 +137,17 @@ def noisy_labels_for_run(config: ml_collections.ConfigDict, dataset: data.Datase
         dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes, seed=n.seed,
         coarse_labels=dataset.train_coarse_labels, images=dataset.train_images if n.kind == 'instance' else None,
         symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping)
-  if jax.process_index() == 0:
-    noise.save_noisy_labels(path, noisy, meta)
-  if human:
-    logging.info('Took the CIFAR-N %s labels as noisy labels: realised rate %.4f, saved to %s.', n.human_label,
-                 noisy.realized_rate, path)
-  else:
-    logging.info('Made %s noisy labels (rate %.2f, seed %d): realised rate %.4f, saved to %s.', n.kind, n.rate,
-                 n.seed, noisy.realized_rate, path)
-  return noisy
+  def save_fn():
+    if jax.process_index() == 0:
+      noise.save_noisy_labels(path, noisy, meta)
+    if human:
+      logging.info('Took the CIFAR-N %s labels as noisy labels: realised rate %.4f, saved to %s.', n.human_label,
+                   noisy.realized_rate, path)
+    else:
+      logging.info('Made %s noisy labels (rate %.2f, seed %d): realised rate %.4f, saved to %s.', n.kind, n.rate,
+                   n.seed, noisy.realized_rate, path)
+
+  return noisy, save_fn
 
 
 def stage_schedule(stage_config, num_examples: int, log_every_steps: int) -> loop.StageSchedule:
@@ -250,9 +281,11 @@ def load_teacher(config, dataset: data.Dataset, workdir: str) -> dict:
   return distill.teacher_variables({'params': rm_state.params, 'batch_stats': rm_state.batch_stats})
 
 
-def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer) -> dict:
-  """Restores the teacher exactly as RGRL does and reports its kNN accuracy: proves the RM -> RGRL hand-off."""
-  teacher = load_teacher(config, dataset, workdir)
+def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer, teacher=None) -> dict:
+  """Restores the teacher exactly as RGRL does (unless `teacher` is that, already restored) and reports its kNN
+  accuracy: proves the RM -> RGRL hand-off."""
+  if teacher is None:
+    teacher = load_teacher(config, dataset, workdir)
   accuracy = knn_monitor(config, dataset, teacher, encoder_features_fn(config, dataset))
   logging.info('Teacher kNN accuracy (clean labels, monitor): %.4f', accuracy)
   writer.write_scalars(0, {'teacher/knn_accuracy': accuracy})
@@ -268,13 +301,18 @@ def predict(config, variables, images, logits_apply) -> np.ndarray:
   return np.argmax(parallel.map_batches(logits_apply, variables, images, config.eval_batch_size), axis=-1)
 
 
-def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir: str, writer) -> dict:
-  """Trains the student on the noisy labels with (method.distill) or without the relation terms."""
+def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir: str, writer,
+               teacher=None) -> dict:
+  """Trains the student on the noisy labels with (method.distill) or without the relation terms; `teacher`, when
+  given, is the teacher `load_teacher` restored already."""
   sched = stage_schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, sched.steps_per_epoch)
   init_rng, step_rng = _stage_keys(config, STREAM_RGRL)
   needs_teacher = config.method.distill or config.relation.student_init == 'teacher'
-  teacher = load_teacher(config, dataset, workdir) if needs_teacher else None
+  if not needs_teacher:
+    teacher = None
+  elif teacher is None:
+    teacher = load_teacher(config, dataset, workdir)
   method = methods.make_method(config.method)
   state = parallel.replicate(
       distill.create_distill_state(init_rng, config, dataset.image_shape, lr_fn, teacher,
@@ -367,13 +405,40 @@ def final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply) 
   }
 
 
+def _teacher_needed_first(config, stages) -> bool:
+  """Whether a stage needs an existing RM checkpoint (before this run's RM stage, if any, would make one)."""
+  uses_teacher = {'teacher_knn'}
+  if config.method.distill or config.relation.student_init == 'teacher':
+    uses_teacher.add('rgrl')
+  for stage in stages:
+    if stage == 'rm' and not config.relation.teacher_checkpoint:
+      return False
+    if stage in uses_teacher:
+      return True
+  return False
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs `config.stages` in `workdir` and returns (and writes to WORKDIR/results.json) the summary."""
+  """Runs `config.stages` in `workdir` and returns (and writes to WORKDIR/results.json) the summary.
+
+  Everything that can refuse the run (config, work directory, data, labels, teacher) is checked before the run
+  writes its config.json and noisy labels, and WORKDIR/run.lock keeps a second run out while this one runs.
+  """
   config_checks.validate(config)
   stages = config_checks.parse_stages(config.stages)
-  check_workdir_config(config, workdir)
+  workdir_lib.prepare(workdir)
+  with workdir_lib.lock(workdir):
+    return _run_stages(config, workdir, stages)
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: list) -> dict:
+  check_workdir_config(config, workdir, save=False)
   dataset = data.load(config.data)
-  noisy = noisy_labels_for_run(config, dataset, workdir)
+  noisy, save_noisy_labels = prepare_noisy_labels(config, dataset, workdir)
+  teacher = load_teacher(config, dataset, workdir) if _teacher_needed_first(config, stages) else None
+  # The run really starts: only now does the work directory take its config and labels.
+  check_workdir_config(config, workdir)
+  save_noisy_labels()
   writer = metrics.create_writer(workdir)
   if jax.process_index() == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
@@ -387,9 +452,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       rm_stage(config, dataset, workdir, writer)
       results['rm_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rm')
     elif stage == 'teacher_knn':
-      results.update(teacher_knn_stage(config, dataset, workdir, writer))
+      results.update(teacher_knn_stage(config, dataset, workdir, writer, teacher=teacher))
     elif stage == 'rgrl':
-      results.update(rgrl_stage(config, dataset, noisy, workdir, writer))
+      results.update(rgrl_stage(config, dataset, noisy, workdir, writer, teacher=teacher))
       results['rgrl_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rgrl')
   writer.flush()
   if jax.process_index() == 0:

@@ -424,3 +424,41 @@ def test_save_overwrites_existing_file(tmp_path):
 def test_load_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="No noisy-label file at .*missing.npz"):
         noise.load_noisy_labels(tmp_path / "missing.npz")
+
+
+def _damaged(raw: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return raw[: len(raw) // 2]
+    if how == "garbage":
+        return b"\x00" * 64
+    return raw[:-30]  # the zip's end record cut short
+
+
+@pytest.mark.parametrize(
+    "how, match",
+    [
+        ("truncated", r"is not a readable noisy-label file \(BadZipFile"),
+        ("garbage", r"is not an .npz of noisy labels \(not a zip archive\)"),
+        ("end record cut", r"is not a readable noisy-label file \(BadZipFile"),
+    ],
+)
+def test_damaged_file_is_one_sentence(tmp_path, how, match):
+    path = tmp_path / "noisy.npz"
+    labels = balanced_labels(10, 100)
+    noise.save_noisy_labels(path, noise.make_noisy_labels(labels, kind="none", rate=0.0, num_classes=10, seed=0), {})
+    path.write_bytes(_damaged(path.read_bytes(), how))
+    with pytest.raises(noise.NoisyLabelsFileError, match=match) as info:
+        noise.load_noisy_labels(path)
+    message = str(info.value)
+    assert "\n" not in message and message.endswith(".") and message.count(". ") == 0, message
+    assert "delete it, and the same config remakes the same labels" in message
+
+
+def test_file_lacking_an_array_or_with_misfit_arrays_is_refused(tmp_path):
+    path = tmp_path / "noisy.npz"
+    np.savez(path, labels=np.zeros(4, np.int64), realized_rate=0.0, meta=np.array("{}"))
+    with pytest.raises(noise.NoisyLabelsFileError, match=r"\(KeyError: .transition is not a file"):
+        noise.load_noisy_labels(path)
+    np.savez(path, labels=np.full(4, 12), transition=np.eye(10), realized_rate=0.0, meta=np.array("{}"))
+    with pytest.raises(noise.NoisyLabelsFileError, match=r"labels of shape \(4,\) and a transition matrix"):
+        noise.load_noisy_labels(path)
