@@ -44,6 +44,8 @@ CIFAR_TEST = 10_000
 STEPS = ('simsiam', 'rgrl', 'ce')
 DEFAULT_FLOPS = os.path.join('benchmarks', 'results', 'cost_model', 'flops.json')
 DEFAULT_CPU = os.path.join('benchmarks', 'results', 'cpu', 'throughput.json')
+# A CPU run of throughput.py --compare-torch: PyTorch's FLOP counter beside XLA's for the same steps.
+DEFAULT_TORCH_COUNT = os.path.join('benchmarks', 'results', 'cpu', 'compare_torch', 'throughput.json')
 SOURCES_READ_ON = '2026-12-02'
 
 
@@ -351,8 +353,20 @@ def cpu_measured(cpu_record: dict) -> dict:
   return rows
 
 
+def torch_count_note(record: dict, path: str) -> Optional[str]:
+  """How much more PyTorch's FLOP counter counted than XLA for the same steps, from a --compare-torch run."""
+  ratios = [r['torch_gflop_per_image'] / r['gflop_per_image'] - 1 for r in record.get('results', [])
+            if r.get('torch_gflop_per_image') and r.get('gflop_per_image')]
+  if not ratios:
+    return None
+  return (f"* XLA's count may be low: for the same steps on the CPU (`{path}`), PyTorch's FLOP counter gave "
+          f'{common.fmt_pct(min(ratios))} to {common.fmt_pct(max(ratios))} more (matmuls and convolutions only); '
+          'the times would then be low by as much.')
+
+
 def build(flops: dict, cells: Sequence[dict], cpu_record: Optional[dict], *, mfu: float, alt_mfu: Optional[float],
           systems: Sequence[System] = SYSTEMS, cpu_path: str = DEFAULT_CPU, flops_path: str = DEFAULT_FLOPS,
+          torch_record: Optional[dict] = None, torch_path: str = DEFAULT_TORCH_COUNT,
           command: str = '') -> tuple[dict, str]:
   """The record and the markdown of the time and cost tables."""
   mfus = [mfu] + ([alt_mfu] if alt_mfu else [])
@@ -464,6 +478,7 @@ def build(flops: dict, cells: Sequence[dict], cpu_record: Optional[dict], *, mfu
             'before RGRL, idle time between grid cells. CIFAR-100 cells are counted as CIFAR-10 (same images; '
             'the 100-way classifier adds < 0.01% of the FLOP).',
             reference_note(flops, systems),
+            *[note for note in [torch_count_note(torch_record or {}, torch_path)] if note],
             '* The grid is run one cell after another on one machine (`launch/grid.sh`); its time is the sum of the '
             'cells.',
             f'* Prices and peaks: the sources in the table, read {SOURCES_READ_ON}. Cost = hours x chips x price '
@@ -499,10 +514,14 @@ def table(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
   if args.cpu and os.path.exists(args.cpu):
     with open(args.cpu) as f:
       cpu_record = json.load(f)
+  torch_record = None
+  if os.path.exists(DEFAULT_TORCH_COUNT):
+    with open(DEFAULT_TORCH_COUNT) as f:
+      torch_record = json.load(f)
   cells = grid_cells(list_grid(args.grid))
   command = ' '.join(['python', '-m', 'benchmarks.cost_model', 'table'] + list(argv))
   record, markdown = build(flops, cells, cpu_record, mfu=args.mfu, alt_mfu=args.alt_mfu, systems=systems,
-                           cpu_path=args.cpu, flops_path=args.flops, command=command)
+                           cpu_path=args.cpu, flops_path=args.flops, torch_record=torch_record, command=command)
   json_path, md_path = common.write_outputs(args.out, 'cost_model', record, markdown)
   print(markdown)
   print(f'Wrote {json_path} and {md_path}.', flush=True)
