@@ -1,19 +1,25 @@
 """The work directory of a run: refused at once when it cannot be used, and held by one run at a time.
 
     prepare(workdir)   creates it; a path that is a file, lies under a file or cannot be written is refused
-    lock(workdir)      WORKDIR/run.lock (pid, host, start time) for the duration of the run; a second run on the
-                       same directory is refused, a lock left by a dead process on this host is taken over
+    lock(workdir)      WORKDIR/run.lock (pid, host, start time, heartbeat) for the duration of the run; a second
+                       run on the same directory is refused; a lock left by a dead process on this host, or one
+                       whose heartbeat stopped STALE_AFTER_SECS ago (a lost host), is taken over
 
 Multi-host runs: only process 0 writes the run's small files, so only process 0 takes the lock; when it refuses,
 that process exits and the run's other processes stop with the JAX distributed service (they cannot train
 without it). A `gs://` work directory has no atomic create-if-absent here, so its lock is best effort: it catches a
-second run started while the first one is running, not two runs started within the same second, and a lock left
-by a run on another host is cleared by hand (`gsutil rm WORKDIR/run.lock`), as the refusal says.
+second run started while the first one is running, not two runs started within the same second.
+
+A preempted VM may die before its run removes the lock, and a recreated VM has another host name: the holder
+rewrites the lock's heartbeat every HEARTBEAT_SECS, so a lock of another host that has not been refreshed for
+STALE_AFTER_SECS is taken over, and resuming a spot VM's run needs no hand work after that long (or deleting the
+lock, as the refusal says, at once).
 """
 import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -24,6 +30,10 @@ from etils import epath
 from rmdnet_jax import fileio
 
 LOCK_FILE = 'run.lock'
+# The holder refreshes the lock's heartbeat this often; another host's lock not refreshed for STALE_AFTER_SECS is
+# taken as left by a lost host (generous: clocks of hosts differ, and a bucket write can stall).
+HEARTBEAT_SECS = 60.0
+STALE_AFTER_SECS = 15 * 60.0
 
 
 class WorkdirError(RuntimeError):
@@ -82,13 +92,20 @@ def _process_start_time(pid: int) -> Optional[str]:
 
 def _this_process() -> dict:
   return {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-          'process_start': _process_start_time(os.getpid())}
+          'process_start': _process_start_time(os.getpid()), 'heartbeat': time.time()}
+
+
+def _heartbeat_age(holder: dict) -> Optional[float]:
+  beat = holder.get('heartbeat')
+  return time.time() - beat if isinstance(beat, (int, float)) else None
 
 
 def _is_dead(holder: dict) -> bool:
-  """Whether the lock's process is known to be gone: it ran on this host and its pid is free (or reused)."""
+  """Whether the lock's process is known to be gone: it ran on this host and its pid is free (or reused), or it
+  ran on another host and its heartbeat stopped STALE_AFTER_SECS ago."""
   if holder.get('host') != socket.gethostname() or not isinstance(holder.get('pid'), int):
-    return False  # Another host's process cannot be checked from here.
+    age = _heartbeat_age(holder)  # Another host's process cannot be checked from here; its heartbeat can.
+    return age is not None and age > STALE_AFTER_SECS
   pid = holder['pid']
   try:
     os.kill(pid, 0)
@@ -111,8 +128,10 @@ def _read(path: str) -> Optional[dict]:
 
 
 def _refusal(workdir: str, path: str, holder: dict) -> WorkdirError:
-  who = (f'process {holder.get("pid", "?")} on host {holder.get("host", "?")} (started {holder.get("started", "?")})'
-         if holder else 'a run whose lock file cannot be read')
+  age = _heartbeat_age(holder)
+  seen = f', last heartbeat {age:.0f} s ago' if age is not None else ''
+  who = (f'process {holder.get("pid", "?")} on host {holder.get("host", "?")} (started {holder.get("started", "?")}'
+         f'{seen})' if holder else 'a run whose lock file cannot be read')
   return WorkdirError(
       f'{workdir} is in use by {who}, so a second run would overwrite its files; wait for that run to end or use '
       f'another --workdir, and if that run is gone (its host was lost), delete {path} and start again.')
@@ -171,9 +190,27 @@ def lock(workdir: str) -> Iterator[None]:
   path = os.path.join(workdir, LOCK_FILE)
   me = _this_process()
   (_acquire_remote if fileio.is_remote(workdir) else _acquire_local)(workdir, path, me)
+  held = {'lock': me}
+  guard = threading.Lock()
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(HEARTBEAT_SECS):
+      with guard:
+        if _read(path) != held['lock']:
+          return  # Taken over (this process was stopped for long) or removed: it is not ours to refresh.
+        renewed = {**held['lock'], 'heartbeat': time.time()}
+        with contextlib.suppress(OSError):
+          fileio.write_text(path, json.dumps(renewed))
+          held['lock'] = renewed
+
+  heart = threading.Thread(target=beat, name='run.lock heartbeat', daemon=True)
+  heart.start()
   try:
     yield
   finally:
-    if _read(path) == me:
-      with contextlib.suppress(OSError):
-        epath.Path(path).unlink()
+    stop.set()
+    with guard:
+      if _read(path) == held['lock']:
+        with contextlib.suppress(OSError):
+          epath.Path(path).unlink()

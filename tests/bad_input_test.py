@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -209,6 +210,31 @@ def test_lock_of_another_host_is_refused_even_if_its_pid_is_free_here(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match='on host other-host'):
     with workdir_lib.lock(str(tmp_path)):
       pass
+
+
+def test_lock_of_a_lost_host_is_taken_over_once_its_heartbeat_stops(tmp_path):
+  # A preempted VM can die before removing its lock, and a recreated VM has another host name.
+  path = tmp_path / 'run.lock'
+  path.write_text(lock_of(1234, host='lost-host', heartbeat=time.time() - 60))
+  with pytest.raises(workdir_lib.WorkdirError, match=r'on host lost-host \(started .*, last heartbeat 60 s ago\)'):
+    with workdir_lib.lock(str(tmp_path)):
+      pass
+  path.write_text(lock_of(1234, host='lost-host', heartbeat=time.time() - workdir_lib.STALE_AFTER_SECS - 1))
+  with workdir_lib.lock(str(tmp_path)):
+    assert json.loads(path.read_text())['pid'] == os.getpid()
+  assert not path.exists()
+
+
+def test_lock_heartbeat_is_refreshed_while_the_run_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lib, 'HEARTBEAT_SECS', 0.02)
+  path = tmp_path / 'run.lock'
+  with workdir_lib.lock(str(tmp_path)):
+    first = json.loads(path.read_text())['heartbeat']
+    deadline = time.time() + 5
+    while json.loads(path.read_text())['heartbeat'] == first and time.time() < deadline:
+      time.sleep(0.01)
+    assert json.loads(path.read_text())['heartbeat'] > first
+  assert not path.exists()  # released although the heartbeat had rewritten it
 
 
 @pytest.mark.parametrize('how', ['dead pid', 'reused pid'])
