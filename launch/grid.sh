@@ -43,6 +43,10 @@
 # Rerunning the same command resumes the queue: a finished stage is skipped in seconds, an interrupted one continues
 # from its checkpoint (see README, "Resuming"). The exit status is 1 when a cell failed or was skipped.
 #
+# A cell that exits with status 75 (rmdnet_jax.main's "preempted": it got SIGTERM, checkpointed and stopped) is not
+# a failure: the queue stops there, since the machine is going away, and exits with 75 too. Rerunning the same
+# command resumes that cell from its checkpoint, then runs the rest.
+#
 # Examples:
 #   launch/grid.sh --list                                     # the 66 cells
 #   launch/grid.sh --dry-run --base=gs://BUCKET/grid          # their commands
@@ -246,6 +250,7 @@ trap 'echo "[grid] stopped by a signal"; exit 143' TERM INT HUP
 ((DRY_RUN)) || mkdir -p "$LOG_DIR"
 failed=()
 total=${#NAMES[@]}
+PREEMPTED=75  # rmdnet_jax.loop.PREEMPTED_EXIT_CODE (EX_TEMPFAIL)
 for i in "${!NAMES[@]}"; do
   name=${NAMES[i]}
   eval "words=(${ARGS[i]})"
@@ -274,6 +279,10 @@ for i in "${!NAMES[@]}"; do
   "${argv[@]}" >> "$log" 2>&1 || status=$?
   if ((status == 0)); then
     echo "[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name: done"
+  elif ((status == PREEMPTED)); then
+    echo "[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name: preempted (checkpoint saved), to resume: rerun this command"
+    echo "[grid] stopped at $name, preempted; ${#failed[@]} earlier cells failed or were skipped"
+    exit "$PREEMPTED"
   else
     echo "[$(date -u +%FT%TZ)] [$((i + 1))/$total] $name: FAILED (exit status $status), see $log"
     failed+=("$name")

@@ -1,16 +1,27 @@
 """Orbax checkpoints: one `CheckpointManager` per stage (WORKDIR/rm, WORKDIR/rgrl), and the RM -> RGRL hand-off.
 
 Each checkpoint holds two items: `state` (the whole train state: params, BatchNorm statistics, optimizer state,
-step) and `meta` (JSON: what the state was trained on). Orbax writes to a temporary directory and renames it when
-complete, so an interrupted save never leaves a half checkpoint that a resume could pick up.
+step) and `meta` (JSON: what the state was trained on, and `state_sha256`, a digest of the state's bytes). Orbax
+writes to a temporary directory and renames it when complete, so an interrupted save never leaves a half checkpoint
+that a resume could pick up. A checkpoint damaged later (truncated files, a lost manifest or metadata, bytes that
+changed) is found on restore: the digest is checked, and a resume falls back to the newest intact checkpoint.
+
+Any number of processes: the train state lives as host-local replicated arrays (`parallel.pmap_step`'s layout);
+`save` turns them into global arrays for Orbax (one copy is written) and `restore` reads onto all devices and back
+to host-local copies. The saved files do not depend on the process or device count, so a run saved by N processes
+resumes on M (the same global batch over another number of devices).
 """
+import hashlib
 import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
-from rmdnet_jax import data, fileio
+from rmdnet_jax import data, fileio, parallel
 
 # What must agree between an RM checkpoint and the RGRL run that uses it as a teacher.
 TEACHER_KEYS = ('stage', 'dataset', 'model', 'width', 'projector_dim', 'projector_layers', 'predictor_dim',
@@ -21,6 +32,10 @@ STATE_KEYS = TEACHER_KEYS + ('student', 'student_width', 'method')
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing or does not fit the run; the message says how to fix it."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint's files cannot be read back, or give other bytes than were saved."""
 
 
 def image_dataset(data_config) -> str:
@@ -51,8 +66,24 @@ def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) ->
   return ocp.CheckpointManager(fileio.absolute(directory), item_names=('state', 'meta'), options=options)
 
 
+def state_digest(state: Any) -> str:
+  """sha256 of every leaf's path, dtype, shape and bytes: what the checkpoint must give back bit for bit."""
+  digest = hashlib.sha256()
+  leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(state))
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f'{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+  """Saves `state` (replicated, host-local or global) and `meta` plus the state's digest at `step`, asynchronously.
+
+  Every process must call it at the same step (Orbax synchronises them); `wait` before the process exits."""
+  meta = {**meta, 'state_sha256': state_digest(state)}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(parallel.to_global(state)),
+                                          meta=ocp.args.JsonSave(meta)),
             force=True)
 
 
@@ -60,20 +91,101 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
-  """Restores `state` at `step` into the structure, shapes and shardings of `target` (a concrete state)."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+def _global_abstract(target: Any) -> Any:
+  """`target`'s structure, shapes and dtypes, replicated over the devices of every process."""
+  sharding = parallel.replicated_sharding()
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), target)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, target: Any, expected_digest: Optional[str] = None) -> Any:
+  """Restores `state` at `step` into the structure, shapes and dtypes of `target` (a concrete or abstract state),
+  replicated on this process's devices as `parallel.pmap_step` keeps it.
+
+  Raises:
+    DamagedCheckpointError: the restored bytes do not have `expected_digest` (when given).
+  """
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_global_abstract(target))))
+  state = parallel.to_local(restored['state'])
+  if expected_digest is not None and state_digest(state) != expected_digest:
+    raise DamagedCheckpointError('its state does not match the digest saved with it')
+  return state
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(mngr.directory), str(step))
+
+
+def _restore_checked(mngr, step: int, target: Any, expected_meta: dict, keys) -> Any:
+  """Restores `step` after checking its meta against `expected_meta` on `keys`.
+
+  Raises:
+    DamagedCheckpointError: the checkpoint cannot be read, or fails its digest.
+    CheckpointError: it is intact but was trained with another config (not damage: nothing falls back).
+  """
+  try:
+    meta = restore_meta(mngr, step)
+    if not isinstance(meta, dict):
+      raise ValueError(f'its meta is a {type(meta).__name__}, not a JSON object')
+  except Exception as e:  # noqa: BLE001  Orbax and tensorstore raise many types for unreadable files.
+    raise DamagedCheckpointError(f'its meta cannot be read ({type(e).__name__}: {_first_line(e)})') from e
+  check_meta(meta, expected_meta, str(mngr.directory), keys)
+  try:
+    return restore(mngr, step, target, meta.get('state_sha256'))
+  except DamagedCheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise DamagedCheckpointError(f'its state cannot be read ({type(e).__name__}: {_first_line(e)})') from e
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:200] if text else ''
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
+  """Renames damaged step directories to STEP.damaged (kept for inspection; Orbax no longer lists them) so that the
+  resumed run can write those steps again."""
+  if jax.process_index() == 0:
+    for step in steps:
+      source = epath.Path(_step_dir(mngr, step))
+      target = epath.Path(f'{source}.damaged')
+      if target.exists():
+        target.rmtree()
+      source.rename(target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(f'rmdnet_set_aside_{mngr.directory}')
+  mngr.reload()
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target: Any, expected_meta: dict) -> Optional[Any]:
-  """Resume point of a stage: the latest state in `mngr`, or None when the stage has not started yet."""
-  step = mngr.latest_step()
-  if step is None:
+  """Resume point of a stage: the latest intact state in `mngr`, or None when the stage has not started yet.
+
+  Damaged newer checkpoints are set aside (STEP.damaged) with a warning and the newest intact one is restored.
+
+  Raises:
+    CheckpointError: the checkpoints are of another config, or none of them is intact (says what to remove).
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
     return None
-  check_meta(restore_meta(mngr, step), expected_meta, str(mngr.directory),
-             STATE_KEYS)
-  return restore(mngr, step, target)
+  damaged, problems = [], []
+  for step in steps:
+    try:
+      state = _restore_checked(mngr, step, target, expected_meta, STATE_KEYS)
+    except DamagedCheckpointError as e:
+      logging.warning('The checkpoint %s is damaged: %s.', _step_dir(mngr, step), e)
+      damaged.append(step)
+      problems.append(str(e))
+      continue
+    if damaged:
+      logging.warning('Resuming from the newest intact checkpoint, step %d; setting aside the damaged %s as '
+                      '*.damaged.', step, ', '.join(_step_dir(mngr, s) for s in damaged))
+      _set_aside(mngr, damaged)
+    return state
+  raise CheckpointError(
+      f'Every checkpoint in {mngr.directory} is damaged (steps {", ".join(map(str, steps))}, newest: '
+      f'{problems[0]}); remove that directory to start the stage again, or restore it from a copy.')
 
 
 def check_meta(found: dict, expected: dict, where: str, keys) -> None:
@@ -85,23 +197,36 @@ def check_meta(found: dict, expected: dict, where: str, keys) -> None:
           'at a matching RM checkpoint, or change the config to match.')
 
 
-def restore_teacher(directory: str, rm_target: Any, expected_meta: dict) -> Any:
-  """The final RM state in `directory`, checked to match this run's architecture, width and dataset.
+def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: int = 0) -> Any:
+  """The RM state in `directory`, checked to match this run's architecture, width and dataset.
 
   Args:
     directory: an RM stage checkpoint directory (default WORKDIR/rm).
     rm_target: a freshly initialised RM state giving structure, shapes and shardings.
     expected_meta: `stage_meta(config, 'rm', image_shape)` of this run.
+    step: the checkpoint to take (`relation.teacher_step`); 0 = the latest.
   """
   if '://' not in directory and not os.path.isdir(directory):
     raise CheckpointError(
         f'No RM (SimSiam) checkpoint at {directory}; run the rm stage first (--config.stages=rm,rgrl) or set '
         '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.')
   mngr = manager(directory, read_only=True)
-  step = mngr.latest_step()
+  requested, step = step, mngr.latest_step()
   if step is None:
     raise CheckpointError(
         f'{directory} holds no finished RM checkpoint; finish the rm stage first or set '
         '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.')
-  check_meta(restore_meta(mngr, step), expected_meta, directory, TEACHER_KEYS)
-  return restore(mngr, step, rm_target), step
+  if requested:
+    if requested not in mngr.all_steps():
+      raise CheckpointError(
+          f'{directory} has no RM checkpoint at step {requested} (it has steps '
+          f'{", ".join(map(str, sorted(mngr.all_steps())))}); set --config.relation.teacher_step to one of them, '
+          'or 0 for the latest.')
+    step = requested
+  try:
+    state = _restore_checked(mngr, step, rm_target, expected_meta, TEACHER_KEYS)
+  except DamagedCheckpointError as e:
+    raise CheckpointError(
+        f'The RM checkpoint {_step_dir(mngr, step)} is damaged ({e}); remove that directory and rerun with '
+        '--config.stages=rm,rgrl to retrain its steps from the checkpoint before it.') from None
+  return state, step

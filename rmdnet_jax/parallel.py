@@ -61,6 +61,50 @@ def replicate(tree: Any) -> Any:
   return jax.device_put(tree, replicated_sharding())
 
 
+def local_replicated_sharding() -> NamedSharding:
+  """One full copy on every device of this process: the host-local layout of `pmap_step`'s unmapped outputs."""
+  return NamedSharding(Mesh(np.array(jax.local_devices()), (AXIS,)), PartitionSpec())
+
+
+def to_global(tree: Any) -> Any:
+  """Replicated host-local arrays (what `pmap_step` returns on every host) as global jax.Arrays replicated over
+  the devices of all processes, which is what Orbax saves with several processes (one copy is written).
+
+  With one process the arrays are returned as they are: they already span all devices.
+  """
+  if jax.process_count() == 1:
+    return tree
+  sharding = replicated_sharding()
+
+  def convert(x):
+    if not isinstance(x, jax.Array) or not x.is_fully_addressable:
+      return x
+    if len(x.addressable_shards) != jax.local_device_count():
+      x = jax.device_put(x, local_replicated_sharding())
+    by_device = {shard.device: shard.data for shard in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(
+        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)])
+
+  return jax.tree.map(convert, tree)
+
+
+def to_local(tree: Any) -> Any:
+  """The inverse of `to_global`: global replicated arrays (restored by Orbax) as this process's replicated copies,
+  the layout `pmap_step` takes and returns, which every host can read (`jax.device_get`) on its own."""
+  if jax.process_count() == 1:
+    return tree
+  sharding = local_replicated_sharding()
+
+  def convert(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    by_device = {shard.device: shard.data for shard in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(
+        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)])
+
+  return jax.tree.map(convert, tree)
+
+
 def shard(batch: Any) -> Any:
   """Reshapes this host's batch [b, ...] to [local_devices, b / local_devices, ...]."""
   n = local_device_count()

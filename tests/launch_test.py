@@ -308,6 +308,23 @@ def test_grid_queue_skips_the_cells_of_a_failed_teacher(env, tmp_path):
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["ce.log", "teacher.log"]
 
 
+def test_grid_queue_stops_at_a_preempted_cell_and_calls_it_resumable(env, tmp_path):
+    calls = tmp_path / "calls"
+    fake_python = tmp_path / "python"
+    # The second cell is preempted (rmdnet_jax.main exits 75 after its SIGTERM checkpoint).
+    fake_python.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+                           'case " $* " in *" --config.seed=1 "*) exit 75 ;; esac\n')
+    fake_python.chmod(0o755)
+    cells = tmp_path / "cells.txt"
+    cells.write_text("a configs/tiny.py\nb configs/tiny.py --config.seed=1\nc configs/tiny.py --config.seed=2\n")
+    proc = script(env, GRID, f"--cells={cells}", f"--python={fake_python}", f"--base={tmp_path}/w",
+                  f"--log-dir={tmp_path}/logs", ok=False)
+    assert proc.returncode == 75, proc.stdout
+    assert len(calls.read_text().splitlines()) == 2  # c was not started on a machine that is going away
+    assert "b: preempted" in proc.stdout and "rerun this command" in proc.stdout
+    assert "FAILED" not in proc.stdout
+
+
 def test_run_without_dry_run_asks_the_vm_for_its_type(env, tmp_path):
     """The real (not dry) path, against a stand-in gcloud: run asks for the accelerator type, then runs exactly the
     ssh command that the dry run prints."""

@@ -21,14 +21,17 @@ class RecordingWriter:
     pass
 
 
-def _fake_step(nan_at=None, sigterm_at=None):
+def _fake_step(nan_at=None, sigterm_at=None, inf_params_at=None, huge_loss_at=None):
   def step(state, batch, rng):
     del rng
     n = int(state['count'])
     if sigterm_at is not None and n == sigterm_at:
       os.kill(os.getpid(), signal.SIGTERM)
-    loss = jnp.float32(np.nan if n == nan_at else 1.0 / (n + 1))
-    return {'count': state['count'] + 1, 'w': state['w'] + batch}, {'loss': loss}
+    loss = jnp.float32(np.nan if n == nan_at else 1e20 if n == huge_loss_at else 1.0 / (n + 1))
+    w = state['w'] + batch
+    if n == inf_params_at:  # the update overflowed while the loss it came from was still finite
+      w = w.at[0].set(jnp.inf)
+    return {'count': state['count'] + 1, 'w': w}, {'loss': loss}
   return step
 
 
@@ -75,9 +78,30 @@ def test_non_finite_loss_is_caught_before_a_checkpoint_between_logs(tmp_path):
   assert checkpoints.manager(str(tmp_path / 'stage')).latest_step() == 2
 
 
+def test_non_finite_parameters_with_a_finite_loss_are_never_checkpointed(tmp_path):
+  with pytest.raises(loop.NonFiniteLossError,
+                     match='non-finite parameters between steps 2 and 4; the last good checkpoint \\(step 2\\)'):
+    _train(tmp_path, _fake_step(inf_params_at=2), log_every_steps=4)
+  assert checkpoints.manager(str(tmp_path / 'stage')).all_steps() == [2]
+
+
+def test_divergence_before_any_checkpoint_says_there_is_none(tmp_path):
+  with pytest.raises(loop.NonFiniteLossError) as error:
+    _train(tmp_path, _fake_step(inf_params_at=0))
+  assert 'no checkpoint had been written yet' in str(error.value) and 'step 0' not in str(error.value)
+  assert checkpoints.manager(str(tmp_path / 'stage')).all_steps() == []
+
+
+def test_an_absurd_finite_loss_is_divergence(tmp_path):
+  with pytest.raises(loop.NonFiniteLossError, match='diverged loss .* above 1e\\+15'):
+    _train(tmp_path, _fake_step(huge_loss_at=3))
+  assert checkpoints.manager(str(tmp_path / 'stage')).all_steps() == [2]
+
+
 def test_sigterm_checkpoints_after_the_current_step_and_exits(tmp_path):
-  with pytest.raises(loop.Preempted, match='after step 4'):
+  with pytest.raises(loop.Preempted, match='after step 4') as stopped:
     _train(tmp_path, _fake_step(sigterm_at=3), checkpoint_every_steps=0)
+  assert stopped.value.code == loop.PREEMPTED_EXIT_CODE == 75  # EX_TEMPFAIL: not a failure
   mngr = checkpoints.manager(str(tmp_path / 'stage'))
   assert mngr.latest_step() == 4
   assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
