@@ -2,7 +2,10 @@
 
   python -m rmdnet_jax.main --config=configs/cifar100_rmdnet.py --workdir=/tmp/rmdnet_c100
 """
-from configs import default
+try:
+  from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
+except ModuleNotFoundError:
+  from configs import default  # a source checkout
 
 
 def get_config():

@@ -4,7 +4,10 @@
   # CE baseline, everything else identical:
   python -m rmdnet_jax.main --config=configs/cifar10_rmdnet.py --config.method.distill=False --workdir=/tmp/ce_c10
 """
-from configs import default
+try:
+  from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
+except ModuleNotFoundError:
+  from configs import default  # a source checkout
 
 
 def get_config():

@@ -107,12 +107,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.relation.edge_kind = 'frobenius'  # frobenius | kl | mse
   config.relation.node_kind = 'frobenius'  # frobenius | cosine
   config.relation.center = False         # True: Pearson-correlation graphs (rows centred)
+  config.relation.batch_center = False   # True: centre each feature over the global batch before the graphs
+  config.relation.normalize = 'none'     # none (EGA) | per_node: Frobenius terms divided by the global batch B
   config.relation.edge_topk = 0          # kl only: neighbours per node (0 = all B-1)
   config.relation.temperature = 0.5      # kl only
   config.relation.teacher_layer = 'backbone'  # backbone (pooled features) | projector
   config.relation.projection_head = 'linear'  # phi: linear | mlp
   config.relation.student_init = 'random'     # random | teacher (start from the teacher's backbone)
   config.relation.teacher_checkpoint = ''     # RM checkpoint dir ('' = WORKDIR/rm)
+  config.relation.teacher_step = 0            # RM step to take the teacher from (0 = the latest checkpoint)
+
+  # Linear probe of the frozen teacher (stage linear_probe): SimSiam's CIFAR protocol on the teacher's backbone
+  # features of the un-augmented images, standardised; a linear classifier trained with the CLEAN labels by SGD
+  # (cosine schedule). A monitor of the teacher beside its kNN accuracy, never a noisy-label result.
+  config.linear_probe = ml_collections.ConfigDict()
+  config.linear_probe.epochs = 100
+  config.linear_probe.batch_size = 256
+  config.linear_probe.learning_rate = 0.1
+  config.linear_probe.momentum = 0.9
+  config.linear_probe.weight_decay = 0.0
+
+  # Watching a run (README "Watching a run"). None of these changes the results: a run resumes with other values.
+  config.logging = ml_collections.ConfigDict()
+  config.logging.progress_bar = True        # tqdm bar when stderr is an interactive terminal; else log lines
+  config.logging.progress_every_secs = 60.0  # without a bar: one progress line this often (and at a stage's end)
+  config.logging.wandb_project = ''         # Weights & Biases project; '' = no W&B (needs `pip install wandb`)
+  config.logging.wandb_entity = ''          # W&B team or user ('' = your default entity)
+  config.logging.wandb_mode = 'online'      # online | offline (no network; `wandb sync WORKDIR/wandb/...` later)
 
   config.eval_batch_size = 1024
   config.log_every_steps = 0             # 0 = once per epoch

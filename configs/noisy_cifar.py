@@ -19,7 +19,10 @@ Any --config.KEY=VALUE override still applies on top.
 """
 import ml_collections
 
-from configs import default
+try:
+  from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
+except ModuleNotFoundError:
+  from configs import default  # a source checkout
 from rmdnet_jax import methods
 
 DATASETS = {'cifar10': 10, 'cifar100': 100}

@@ -4,7 +4,10 @@
 
 Expected: kNN accuracy ~90% after 800 epochs (SimSiam CIFAR recipe, batch 512).
 """
-from configs import default
+try:
+  from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
+except ModuleNotFoundError:
+  from configs import default  # a source checkout
 
 
 def get_config():

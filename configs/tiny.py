@@ -5,7 +5,10 @@
 Proves the plumbing only (synthetic images carry no signal); for real data add
 --config.data.source=tfds --config.data.data_dir=DIR --config.data.synthetic_image_size=32.
 """
-from configs import default
+try:
+  from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
+except ModuleNotFoundError:
+  from configs import default  # a source checkout
 
 
 def get_config():

@@ -7,7 +7,8 @@
 # Subcommands:
 #   create     create the TPU VM (--accelerator-type, --version, --spot or --preemptible)
 #   setup      on every worker: get the code (--repo URL to clone, or --local to copy this checkout), make .venv,
-#              pip install -r requirements.txt "jax[tpu]==0.10.2", prepare the datasets (--data)
+#              pip install -r requirements.txt "jax[tpu]==0.10.2", prepare the datasets (--data; installs
+#              requirements-prepare.txt, the TensorFlow that only preparing needs)
 #   run        on every worker: python -m rmdnet_jax.main --config=... --workdir=... [overrides] in a detached tmux
 #              session (a dropped ssh connection does not stop it); output goes to LOG (see --log)
 #   grid       on every worker: launch/grid.sh --base=WORKDIR [grid.sh options after --], the same way as run
@@ -305,6 +306,8 @@ cmd_setup() {
   if [[ $DATA != none && -n $DATA ]]; then
     local datasets
     IFS=, read -ra datasets <<< "$DATA"
+    # Preparing needs TensorFlow (training does not): its CPU build, so it never claims the TPU.
+    steps+=(".venv/bin/python -m pip install -q -r requirements-prepare.txt $(quote "$JAX_SPEC")")
     for dataset in "${datasets[@]}"; do
       # Each worker loads the data from its own disk (tfds' default ~/tensorflow_datasets, the configs' default).
       steps+=(".venv/bin/python -m rmdnet_jax.prepare_data --dataset=$(quote "$dataset")")

@@ -76,22 +76,11 @@ class AnalysisError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-  """1-based ranks of `values`; tied values share the mean of the ranks they occupy."""
-  order = np.argsort(values, kind='stable')
-  _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-  ranks = np.empty(len(values), np.float64)
-  # A tie group occupying sorted positions first .. first+count-1 (0-based) has mean 1-based rank first+(count+1)/2.
-  ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-  return ranks
-
-
 def roc_auc(scores, positives) -> float:
   """Area under the ROC curve of separating `positives` from the rest by `scores` (higher = more positive).
 
-  Uses the rank (Mann-Whitney U) formula AUC = (R+ - n+(n+ + 1)/2) / (n+ n-), with R+ the sum of the positives'
-  ranks among all scores. Tied scores get their average rank, so a tie between a positive and a negative counts
-  1/2: the AUC equals P(score+ > score-) + P(score+ = score-) / 2 over all positive-negative pairs.
+  scikit-learn's `roc_auc_score`. A tie between a positive and a negative counts 1/2: the AUC equals
+  P(score+ > score-) + P(score+ = score-) / 2 over all positive-negative pairs.
 
   Args:
     scores: [N] real numbers, all finite.
@@ -113,8 +102,8 @@ def roc_auc(scores, positives) -> float:
   n_neg = positives.size - n_pos
   if n_pos == 0 or n_neg == 0:
     return float('nan')
-  rank_sum = _average_ranks(scores)[positives].sum()
-  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+  from sklearn.metrics import roc_auc_score  # pylint: disable=import-outside-toplevel
+  return float(roc_auc_score(positives, scores))
 
 
 def per_sample_losses(logits, labels) -> np.ndarray:
@@ -635,12 +624,9 @@ def main(argv):
     if not FLAGS[name].value:
       raise app.UsageError(f'--{name} is required.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  try:
-    # tfds may import TensorFlow; as in rmdnet_jax.main, keep it off the accelerators JAX needs.
-    import tensorflow as tf  # noqa: PLC0415
-    tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
+  if 'tensorflow' in sys.modules:
+    # Analysis never imports TensorFlow; as in rmdnet_jax.main, keep one that something imported off the GPUs.
+    sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
   try:
     summary = analyse(FLAGS.rmdnet_workdir, FLAGS.ce_workdir, FLAGS.out, classes=FLAGS.classes,
                       max_points=FLAGS.max_points)

@@ -1,0 +1,73 @@
+"""Linear probe of a frozen encoder: the standard evaluation of self-supervised features (SimSiam's CIFAR protocol).
+
+A linear classifier is trained on the frozen features of the training images with the CLEAN labels and scored on
+the test set. As the kNN monitor, it measures the teacher's representation, never a result on noisy labels.
+
+The features are computed once (from the un-augmented images), standardised with the training set's mean and
+standard deviation (a BatchNorm without affine parameters, as in MAE's linear probe), and the classifier is trained
+with SGD + momentum and a cosine schedule, the whole run one jitted program. Precomputed features without
+augmentation make the probe cheap (seconds); they give a probe accuracy typically within about a point of the
+augmented 100-epoch protocol.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def standardise(train_features, *others):
+  """(train - mean) / std with the training features' statistics, applied to `train_features` and `others`."""
+  train = np.asarray(train_features, np.float32)
+  mean = train.mean(axis=0)
+  std = train.std(axis=0) + 1e-6
+  return tuple((np.asarray(x, np.float32) - mean) / std for x in (train, *others))
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'epochs', 'batch_size', 'momentum'))
+def _train(features, labels, key, *, num_classes: int, epochs: int, batch_size: int, learning_rate: float,
+           momentum: float, weight_decay: float):
+  n, d = features.shape
+  steps_per_epoch = n // batch_size
+  schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
+  tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum))
+  params = {'w': jnp.zeros((d, num_classes), jnp.float32), 'b': jnp.zeros((num_classes,), jnp.float32)}
+  opt_state = tx.init(params)
+
+  def loss_fn(p, x, y):
+    logits = x @ p['w'] + p['b']
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(carry, idx):
+    p, s = carry
+    loss, grads = jax.value_and_grad(loss_fn)(p, features[idx], labels[idx])
+    updates, s = tx.update(grads, s, p)
+    return (optax.apply_updates(p, updates), s), loss
+
+  def epoch(e, carry):
+    order = jax.random.permutation(jax.random.fold_in(key, e), n)[:steps_per_epoch * batch_size]
+    carry, _ = jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))
+    return carry
+
+  params, _ = jax.lax.fori_loop(0, epochs, epoch, (params, opt_state))
+  return params
+
+
+def fit(train_features, train_labels, *, num_classes: int, epochs: int = 100, batch_size: int = 256,
+        learning_rate: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0) -> dict:
+  """Trains the linear classifier on (already standardised) features; returns {'w': [D, C], 'b': [C]}."""
+  features = jnp.asarray(train_features, jnp.float32)
+  batch_size = min(batch_size, features.shape[0])
+  return jax.device_get(_train(features, jnp.asarray(train_labels, jnp.int32), jax.random.key(seed),
+                               num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+                               learning_rate=float(learning_rate), momentum=float(momentum),
+                               weight_decay=float(weight_decay)))
+
+
+def accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int, **kwargs) -> float:
+  """Test accuracy of a linear classifier trained on the frozen training features (standardised here)."""
+  train, test = standardise(train_features, test_features)
+  params = fit(train, train_labels, num_classes=num_classes, **kwargs)
+  predictions = np.argmax(test @ params['w'] + params['b'], axis=-1)
+  return float(np.mean(predictions == np.asarray(test_labels)))
