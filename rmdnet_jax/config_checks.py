@@ -3,6 +3,7 @@
 Unknown keys and wrong types on the command line are already refused by `config_flags` (the config is locked);
 these checks cover values that are well-typed but impossible or inconsistent.
 """
+import importlib.util
 import math
 
 import jax
@@ -11,7 +12,7 @@ import numpy as np
 
 from rmdnet_jax import data, methods, models, noise, relation
 
-STAGES = ('rm', 'teacher_knn', 'rgrl')
+STAGES = ('rm', 'teacher_knn', 'linear_probe', 'rgrl')
 # optax and flax count steps in int32: a stage (and its warm-up) must have fewer steps than this.
 MAX_STEPS = 2**31 - 1
 # Training examples of CIFAR-10 and CIFAR-100 (tfds and npz), for that bound before the data is loaded.
@@ -241,3 +242,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            'epoch).')
   _require(config.max_to_keep >= 1, f'max_to_keep={config.max_to_keep} must be at least 1 (the run resumes from '
            'its latest checkpoint).')
+  _validate_linear_probe_and_logging(config)
+
+
+WANDB_MODES = ('online', 'offline')
+
+
+def _validate_linear_probe_and_logging(config: ml_collections.ConfigDict) -> None:
+  """The linear-probe and logging keys (configs/default.py); a config saved before they existed has none."""
+  p = config.get('linear_probe')
+  if p is not None:
+    for key in ('epochs', 'batch_size'):
+      value = p[key]
+      _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+               f'linear_probe.{key}={value!r} must be a positive integer.')
+    for key in ('learning_rate', 'momentum', 'weight_decay'):
+      _require(math.isfinite(p[key]), f'linear_probe.{key}={p[key]} must be a finite number.')
+    _require(p.learning_rate > 0, f'linear_probe.learning_rate={p.learning_rate} must be positive.')
+    _require(0 <= p.momentum < 1, f'linear_probe.momentum={p.momentum} must be in [0, 1).')
+    _require(p.weight_decay >= 0, f'linear_probe.weight_decay={p.weight_decay} must be >= 0.')
+  g = config.get('logging')
+  if g is None:
+    return
+  _require(math.isfinite(g.progress_every_secs) and g.progress_every_secs > 0,
+           f'logging.progress_every_secs={g.progress_every_secs} must be a positive number of seconds.')
+  _require(g.wandb_mode in WANDB_MODES, f'logging.wandb_mode={g.wandb_mode!r} is not one of {WANDB_MODES}.')
+  _require(not g.wandb_project or importlib.util.find_spec('wandb') is not None,
+           f'logging.wandb_project={g.wandb_project!r} asks for Weights & Biases, but the wandb package is not '
+           'installed; `pip install wandb==0.31.0` (or `pip install "rmdnet_jax[wandb]"`), or leave '
+           'logging.wandb_project empty.')

@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 
-from rmdnet_jax import checkpoints, parallel
+from rmdnet_jax import checkpoints, parallel, progress
 
 
 # The exit status of a preempted run (EX_TEMPFAIL of sysexits.h): not a failure; rerun the same command to resume.
@@ -148,7 +147,8 @@ def _due(step: int, every: int, total: int) -> bool:
 def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: jax.Array, start_step: int,
           schedule: StageSchedule, mngr, meta: dict, writer, learning_rate_fn: Callable,
           global_batch_size: int, eval_fn: Optional[Callable[[Any], dict]] = None,
-          step_args: tuple = (), epoch_start_fn: Optional[Callable[[Any, int], Any]] = None) -> Any:
+          step_args: tuple = (), epoch_start_fn: Optional[Callable[[Any, int], Any]] = None,
+          progress_options: Optional[dict] = None) -> Any:
   """Runs `step_fn(state, *step_args, batch, rng_step)` from `start_step` to `schedule.num_steps`.
 
   Args:
@@ -163,11 +163,13 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
     epoch_start_fn: (state, epoch) -> state, run before the first step of every epoch (also when a resume
       starts there); a method's per-epoch update such as DivideMix's division. Its result is checkpointed
       with the state, so a resume mid-epoch continues with that epoch's update.
+    progress_options: keyword arguments of `progress.Progress` (`every_secs`, `bar`).
   Returns:
     the final state.
   """
-  report = periodic_actions.ReportProgress(num_train_steps=schedule.num_steps, writer=writer,
-                                           every_steps=schedule.log_every_steps, every_secs=60.0)
+  report = progress.Progress(stage=stage, start_step=start_step, num_steps=schedule.num_steps,
+                             steps_per_epoch=schedule.steps_per_epoch, global_batch_size=global_batch_size,
+                             enabled=jax.process_index() == 0, **(progress_options or {}))
   sums, count, interval_start = None, 0, time.perf_counter()
   # A resumed stage starts from its checkpoint at start_step; a new one has none yet.
   last_saved = start_step if start_step > 0 else None
@@ -203,12 +205,13 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
         state, metrics = step_fn(state, *step_args, batch, jax.random.fold_in(rng, step))
         sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
         count += 1
-        report(step + 1)
+        report.update(step + 1)
         stop = sigterm.stop_after(step + 1)
 
         if _due(step, schedule.log_every_steps, schedule.num_steps):
           values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
           check_diverged(step, values, state)
+          report.set_loss(values['loss'])
           elapsed = time.perf_counter() - interval_start
           scalars = {f'{stage}/{k}': v for k, v in values.items()}
           scalars[f'{stage}/learning_rate'] = float(learning_rate_fn(step))
@@ -236,6 +239,7 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
   finally:
     # Also on an error: Orbax may still be writing a checkpoint in the background, and an exit now would leave
     # a half-written *.orbax-checkpoint-tmp directory (and a traceback from its stopped thread pool).
+    report.close()
     mngr.wait_until_finished()
     writer.flush()
   return state

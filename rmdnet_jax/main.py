@@ -13,7 +13,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rmdnet_jax import checkpoints, config_checks, data, loop, pipeline  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, config_files, data, loop, pipeline  # noqa: E402
 
 # Per-example keys are never sharded, so the partitionable threefry buys nothing here, and on CPU it makes every
 # random op compile ~10x slower. Fixed for every run so that numbers stay comparable.
@@ -134,5 +134,12 @@ def main(argv):
     sys.exit(loop.PREEMPTED_EXIT_CODE)
 
 
-if __name__ == '__main__':
+def cli():
+  """The `rmdnet-train` command (= python -m rmdnet_jax.main); --config=configs/NAME.py also finds the installed
+  package's configs when the current directory has none."""
+  config_files.resolve_sys_argv()
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  cli()

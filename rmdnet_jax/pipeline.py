@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import (augment, checkpoints, config_checks, data, device_data, distill, fileio, loop, methods,
-                        metrics, noise, parallel, simsiam)
+from rmdnet_jax import (augment, checkpoints, config_checks, data, device_data, distill, fileio, linear_probe,
+                        loop, methods, metrics, models, noise, parallel, simsiam)
 from rmdnet_jax import train_state as train_state_lib
 from rmdnet_jax import workdir as workdir_lib
 
@@ -31,7 +31,13 @@ STREAM_RM, STREAM_RGRL = 1, 2
 # Keys whose change does not change the results: a run may be resumed with different values.
 RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
                   'data.npz_path', 'data.cifar_n_labels', 'data.resident_on_device', 'max_to_keep',
-                  'relation.teacher_checkpoint')
+                  'relation.teacher_checkpoint',
+                  # Monitors and logging: the linear probe is recomputed by its stage; these keys are newer than
+                  # some work directories, whose config.json lacks them.
+                  'linear_probe.epochs', 'linear_probe.batch_size', 'linear_probe.learning_rate',
+                  'linear_probe.momentum', 'linear_probe.weight_decay', 'logging.progress_bar',
+                  'logging.progress_every_secs', 'logging.wandb_project', 'logging.wandb_entity',
+                  'logging.wandb_mode')
 
 
 class WorkdirConfigMismatch(RuntimeError):
@@ -253,7 +259,8 @@ def rm_stage(config, dataset: data.Dataset, workdir: str, writer) -> Any:
       config, dataset, {'params': s.params, 'batch_stats': s.batch_stats}, features_fn)}
   state = loop.train(stage='rm', state=state, step_fn=step_fn, batches=batches, rng=step_rng, start_step=start,
                      schedule=sched, mngr=mngr, meta=meta, writer=writer, learning_rate_fn=lr_fn,
-                     global_batch_size=config.rm.batch_size, eval_fn=eval_fn, step_args=data_args)
+                     global_batch_size=config.rm.batch_size, eval_fn=eval_fn, step_args=data_args,
+                     progress_options=progress_options(config))
   mngr.close()
   return state
 
@@ -290,6 +297,47 @@ def teacher_knn_stage(config, dataset: data.Dataset, workdir: str, writer, teach
   logging.info('Teacher kNN accuracy (clean labels, monitor): %.4f', accuracy)
   writer.write_scalars(0, {'teacher/knn_accuracy': accuracy})
   return {'teacher_knn_accuracy': accuracy}
+
+
+def linear_probe_stage(config, dataset: data.Dataset, workdir: str, writer, teacher=None) -> dict:
+  """Linear probe of the frozen teacher (restored as RGRL does), reported beside its kNN monitor.
+
+  SimSiam's CIFAR protocol on precomputed features (`rmdnet_jax.linear_probe`): the teacher's pooled backbone
+  features, a linear classifier trained with the CLEAN training labels, scored on the test set. Both numbers
+  measure the teacher's representation; neither is a result on noisy labels.
+  """
+  if teacher is None:
+    teacher = load_teacher(config, dataset, workdir)
+  backbone = on_uint8_images(
+      lambda variables, images: models.simsiam_net(config.model, axis_name=None).apply(
+          variables, images, train=False, method=models.SimSiamNet.encode)['features'], dataset)
+  logging.info('Linear probe: encoding %d train + %d test images with the frozen teacher.',
+               len(dataset.train_images), len(dataset.test_images))
+  train_features = parallel.map_batches(backbone, teacher, dataset.train_images, config.eval_batch_size)
+  test_features = parallel.map_batches(backbone, teacher, dataset.test_images, config.eval_batch_size)
+  p = config.linear_probe
+  probe = linear_probe.accuracy(train_features, dataset.train_labels, test_features, dataset.test_labels,
+                                num_classes=dataset.num_classes, epochs=p.epochs, batch_size=p.batch_size,
+                                learning_rate=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay,
+                                seed=config.seed)
+  if config.relation.teacher_layer == 'backbone':  # the kNN monitor's features: the same arrays
+    knn = metrics.knn_accuracy(train_features, dataset.train_labels, test_features, dataset.test_labels,
+                               num_classes=dataset.num_classes, k=config.rm.knn_k,
+                               temperature=config.rm.knn_temperature)
+  else:
+    knn = knn_monitor(config, dataset, teacher, encoder_features_fn(config, dataset))
+  logging.info('Teacher monitors (clean labels; the teacher\'s representation, not a noisy-label result): '
+               'linear probe %.4f, kNN %.4f.', probe, knn)
+  writer.write_scalars(0, {'teacher/linear_probe_accuracy': probe, 'teacher/knn_accuracy': knn})
+  return {'teacher_linear_probe_accuracy': probe, 'teacher_knn_accuracy': knn}
+
+
+def progress_options(config) -> dict:
+  """`loop.train`'s progress reporting from config.logging (absent in configs saved before it existed)."""
+  g = config.get('logging')
+  if g is None:
+    return {}
+  return {'every_secs': float(g.progress_every_secs), 'bar': None if g.progress_bar else False}
 
 
 def logits_fn(config, dataset):
@@ -353,7 +401,8 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
                        start_step=start, schedule=sched, mngr=mngr, meta=meta, writer=writer,
                        learning_rate_fn=lr_fn, global_batch_size=config.rgrl.batch_size, eval_fn=eval_fn,
                        step_args=(teacher if config.method.distill else None,) + data_args,
-                       epoch_start_fn=method_epoch_hook(config, dataset, noisy, method))
+                       epoch_start_fn=method_epoch_hook(config, dataset, noisy, method),
+                       progress_options=progress_options(config))
   else:
     logging.info('rgrl: already complete (%d steps).', start)
   mngr.close()
@@ -407,7 +456,7 @@ def final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply) 
 
 def _teacher_needed_first(config, stages) -> bool:
   """Whether a stage needs an existing RM checkpoint (before this run's RM stage, if any, would make one)."""
-  uses_teacher = {'teacher_knn'}
+  uses_teacher = {'teacher_knn', 'linear_probe'}
   if config.method.distill or config.relation.student_init == 'teacher':
     uses_teacher.add('rgrl')
   for stage in stages:
@@ -439,7 +488,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: list) -
   # The run really starts: only now does the work directory take its config and labels.
   check_workdir_config(config, workdir)
   save_noisy_labels()
-  writer = metrics.create_writer(workdir)
+  writer = metrics.create_writer(workdir, config.get('logging'))
   if jax.process_index() == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
   noise_name = (f'{config.noise.kind}/{config.noise.human_label}' if config.noise.kind == 'human'
@@ -453,10 +502,13 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: list) -
       results['rm_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rm')
     elif stage == 'teacher_knn':
       results.update(teacher_knn_stage(config, dataset, workdir, writer, teacher=teacher))
+    elif stage == 'linear_probe':
+      results.update(linear_probe_stage(config, dataset, workdir, writer, teacher=teacher))
     elif stage == 'rgrl':
       results.update(rgrl_stage(config, dataset, noisy, workdir, writer, teacher=teacher))
       results['rgrl_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rgrl')
-  writer.flush()
+  writer.write_summary(results)
+  writer.close()
   if jax.process_index() == 0:
     fileio.write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   if jax.process_index() == 0:
