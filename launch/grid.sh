@@ -3,8 +3,8 @@
 # environment set up), each cell in its own work directory BASE/NAME, named after its settings. Run it from the
 # repository root; on a TPU VM start it with `launch/tpu_vm.sh grid`, which runs it in tmux on every worker.
 #
-# Usage: launch/grid.sh [--grid=paper|methods|ablations] [--base=DIR] [--cells=FILE] [--seeds=0,1,2] [--python=EXE]
-#                       [--log-dir=DIR] [--multihost] [--list | --dry-run]
+# Usage: launch/grid.sh [--grid=paper|methods|ablations|study] [--base=DIR] [--cells=FILE] [--seeds=0,1,2]
+#                       [--python=EXE] [--log-dir=DIR] [--data-dir=DIR] [--multihost] [--list | --dry-run]
 #
 #   --grid=NAME     which built-in grid [paper]:
 #                     paper      RMDNet and CE, the table below (66 cells for 3 seeds)
@@ -12,11 +12,15 @@
 #                                configs/noisy_cifar.py (synthetic and CIFAR-N), both datasets
 #                     ablations  CIFAR-10 sym50 RMDNet: node only, edge only, K in 0.1/0.5/2/5, projector
 #                                teacher layer, kl and mse edge losses, cosine node loss
+#                     study      the CPU study (configs/cifar10_cpu_study.py, README "Evidence"): one SimSiam
+#                                run whose epoch-5 and epoch-20 checkpoints are two teachers, CE, RMDNet at
+#                                K 0.1/0.3/1 with each teacher, the node-matching forms and the per_node scale
 #   --base=DIR      parent of the cells' work directories; gs://bucket/path is passed through [workdirs/grid]
 #   --cells=FILE    the cells to run, one per line (format below) [the default grid]
 #   --seeds=LIST    seeds of the default grid, comma-separated [0,1,2]
 #   --python=EXE    interpreter that runs rmdnet_jax.main [python, i.e. the active environment's]
 #   --log-dir=DIR   each cell's output goes to DIR/NAME.log, appended [logs/grid]
+#   --data-dir=DIR  add --config.data.data_dir=DIR to every cell (a prepared tfds data_dir) [none]
 #   --multihost     pass --multihost to every run (a pod slice; launch/tpu_vm.sh grid adds it)
 #   --list          print the cells in the cells-file format (edit the output and pass it back with --cells)
 #   --dry-run       print the command of every cell instead of running it
@@ -69,6 +73,7 @@ CELLS_FILE=''
 SEEDS=0,1,2
 PYTHON_EXE=python
 LOG_DIR=logs/grid
+DATA_DIR=''
 MULTIHOST=0
 LIST=0
 DRY_RUN=0
@@ -81,6 +86,7 @@ set_option() {
     --seeds) SEEDS=$2 ;;
     --python) PYTHON_EXE=$2 ;;
     --log-dir) LOG_DIR=$2 ;;
+    --data-dir) DATA_DIR=$2 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 }
@@ -99,7 +105,7 @@ while (($#)); do
 done
 BASE=${BASE%/}
 [[ -n $BASE ]] || die "--base is empty"
-[[ $GRID =~ ^(paper|methods|ablations)$ ]] || die "--grid must be paper, methods or ablations, not '$GRID'"
+[[ $GRID =~ ^(paper|methods|ablations|study)$ ]] || die "--grid must be paper, methods, ablations or study, not '$GRID'"
 [[ -f rmdnet_jax/main.py ]] || die "run me from the repository root (the configs and work directories are relative to it)"
 
 # --- the cells ---------------------------------------------------------------------------------------------------
@@ -183,6 +189,36 @@ ablation_cells() {
   done
 }
 
+# The CPU study (README, "Evidence"). Teachers: the RM run's checkpoints at epoch 5 (step 160) and 20 (step 640, its
+# last); 4,096 images / batch 128 = 32 steps per epoch.
+study_cells() {
+  local config=configs/cifar10_cpu_study.py rgrl="--config.stages=rgrl"
+  local teacher="--config.relation.teacher_checkpoint={base}/study_simsiam/rm" epoch step k form name overrides
+  echo "study_simsiam $config --config.stages=rm --config.max_to_keep=40"
+  echo "study_ce $config --config.method.distill=False $rgrl"
+  for epoch in 20 5; do
+    step=$((epoch * 32))
+    for k in 1 0.1 0.3; do
+      echo "study_t${epoch}_K$k $config $rgrl $teacher --config.relation.teacher_step=$step --config.relation.K=$k"
+    done
+  done
+  # The node-matching forms (README, "Evidence": what avoids the collapse), with the stronger teacher at K = 1.
+  for form in "node_cosine --config.relation.node_kind=cosine" "batch_center --config.relation.batch_center=True" \
+              "teacher_projector --config.relation.teacher_layer=projector"; do
+    read -r name overrides <<< "$form"
+    echo "study_t20_K1_$name $config $rgrl $teacher --config.relation.teacher_step=640 --config.relation.K=1 $overrides"
+  done
+  echo "study_t5_K1_node_cosine $config $rgrl $teacher --config.relation.teacher_step=160 --config.relation.K=1" \
+       "--config.relation.node_kind=cosine"
+  # The batch-invariant scale: at batch 256 the unnormalised terms are twice as large as at 128 for the same K;
+  # per_node with K' = 128 K is the batch-128 regulariser at any batch. The best K of the epoch-5 teacher, 0.1.
+  local b256="--config.rgrl.batch_size=256"
+  echo "study_ce_b256 $config --config.method.distill=False $rgrl $b256"
+  echo "study_t5_K0.1_b256 $config $rgrl $teacher --config.relation.teacher_step=160 --config.relation.K=0.1 $b256"
+  echo "study_t5_K12.8_per_node_b256 $config $rgrl $teacher --config.relation.teacher_step=160" \
+       "--config.relation.K=12.8 --config.relation.normalize=per_node $b256"
+}
+
 NAMES=()         # cell names, in queue order
 ARGS=()          # each cell's CONFIG and overrides, as one quote()d string (eval turns it back into words)
 declare -A SEEN=()
@@ -233,6 +269,7 @@ else
              paper) default_cells ;;
              methods) methods_cells ;;
              ablations) ablation_cells ;;
+             study) study_cells ;;
            esac)
 fi
 ((${#NAMES[@]})) || die "no cells to run"
@@ -256,6 +293,7 @@ for i in "${!NAMES[@]}"; do
   eval "words=(${ARGS[i]})"
   argv=("$PYTHON_EXE" -m rmdnet_jax.main "--config=${words[0]}" "--workdir=$BASE/$name")
   ((MULTIHOST)) && argv+=(--multihost)
+  [[ -n $DATA_DIR ]] && argv+=("--config.data.data_dir=$DATA_DIR")
   for override in "${words[@]:1}"; do argv+=("${override//\{base\}/$BASE}"); done
   log=$LOG_DIR/$name.log
   if ((DRY_RUN)); then

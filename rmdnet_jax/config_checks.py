@@ -28,7 +28,7 @@ INTEGER_KEYS = SEED_KEYS + (
     'data.num_classes', 'data.train_subset', 'data.test_subset', 'data.synthetic_train_size',
     'data.synthetic_test_size', 'data.synthetic_image_size', 'model.width', 'model.projector_dim',
     'model.projector_layers', 'model.predictor_dim', 'student.width', 'rm.knn_k', 'rgrl.augment.pad',
-    'relation.edge_topk', 'eval_batch_size', 'log_every_steps', 'max_to_keep',
+    'relation.edge_topk', 'relation.teacher_step', 'eval_batch_size', 'log_every_steps', 'max_to_keep',
     *(f'{stage}.{key}' for stage in ('rm', 'rgrl') for key in ('epochs', 'batch_size', 'warmup_epochs',
                                                                  'eval_every_epochs', 'checkpoint_every_epochs')))
 # Every float key: NaN fails the range rules below by itself, but an infinity would pass a rule such as `> 0`.
@@ -226,6 +226,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(r.node_kind in relation.NODE_KINDS, f'relation.node_kind={r.node_kind!r} is not one of '
            f'{relation.NODE_KINDS}.')
   _require(r.temperature > 0, f'relation.temperature={r.temperature} must be positive.')
+  _require(r.normalize in relation.NORMALIZE, f'relation.normalize={r.normalize!r} is not one of '
+           f'{relation.NORMALIZE}.')
+  _require(r.teacher_step >= 0, f'relation.teacher_step={r.teacher_step} must be >= 0 (0 = the latest RM '
+           'checkpoint).')
   _require(0 <= r.edge_topk < config.rgrl.batch_size,
            f'relation.edge_topk={r.edge_topk} must be in [0, rgrl.batch_size - 1] (0 = all neighbours).')
   _require(r.teacher_layer in ('backbone', 'projector'),

@@ -27,8 +27,8 @@ def relation_kwargs(config: ml_collections.ConfigDict) -> dict:
   """Keyword arguments of `relation.relation_distillation_loss` from `config.relation`."""
   rel = config.relation
   return dict(node_weight=rel.node_weight, edge_weight=rel.edge_weight, edge_kind=rel.edge_kind,
-              node_kind=rel.node_kind, center=rel.center,
-              k=rel.edge_topk if rel.edge_topk else None, temperature=rel.temperature)
+              node_kind=rel.node_kind, center=rel.center, batch_center=rel.batch_center,
+              k=rel.edge_topk if rel.edge_topk else None, temperature=rel.temperature, normalize=rel.normalize)
 
 
 def view_kwargs(config: ml_collections.ConfigDict, mean, std) -> dict:
@@ -155,12 +155,16 @@ def distill_step(state: train_state_lib.StudentTrainState, teacher: Optional[Map
     terms = {'method': loss / num_networks}
     if distill:
       # Every network gets its own relation terms against the same teacher.
-      parts = [relation.relation_distillation_loss(teacher_features, parallel.all_gather(o['embedding']),
-                                                   **relation_kwargs) for o in outs]
+      embeddings = [parallel.all_gather(o['embedding']) for o in outs]
+      parts = [relation.relation_distillation_loss(teacher_features, e, **relation_kwargs) for e in embeddings]
       regulariser = sum(p[0] for p in parts)
       loss = loss + K * regulariser
       terms.update(node=sum(p[1]['node'] for p in parts) / num_networks,
                    edge=sum(p[1]['edge'] for p in parts) / num_networks, relation=regulariser / num_networks)
+      # What the terms do to the graphs (first network): tells alignment from the node term's collapse.
+      terms.update(relation.relation_diagnostics(teacher_features, embeddings[0],
+                                                 center=relation_kwargs['center'],
+                                                 batch_center=relation_kwargs['batch_center']))
     terms.update({f'method_{k}': v for k, v in result.metrics.items()})
     new_method_state = state.method_state if result.method_state is None else result.method_state
     return loss, (terms, outs[0]['logits'], stack_networks([s['batch_stats'] for s in stats]), new_method_state)

@@ -28,6 +28,9 @@ from rmdnet_jax import workdir as workdir_lib
 
 # Independent random streams derived from config.seed (init, augmentation and data order of each stage).
 STREAM_RM, STREAM_RGRL = 1, 2
+# Teacher kNN accuracy (clean labels, monitor) below which the CPU study (README, "Evidence") saw RMDNet lose to
+# plain CE at every K it tried: the RGRL stage warns below it.
+WEAK_TEACHER_KNN = 0.40
 # Keys whose change does not change the results: a run may be resumed with different values.
 RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
                   'data.npz_path', 'data.cifar_n_labels', 'data.resident_on_device', 'max_to_keep',
@@ -38,6 +41,10 @@ RESUMABLE_KEYS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batc
                   'linear_probe.momentum', 'linear_probe.weight_decay', 'logging.progress_bar',
                   'logging.progress_every_secs', 'logging.wandb_project', 'logging.wandb_entity',
                   'logging.wandb_mode')
+
+# Keys added after some work directories were made, with the value that gives the behaviour those runs had: a saved
+# config.json without the key had this value.
+KEYS_ADDED_LATER = {'relation.batch_center': False, 'relation.normalize': 'none', 'relation.teacher_step': 0}
 
 
 class WorkdirConfigMismatch(RuntimeError):
@@ -72,7 +79,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *, sav
       raise WorkdirError(
           f'{path} is damaged ({data.brief_error(e)}); restore it, or delete it to adopt this run\'s config '
           '(only if the run in that directory had this config).') from e
-    a, b = _flatten(saved), _flatten(current)
+    a, b = {**KEYS_ADDED_LATER, **_flatten(saved)}, _flatten(current)
     changed = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
     if changed and not config.allow_config_change:
       detail = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed[:5])
@@ -279,7 +286,8 @@ def load_teacher(config, dataset: data.Dataset, workdir: str) -> dict:
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()),
                         target)
   rm_state, step = checkpoints.restore_teacher(directory, target,
-                                               checkpoints.stage_meta(config, 'rm', dataset.image_shape))
+                                               checkpoints.stage_meta(config, 'rm', dataset.image_shape),
+                                               step=config.relation.teacher_step)
   if not config.relation.teacher_checkpoint and step < rm_sched.num_steps:
     raise checkpoints.CheckpointError(
         f'The RM stage in {directory} stopped at step {step} of {rm_sched.num_steps}; finish it first '
@@ -383,6 +391,10 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
       scalars['train_accuracy_clean_labels'] = float(np.mean(train_preds == dataset.train_labels))
     return scalars
 
+  teacher_report = {}
+  if start < sched.num_steps and config.method.distill:
+    teacher_report = teacher_knn_stage(config, dataset, workdir, writer, teacher=teacher)
+    warn_if_weak_teacher(teacher_report['teacher_knn_accuracy'])
   if start < sched.num_steps:
     logging.info('rgrl: %s on %s noisy labels (realised rate %.4f)%s, %d steps, global batch %d.',
                  config.method.name, config.noise.kind, noisy.realized_rate,
@@ -406,7 +418,16 @@ def rgrl_stage(config, dataset: data.Dataset, noisy: noise.NoisyLabels, workdir:
   else:
     logging.info('rgrl: already complete (%d steps).', start)
   mngr.close()
-  return final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply)
+  return {**teacher_report, **final_report(config, dataset, noisy, state, workdir, eval_fn, logits_apply)}
+
+
+def warn_if_weak_teacher(knn_accuracy: float) -> None:
+  """One warning when the teacher is as weak as the ones with which the CPU study saw RMDNet lose to CE."""
+  if knn_accuracy < WEAK_TEACHER_KNN:
+    logging.warning(
+        'The teacher\'s kNN accuracy %.1f%% is below %.0f%%, where the CPU study saw RMDNet lose to plain CE at '
+        'every K (README, "Evidence"); train the RM stage longer, or lower --config.relation.K.',
+        100 * knn_accuracy, 100 * WEAK_TEACHER_KNN)
 
 
 def method_epoch_hook(config, dataset, noisy, method):

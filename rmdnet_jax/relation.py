@@ -24,6 +24,10 @@ import jax.numpy as jnp
 
 EDGE_KINDS = ("frobenius", "kl", "mse")
 NODE_KINDS = ("frobenius", "cosine")
+# Scale of the Frobenius terms. "none": EGA's unnormalised norms, which grow like B for a B x B graph of O(1)
+# entries, so one K means a weaker regulariser at batch 128 than at batch 1,024. "per_node": each Frobenius norm
+# divided by B, i.e. the root mean square of the B^2 entries' differences, the same for any batch size.
+NORMALIZE = ("none", "per_node")
 
 
 def _as_compute_dtype(x):
@@ -103,9 +107,15 @@ def l2_normalize(x, eps=1e-8):
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
 
 
-def _prepare(features, center):
-  """Optionally centres each row over its features, then normalises it: rows of the graph's Gram matrix."""
+def _prepare(features, center, batch_center=False):
+  """Optionally centres the features, then normalises each row: rows of the graph's Gram matrix."""
   features = _as_compute_dtype(features)
+  if batch_center:
+    # Subtracting each feature's mean over the batch removes the direction every embedding shares. Pooled
+    # features after a ReLU are non-negative, so without this any two images have a cosine near 0.7 and the
+    # node term's N_ij -> 0 (j != i) can only be met by turning the student away from its own teacher node too
+    # (README, "Evidence": the node-matching collapse).
+    features = features - jnp.mean(features, axis=0, keepdims=True)
   if center:
     # Pearson correlation = cosine of the mean-centred vectors (EGA's graph); a constant row, e.g. a zero
     # vector, becomes the zero vector and thus gets a zero row and column.
@@ -113,28 +123,29 @@ def _prepare(features, center):
   return l2_normalize(features)
 
 
-@functools.partial(jax.jit, static_argnames=("center",))
-def relation_graph(features, *, center=False):
+@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+def relation_graph(features, *, center=False, batch_center=False):
   """Cosine-similarity relation graph A_ij = cos(h_i, h_j).
 
   Args:
     features: [B, D] features of one batch.
     center: subtract each row's mean over its D features first, so that A is the Pearson-correlation graph
     (as in EGA).
+    batch_center: subtract each feature's mean over the B rows first (before ``center``).
 
   Returns:
     [B, B] symmetric graph, float32 (float64 for float64 inputs); the diagonal is 1 for non-zero rows, and
     the row and column of a zero (or, with ``center``, constant) vector are 0, diagonal entry included.
   """
   _check_features(features, "features")
-  n = _prepare(features, center)
+  n = _prepare(features, center, batch_center)
   # HIGHEST precision: on TPU/GPU the default matmul precision rounds the inputs to bf16/tf32, which would
   # make graph entries (and their teacher-student differences) wrong in the third decimal.
   return jnp.matmul(n, n.T, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("center",))
-def cross_graph(teacher_features, student_features, *, center=False):
+@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+def cross_graph(teacher_features, student_features, *, center=False, batch_center=False):
   """Teacher-student cross graph N_ij = cos(t_i, s_j).
 
   No stop-gradient here (a plain graph builder); the losses stop the teacher's gradient.
@@ -143,23 +154,29 @@ def cross_graph(teacher_features, student_features, *, center=False):
     teacher_features: [B, D] teacher features.
     student_features: [B, D] student features (after the projection head).
     center: centre each row over its features first (Pearson correlation).
+    batch_center: centre each feature set over the batch first (each set by its own mean).
 
   Returns:
     [B, B] graph (not symmetric in general); row i is teacher node i, column j student node j.
   """
   _check_pair(teacher_features, student_features)
-  t = _prepare(teacher_features, center)
-  s = _prepare(student_features, center)
+  t = _prepare(teacher_features, center, batch_center)
+  s = _prepare(student_features, center, batch_center)
   return jnp.matmul(t, s.T, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "center", "k"))
-def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, k=None,
-             temperature=0.5):
+def _frobenius_scale(b, normalize):
+  _check_kind(normalize, NORMALIZE, "relation.normalize")
+  return 1.0 if normalize == "none" else 1.0 / b
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "center", "batch_center", "k", "normalize"))
+def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, batch_center=False,
+                       k=None, temperature=0.5, normalize="none"):
   """Edge matching: the student's relation graph must reproduce the teacher's.
 
   Kinds (A^T, A^S = ``relation_graph`` of teacher and student):
-    * ``frobenius`` (default): ||A^T - A^S||_F.
+    * ``frobenius`` (default): ||A^T - A^S||_F (``normalize="per_node"``: ||A^T - A^S||_F / B).
     * ``mse``: mean over the B*B entries of (A^T - A^S)^2.
     * ``kl``: for each node i its k nearest neighbours N_i by teacher similarity (diagonal excluded),
     p_i = softmax(A^T[i, N_i] / tau), q_i = softmax(A^S[i, N_i] / tau); loss = mean_i KL(p_i || q_i).
@@ -169,8 +186,10 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
     student_features: [B, D] student features, same D as the teacher.
     kind: one of ``EDGE_KINDS`` (config ``relation.edge_kind``).
     center: Pearson-correlation graphs instead of cosine graphs.
+    batch_center: centre each feature set over the batch before the graphs.
     k: neighbourhood size for ``kl`` in [1, B-1]; None = all B-1 other nodes. Ignored by the other kinds.
     temperature: softmax temperature tau of ``kl`` (> 0); ignored by the other kinds.
+    normalize: one of ``NORMALIZE``; scales the ``frobenius`` kind only (the others are means already).
 
   Returns:
     Scalar loss, float32 (float64 for float64 inputs).
@@ -183,14 +202,14 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   # The teacher is the frozen relation model from RM: it is the target the student is pulled towards, so no
   # gradient may flow into it (as the stop-gradient on the target branch in byol/SimSiam).
   teacher_features = jax.lax.stop_gradient(teacher_features)
-  a_t = relation_graph(teacher_features, center=center)
-  a_s = relation_graph(student_features, center=center)
+  a_t = relation_graph(teacher_features, center=center, batch_center=batch_center)
+  a_s = relation_graph(student_features, center=center, batch_center=batch_center)
+  b = a_t.shape[0]
   if kind == "frobenius":
-    return _frobenius_norm(a_t - a_s)
+    return _frobenius_scale(b, normalize) * _frobenius_norm(a_t - a_s)
   if kind == "mse":
     return jnp.mean(jnp.square(a_t - a_s))
 
-  b = a_t.shape[0]
   if b < 2:
     raise ValueError(
       f"The kl edge loss needs a global batch of at least 2 so that relation.edge_topk can lie in "
@@ -215,13 +234,15 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   return jnp.mean(kl)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "center"))
-def node_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False):
+@functools.partial(jax.jit, static_argnames=("kind", "center", "batch_center", "normalize"))
+def node_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, batch_center=False,
+                       normalize="none"):
   """Node matching: each student node must match its own teacher node.
 
   Kinds:
     * ``frobenius`` (default): ||N - I||_F with N = ``cross_graph(t, s)``: the student node i must align
     with teacher node i (N_ii -> 1) and be orthogonal to every other teacher node (N_ij -> 0, j != i).
+    ``normalize="per_node"`` divides it by B.
     * ``cosine``: mean_i (1 - cos(t_i, s_i)), the diagonal of N only.
 
   Args:
@@ -229,6 +250,8 @@ def node_matching_loss(teacher_features, student_features, *, kind="frobenius", 
     student_features: [B, D] student features, same D as the teacher.
     kind: one of ``NODE_KINDS`` (config ``relation.node_kind``).
     center: centre each row over its features first (Pearson correlation).
+    batch_center: centre each feature set over the batch first.
+    normalize: one of ``NORMALIZE``; scales the ``frobenius`` kind only.
 
   Returns:
     Scalar loss, float32 (float64 for float64 inputs).
@@ -241,18 +264,19 @@ def node_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   # Frozen teacher: it is the target, never updated by the distillation loss (as byol's target branch).
   teacher_features = jax.lax.stop_gradient(teacher_features)
   if kind == "frobenius":
-    n = cross_graph(teacher_features, student_features, center=center)
-    return _frobenius_norm(n - jnp.eye(n.shape[0], dtype=n.dtype))
+    n = cross_graph(teacher_features, student_features, center=center, batch_center=batch_center)
+    b = n.shape[0]
+    return _frobenius_scale(b, normalize) * _frobenius_norm(n - jnp.eye(b, dtype=n.dtype))
   # Row-wise dot product instead of the B x B graph's diagonal: O(B D) rather than O(B^2 D).
-  t = _prepare(teacher_features, center)
-  s = _prepare(student_features, center)
+  t = _prepare(teacher_features, center, batch_center)
+  s = _prepare(student_features, center, batch_center)
   return jnp.mean(1.0 - jnp.sum(t * s, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("edge_kind", "node_kind", "center", "k"))
+@functools.partial(jax.jit, static_argnames=("edge_kind", "node_kind", "center", "batch_center", "k", "normalize"))
 def relation_distillation_loss(teacher_features, student_features, *, node_weight=1.0, edge_weight=0.3,
-                 edge_kind="frobenius", node_kind="frobenius", center=False, k=None,
-                 temperature=0.5):
+                               edge_kind="frobenius", node_kind="frobenius", center=False, batch_center=False,
+                               k=None, temperature=0.5, normalize="none"):
   """RGRL relation regulariser: node_weight * L_node + edge_weight * L_edge.
 
   Reconstruction: defaults are EGA's (node weight 1, edge weight 0.3, Frobenius node and edge losses). The
@@ -268,8 +292,10 @@ def relation_distillation_loss(teacher_features, student_features, *, node_weigh
     edge_kind: see ``edge_matching_loss``; config ``relation.edge_kind``.
     node_kind: see ``node_matching_loss``; config ``relation.node_kind``.
     center: Pearson-correlation graphs for both terms.
+    batch_center: centre each feature set over the batch for both terms.
     k: neighbourhood size of the ``kl`` edge loss (config ``relation.edge_topk``).
     temperature: softmax temperature of the ``kl`` edge loss.
+    normalize: scale of the Frobenius terms, one of ``NORMALIZE`` (config ``relation.normalize``).
 
   Returns:
     (total, {"node": L_node, "edge": L_edge}), all scalars.
@@ -277,8 +303,44 @@ def relation_distillation_loss(teacher_features, student_features, *, node_weigh
   Raises:
     ValueError: unknown kinds, invalid k, or mismatched shapes.
   """
-  node = node_matching_loss(teacher_features, student_features, kind=node_kind, center=center)
-  edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, center=center, k=k,
-                temperature=temperature)
+  graphs = dict(center=center, batch_center=batch_center, normalize=normalize)
+  node = node_matching_loss(teacher_features, student_features, kind=node_kind, **graphs)
+  edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, k=k, temperature=temperature,
+                            **graphs)
   total = node_weight * node + edge_weight * edge
   return total, {"node": node, "edge": edge}
+
+
+@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+def relation_diagnostics(teacher_features, student_features, *, center=False, batch_center=False):
+  """What the relation terms are doing, on the graphs the losses see (logged, never differentiated).
+
+  A node term that is met by alignment has ``node_diag_cos`` near 1; one that is met by turning every student
+  embedding away from every teacher embedding (its own included) has ``node_diag_cos`` and
+  ``node_offdiag_rms`` both near 0, and L_node near sqrt(B).
+
+  Returns:
+    {"node_diag_cos": mean_i N_ii, "node_offdiag_rms": sqrt(mean_{i != j} N_ij^2),
+     "teacher_graph_mean": mean_{i != j} A^T_ij, "student_graph_mean": mean_{i != j} A^S_ij,
+     "edge_offdiag_rms": sqrt(mean_{i != j} (A^T_ij - A^S_ij)^2)}, scalars.
+  """
+  graphs = dict(center=center, batch_center=batch_center)
+  t = jax.lax.stop_gradient(teacher_features)
+  s = jax.lax.stop_gradient(student_features)
+  n = cross_graph(t, s, **graphs)
+  a_t = relation_graph(t, **graphs)
+  a_s = relation_graph(s, **graphs)
+  b = n.shape[0]
+  off = ~jnp.eye(b, dtype=bool)
+  num_off = max(b * (b - 1), 1)
+
+  def off_mean(m):
+    return jnp.sum(jnp.where(off, m, 0.0)) / num_off
+
+  return {
+    "node_diag_cos": jnp.mean(jnp.diagonal(n)),
+    "node_offdiag_rms": jnp.sqrt(off_mean(jnp.square(n))),
+    "teacher_graph_mean": off_mean(a_t),
+    "student_graph_mean": off_mean(a_s),
+    "edge_offdiag_rms": jnp.sqrt(off_mean(jnp.square(a_t - a_s))),
+  }

@@ -229,12 +229,130 @@ def csv_text(table: Table) -> str:
   return out.getvalue()
 
 
+# Config keys that never tell two runs' results apart (paths, logging, bookkeeping): left out of the per-run view.
+NOT_SETTINGS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
+                'data.npz_path', 'max_to_keep', 'data.resident_on_device')
+# Final training diagnostics of the relation terms, read from the last RGRL row of metrics.jsonl.
+DIAGNOSTICS = ('node', 'edge', 'method', 'node_diag_cos', 'node_offdiag_rms', 'teacher_graph_mean',
+               'student_graph_mean')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def _read_json(path: str) -> dict:
+  return json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
+
+
+def run_rows(workdirs: Sequence[str]) -> tuple:
+  """(setting keys in which the runs differ, one row per RGRL run): its differing settings, results.json and the
+  last logged value of each of DIAGNOSTICS."""
+  configs, rows = {}, []
+  for w in workdirs:
+    config = _flatten(_read_json(os.path.join(w, 'config.json')))
+    if 'rgrl' in str(config.get('stages', '')).split(','):
+      configs[w] = {k: v for k, v in config.items() if k not in NOT_SETTINGS and not k.startswith('logging.')}
+  keys = sorted({k for c in configs.values() for k in c if len({repr(o.get(k)) for o in configs.values()}) > 1})
+  for w, config in configs.items():
+    last = {}
+    path = os.path.join(w, 'metrics.jsonl')
+    for line in (fileio.read_text(path).splitlines() if fileio.exists(path) else []):
+      row = json.loads(line) if line.strip() else {}
+      last.update({k: row[f'rgrl/{k}'] for k in DIAGNOSTICS if f'rgrl/{k}' in row})
+    rows.append({'workdir': w, 'settings': {k: config.get(k) for k in keys},
+                 'results': _read_json(os.path.join(w, 'results.json')), 'diagnostics': last})
+  return keys, rows
+
+
+def _setting(value) -> str:
+  if isinstance(value, str) and '/' in value:
+    return '/'.join(value.rstrip('/').split('/')[-2:])  # a path: its last two parts name it
+  return str(value)
+
+
+def _pct(x) -> str:
+  return '—' if x is None else f'{100 * x:.2f}'
+
+
+def per_run_markdown(keys: list, rows: list) -> str:
+  """One row per run: the settings in which runs differ, test accuracy, the teacher's kNN accuracy, memorisation of
+  the mislabelled examples and the final relation diagnostics."""
+  header = (['run'] + keys + ['best', 'last', 'teacher kNN', 'memorised noisy', 'clean-subset train acc']
+            + [f'final {d}' for d in DIAGNOSTICS])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in sorted(rows, key=lambda r: [repr(r['settings'][k]) for k in keys] + [r['workdir']]):
+    res, diag = r['results'], r['diagnostics']
+    cells = ([os.path.basename(r['workdir'].rstrip('/'))] + [_setting(r['settings'][k]) for k in keys]
+             + [_pct(res.get(k)) for k in ('test_accuracy_best', 'test_accuracy_last', 'teacher_knn_accuracy',
+                                           'train_memorized_noisy_subset', 'train_accuracy_clean_subset')]
+             + [f'{diag[d]:.3f}' if d in diag else '—' for d in DIAGNOSTICS])
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Accuracies in %. teacher kNN: the restored teacher on clean labels (a monitor). memorised noisy: '
+            'share of the mislabelled training examples predicted as their noisy label. final: last logged '
+            'training value; node_diag_cos = mean cos(t_i, s_i), node_offdiag_rms = RMS of cos(t_i, s_j), j != i.']
+  return '\n'.join(lines)
+
+
+def k_figure(rows: list, path: str) -> None:
+  """Best test accuracy against relation.K, one line per group of RMDNet runs that differ in more than K (e.g. the
+  teacher), and each method-only baseline as a horizontal line."""
+  import matplotlib  # noqa: PLC0415 (only this option needs it)
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  lines = {}
+  for r in rows:
+    best = r['results'].get('test_accuracy_best')
+    if best is None:
+      continue
+    settings = r['settings']
+    if not settings.get('method.distill', True):
+      ax.axhline(100 * best, color='black', linestyle='--', label=f'{settings.get("method.name", "ce")} alone')
+      continue
+    label = ', '.join(f'{k.split(".")[-1]}={_setting(v)}' for k, v in settings.items()
+                      if k not in ('relation.K', 'method.distill') and k != 'relation.teacher_checkpoint')
+    knn = r['results'].get('teacher_knn_accuracy')
+    label = (label + (f' (teacher kNN {100 * knn:.1f}%)' if knn is not None else '')).strip(', ')
+    lines.setdefault(label, []).append((settings.get('relation.K', 1.0), 100 * best))
+  for label, points in sorted(lines.items()):
+    points.sort()
+    ax.plot([k for k, _ in points], [a for _, a in points], marker='o', label=label)
+  ax.set_xscale('log')
+  ax.set_xlabel('K (weight of the relation terms)')
+  ax.set_ylabel('best test accuracy (%)')
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=120)
+  plt.close(fig)
+  fileio.write_bytes(path, png.getvalue())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m rmdnet_jax.results', description=__doc__.split('\n')[0])
   parser.add_argument('workdirs', nargs='+', help='work directories of rmdnet_jax.main runs (local globs expand)')
   parser.add_argument('--markdown', help='also write the markdown to this file')
   parser.add_argument('--csv', help='write the per-cell CSV to this file')
+  parser.add_argument('--per_run', action='store_true',
+                      help='one row per run (the settings in which runs differ, relation diagnostics) instead of '
+                           'the table over seeds')
+  parser.add_argument('--k_figure', help='with --per_run: also plot best test accuracy against relation.K (PNG)')
   args = parser.parse_args(argv)
+  if args.per_run:
+    keys, rows = run_rows(expand(args.workdirs))
+    text = per_run_markdown(keys, rows)
+    print(text)
+    if args.markdown:
+      fileio.write_text(args.markdown, text + '\n')
+    if args.k_figure:
+      k_figure(rows, args.k_figure)
+    return 0
   try:
     runs = [load_run(w) for w in expand(args.workdirs)]
   except FileNotFoundError as e:

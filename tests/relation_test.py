@@ -494,3 +494,89 @@ def test_dimension_mismatch():
 def test_batch_mismatch():
     with pytest.raises(ValueError, match="batch"):
         relation.edge_matching_loss(f32(feats(70, b=4)), f32(feats(71, b=5)))
+
+
+# ----------------------------------------------------------------------------- batch-invariant scale, batch
+# centring and the diagnostics (README, "Evidence")
+
+
+def np_batch_centered(h):
+    h = np.asarray(h, np.float64)
+    return h - h.mean(axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_per_node_scale_matches_numpy(center):
+    t, s = feats(30), feats(31)
+    b = t.shape[0]
+    node = relation.node_matching_loss(f32(t), f32(s), center=center, normalize="per_node")
+    edge = relation.edge_matching_loss(f32(t), f32(s), center=center, normalize="per_node")
+    assert_close(node, np_node(t, s, center=center) / b)
+    assert_close(edge, np_edge(t, s, center=center) / b)
+
+
+def test_per_node_edge_term_is_the_same_on_a_batch_duplicated_to_2b():
+    t, s = feats(32), feats(33)
+    t2, s2 = np.concatenate([t, t]), np.concatenate([s, s])
+    once = relation.edge_matching_loss(f32(t), f32(s), normalize="per_node")
+    twice = relation.edge_matching_loss(f32(t2), f32(s2), normalize="per_node")
+    np.testing.assert_allclose(float(twice), float(once), rtol=1e-5)
+    # The unnormalised (EGA) term doubles: the scale the per_node option removes.
+    raw_once = relation.edge_matching_loss(f32(t), f32(s))
+    raw_twice = relation.edge_matching_loss(f32(t2), f32(s2))
+    np.testing.assert_allclose(float(raw_twice), 2 * float(raw_once), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_per_node_scale_leaves_mean_kinds_alone(kind):
+    t, s = feats(34), feats(35)
+    assert_close(relation.edge_matching_loss(f32(t), f32(s), kind=kind, normalize="per_node"),
+                 np_edge(t, s, kind=kind))
+
+
+def test_unknown_normalize():
+    with pytest.raises(ValueError, match="relation.normalize"):
+        relation.edge_matching_loss(f32(feats(0)), f32(feats(1)), normalize="per_batch")
+
+
+@pytest.mark.parametrize("kind", ["frobenius", "cosine"])
+def test_batch_center_matches_numpy(kind):
+    t, s = feats(36) + 3.0, feats(37) + 1.0  # a shared offset, as non-negative pooled features have
+    tc, sc = np_batch_centered(t), np_batch_centered(s)
+    assert_close(relation.relation_graph(f32(t), batch_center=True), np_graph(tc))
+    assert_close(relation.cross_graph(f32(t), f32(s), batch_center=True), np_cross(tc, sc))
+    assert_close(relation.node_matching_loss(f32(t), f32(s), kind=kind, batch_center=True), np_node(tc, sc, kind))
+    assert_close(relation.edge_matching_loss(f32(t), f32(s), batch_center=True), np_edge(tc, sc))
+
+
+def test_diagnostics_match_numpy():
+    t, s = feats(38), feats(39)
+    n, a_t, a_s = np_cross(t, s), np_graph(t), np_graph(s)
+    off = ~np.eye(B, dtype=bool)
+    got = relation.relation_diagnostics(f32(t), f32(s))
+    assert_close(got["node_diag_cos"], np.mean(np.diag(n)))
+    assert_close(got["node_offdiag_rms"], np.sqrt(np.mean(n[off] ** 2)))
+    assert_close(got["teacher_graph_mean"], np.mean(a_t[off]))
+    assert_close(got["student_graph_mean"], np.mean(a_s[off]))
+    assert_close(got["edge_offdiag_rms"], np.sqrt(np.mean((a_t - a_s)[off] ** 2)))
+
+
+def test_node_term_prefers_orthogonal_collapse_for_non_negative_teacher_features():
+    """The geometry behind the node-matching collapse: with features that share a direction (as ReLU outputs do),
+    a student orthogonal to every teacher node scores better than one aligned with its own teacher node; batch
+    centring reverses that."""
+    rng = np.random.default_rng(40)
+    b, d = 64, 128
+    t = np.abs(rng.normal(size=(b, d)))  # non-negative, like pooled features after a ReLU
+    aligned = t.copy()
+    # Orthogonal to every teacher node: the component of random vectors outside the teachers' span.
+    q, _ = np.linalg.qr(t.T)
+    r = rng.normal(size=(b, d))
+    collapsed = r - (r @ q) @ q.T
+    assert float(relation.node_matching_loss(f32(t), f32(collapsed))) == pytest.approx(np.sqrt(b), rel=1e-3)
+    assert float(relation.node_matching_loss(f32(t), f32(aligned))) > 5 * np.sqrt(b)
+    diag = relation.relation_diagnostics(f32(t), f32(collapsed))
+    assert abs(float(diag["node_diag_cos"])) < 1e-3 and float(diag["teacher_graph_mean"]) > 0.5
+    # Centred over the batch, the aligned student's cross graph has small off-diagonal entries.
+    centred = relation.node_matching_loss(f32(t), f32(aligned), batch_center=True)
+    assert float(centred) < float(relation.node_matching_loss(f32(t), f32(aligned)))
