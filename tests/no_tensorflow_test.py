@@ -145,3 +145,25 @@ def test_tiny_run_logs_to_wandb_offline(run_without_tensorflow):
                b'relation.K', b'noise.rate',                                                       # the config
                b'test_accuracy_last', b'teacher_linear_probe_accuracy'):                           # the summary
     assert name in records, name
+
+
+def test_tensorboard_events_in_a_bucket_are_uploaded_whole_through_fileio(tmp_path, monkeypatch):
+  """gs:// event files go through fileio (etils.epath -> gcsfs): each upload replaces the object with the whole
+  file, which tensorboard's reader loads. The bucket is faked by catching fileio.write_bytes."""
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+  from rmdnet_jax import fileio, metrics  # noqa: PLC0415
+  uploads = {}
+  monkeypatch.setattr(fileio, 'write_bytes', lambda path, data: uploads.__setitem__(path, data))
+  writer = metrics.TensorBoardWriter('gs://bucket/run/tensorboard', remote_flush_secs=3600.0)
+  writer.write_scalars(1, {'rm/loss': 0.5})
+  assert not uploads  # not yet: at most every remote_flush_secs, and on flush/close
+  writer.write_scalars(2, {'rm/loss': 0.25})
+  writer.close()
+  [(path, data)] = uploads.items()
+  assert path.startswith('gs://bucket/run/tensorboard/events.out.tfevents.')
+  local = tmp_path / 'tb'
+  local.mkdir()
+  (local / path.rsplit('/', 1)[1]).write_bytes(data)
+  accumulator = event_accumulator.EventAccumulator(str(local))
+  accumulator.Reload()
+  assert [(e.step, e.value) for e in accumulator.Scalars('rm/loss')] == [(1, 0.5), (2, 0.25)]
