@@ -61,9 +61,9 @@ def _release_compiled_programs():
 
 # The slowest files first: the parallel runner hands out whole files in collection order, so starting with the
 # longest ones keeps one worker from running a long file alone at the end (longest-processing-time-first).
-SLOWEST_FILES = ("noisy_methods_test.py", "pipeline_test.py", "analysis_test.py", "distill_test.py",
-                 "config_test.py", "dividemix_pipeline_test.py", "simsiam_test.py", "benchmarks_test.py",
-                 "notebook_test.py", "cifar_n_test.py", "device_data_test.py", "data_test.py")
+SLOWEST_FILES = ("multihost_test.py", "noisy_methods_test.py", "pipeline_test.py", "analysis_test.py",
+                 "distill_test.py", "config_test.py", "dividemix_pipeline_test.py", "simsiam_test.py",
+                 "benchmarks_test.py", "notebook_test.py", "cifar_n_test.py", "device_data_test.py", "data_test.py")
 
 
 def pytest_collection_modifyitems(items):
