@@ -304,28 +304,45 @@ def k_figure(rows: list, path: str) -> None:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # noqa: PLC0415
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  finished = [r for r in rows if r['results'].get('test_accuracy_best') is not None]
+  # A line's label: the settings in which it differs from the most common value of each setting.
+  common = {}
+  for key in (finished[0]['settings'] if finished else {}):
+    values = [r['settings'][key] for r in finished]
+    common[key] = max(values, key=lambda v: sum(repr(v) == repr(o) for o in values))
+
+  def label(r, skip):
+    return ', '.join(f'{k.split(".")[-1]}={_setting(v)}' for k, v in r['settings'].items()
+                     if k not in skip and repr(v) != repr(common[k]))
+
+  relation_keys = tuple(k for k in common if k.startswith('relation.'))
+  reference_batch = int(common.get('rgrl.batch_size', 128))
+  fig, ax = plt.subplots(figsize=(10.5, 4.8))
   lines = {}
-  for r in rows:
-    best = r['results'].get('test_accuracy_best')
-    if best is None:
+  for r in finished:
+    best = 100 * r['results']['test_accuracy_best']
+    if not r['settings'].get('method.distill', True):
+      name = f'{r["settings"].get("method.name", "ce")} alone {label(r, ("method.distill", ) + relation_keys)}'
+      ax.axhline(best, color='black', linestyle='--' if len(ax.lines) % 2 == 0 else ':', label=name.strip())
       continue
-    settings = r['settings']
-    if not settings.get('method.distill', True):
-      ax.axhline(100 * best, color='black', linestyle='--', label=f'{settings.get("method.name", "ce")} alone')
-      continue
-    label = ', '.join(f'{k.split(".")[-1]}={_setting(v)}' for k, v in settings.items()
-                      if k not in ('relation.K', 'method.distill') and k != 'relation.teacher_checkpoint')
     knn = r['results'].get('teacher_knn_accuracy')
-    label = (label + (f' (teacher kNN {100 * knn:.1f}%)' if knn is not None else '')).strip(', ')
-    lines.setdefault(label, []).append((settings.get('relation.K', 1.0), 100 * best))
-  for label, points in sorted(lines.items()):
+    name = label(r, ('relation.K', 'relation.teacher_checkpoint', 'relation.teacher_step'))
+    teacher = f'teacher step {r["settings"].get("relation.teacher_step", 0) or "last"}'
+    teacher += f' (kNN {100 * knn:.1f}%)' if knn is not None else ''
+    name = teacher + (f', {name}' if name else '')
+    k = r['settings'].get('relation.K', 1.0)
+    if r['settings'].get('relation.normalize') == 'per_node':
+      # Plotted where it equals the unnormalised form at the common batch B: K_none = K_per_node / B.
+      k /= reference_batch
+      name += f' (at K/{reference_batch})'
+    lines.setdefault(name, []).append((k, best))
+  for name, points in sorted(lines.items()):
     points.sort()
-    ax.plot([k for k, _ in points], [a for _, a in points], marker='o', label=label)
+    ax.plot([k for k, _ in points], [a for _, a in points], marker='o', label=name)
   ax.set_xscale('log')
   ax.set_xlabel('K (weight of the relation terms)')
   ax.set_ylabel('best test accuracy (%)')
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.grid(alpha=0.3)
   fig.tight_layout()
   png = io.BytesIO()

@@ -4,7 +4,8 @@
       --config.relation.teacher_checkpoint=W/rm [--config.relation.teacher_step=N] --out=geometry.json
 
 For one batch of training images (un-augmented, the first `--batch` of the run's training set) and each graph form
-(teacher layer x centring), it reports the mean off-diagonal cosine of the teacher graph and the node term
+(teacher layer x centring), it reports the mean off-diagonal cosine of the teacher graph, the share of the batch's
+variance (features centred over the batch) on its top singular direction, and the node term
 ||N - I||_F of a student that copies the teacher exactly (s_i = t_i), beside sqrt(B), the node term of a student
 orthogonal to every teacher embedding. Where the aligned student scores worse than sqrt(B), the node term's best
 reachable point is the orthogonal collapse, whatever the teacher's quality (README, "Evidence").
@@ -27,7 +28,8 @@ FORMS = (('backbone', 'backbone', False, False), ('backbone+center', 'backbone',
 
 
 def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, batch: int) -> dict:
-  """{form: {teacher_graph_mean, aligned_node_loss, collapsed_node_loss}} on the first `batch` training images."""
+  """{form: {teacher_graph_mean, top_direction_share, aligned_node_loss, collapsed_node_loss}} on the first `batch`
+  training images."""
   images = dataset.train_images[:batch]
   out = {}
   for name, layer, center, batch_center in FORMS:
@@ -36,18 +38,21 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, b
     t = np.asarray(pipeline.encoder_features_fn(form_config, dataset)(teacher, images), np.float32)
     graphs = dict(center=center, batch_center=batch_center)
     diag = relation.relation_diagnostics(t, t, **graphs)
+    centred = t - t.mean(axis=0, keepdims=True)
+    singular = np.linalg.svd(centred, compute_uv=False) if len(t) > 1 else np.ones(1)
     out[name] = {'teacher_graph_mean': float(diag['teacher_graph_mean']),
+                 'top_direction_share': float(singular[0] ** 2 / max(np.sum(singular ** 2), 1e-30)),
                  'aligned_node_loss': float(relation.node_matching_loss(t, t, **graphs)),
                  'collapsed_node_loss': math.sqrt(len(images))}
   return out
 
 
 def format_table(results: dict) -> str:
-  rows = ['| teacher features | mean off-diagonal cos(t_i, t_j) | node term, student = teacher | node term, '
-          'orthogonal student (sqrt B) |', '|---|---|---|---|']
+  rows = ['| teacher features | mean off-diagonal cos(t_i, t_j) | variance on the top direction | node term, '
+          'student = teacher | node term, orthogonal student (sqrt B) |', '|---|---|---|---|---|']
   for name, r in results.items():
-    rows.append(f"| {name} | {r['teacher_graph_mean']:.3f} | {r['aligned_node_loss']:.2f} | "
-                f"{r['collapsed_node_loss']:.2f} |")
+    rows.append(f"| {name} | {r['teacher_graph_mean']:.3f} | {100 * r['top_direction_share']:.0f}% | "
+                f"{r['aligned_node_loss']:.2f} | {r['collapsed_node_loss']:.2f} |")
   return '\n'.join(rows)
 
 

@@ -100,6 +100,7 @@ def test_teacher_geometry_of_relu_features(study):
   # for zero rows; either way near 0.
   assert abs(out['backbone+batch_center']['teacher_graph_mean']) < 0.05
   assert out['backbone']['collapsed_node_loss'] == pytest.approx(np.sqrt(32))
+  assert all(0.0 < r['top_direction_share'] <= 1.0 for r in out.values())
   table = teacher_geometry.format_table(out)
   assert table.count('\n') == len(out) + 1
 
