@@ -6,10 +6,12 @@ epoch; the memorisation of the mislabelled examples measured once, at the end).
 
   python -m rmdnet_jax.main --config=configs/cifar10_cpu_study.py --config.data.data_dir=DIR --workdir=W
 
-`launch/grid.sh --grid=study` runs the whole study (one RM run whose epoch-5 and epoch-20 checkpoints are the
-weak and the stronger teacher, the CE baseline and RMDNet cells); `python -m rmdnet_jax.results` and
-`python -m rmdnet_jax.study_figure` make its table and figure. Runtime on a 2-core CPU (AMD EPYC VM): see the
-README's "Evidence" section, which quotes the committed logs.
+`launch/grid.sh --grid=study --base=workdirs/study --data-dir=DIR` runs the whole study (one RM run whose epoch-5
+and epoch-20 checkpoints are the two teachers, the CE baseline and the RMDNet cells) and
+`launch/study_report.sh workdirs/study DIR` writes its table, figure and teacher geometry to results/cpu_study/.
+
+Runtime on a 2-core CPU (Intel Xeon VM, shared with other jobs; results/cpu_study/wall_time.txt): 84 min of wall
+time for all 15 cells, two or three at a time; the SimSiam run alone took 53 min and each RGRL cell 4-6 min.
 """
 try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)

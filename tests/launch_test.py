@@ -388,4 +388,22 @@ def test_ablations_grid(env):
                        ("node_kind", "cosine")]:
         assert {f"config.relation.{key}": value} in overrides, key
     proc = script(env, GRID, "--grid=nope", "--list", ok=False)
-    assert proc.returncode != 0 and "--grid must be paper, methods or ablations" in proc.stderr
+    assert proc.returncode != 0 and "--grid must be paper, methods, ablations or study" in proc.stderr
+
+
+def test_study_grid(env):
+    """The CPU study: one SimSiam cell, then CE and RMDNet cells on its epoch-5 and epoch-20 checkpoints, each with
+    the data directory that --data-dir names."""
+    commands = printed(env, GRID, "--grid=study", "--base=b", "--data-dir=/data/tfds")
+    runs = {r["workdir"].split("/")[-1]: r for r in (options(c[:c.index(">>")]) for c in commands)}
+    assert len(runs) == 15 and all(r["config"] == "configs/cifar10_cpu_study.py" for r in runs.values())
+    assert all(r["config.data.data_dir"] == "/data/tfds" for r in runs.values())
+    assert runs["study_simsiam"]["config.stages"] == "rm"
+    assert runs["study_ce"]["config.method.distill"] == "False"
+    rmdnet = [r for name, r in runs.items() if name not in ("study_simsiam", "study_ce", "study_ce_b256")]
+    assert all(r["config.relation.teacher_checkpoint"] == "b/study_simsiam/rm" for r in rmdnet)
+    assert {r["config.relation.teacher_step"] for r in rmdnet} == {"160", "640"}
+    for epoch, step in (("5", "160"), ("20", "640")):
+        ks = {runs[f"study_t{epoch}_K{k}"]["config.relation.K"] for k in ("0.1", "0.3", "1")}
+        assert ks == {"0.1", "0.3", "1"} and runs[f"study_t{epoch}_K1"]["config.relation.teacher_step"] == step
+    assert runs["study_t5_K12.8_per_node_b256"]["config.relation.normalize"] == "per_node"
