@@ -57,10 +57,16 @@ def format_table(results: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file of the run whose teacher is measured.',
-                                lock_config=True)
-flags.DEFINE_integer('batch', 128, 'Images in the measured batch (the RGRL batch size is the natural choice).')
-flags.DEFINE_string('out', '', 'Write the measurements as JSON (and the table as .md beside it).')
+
+
+def _define_flags():
+  # Defined only when this module is the program: the command-line modules (main, analysis) define flags of the
+  # same names, and a process that imports them all (a test session) would refuse the second definition.
+  config_flags.DEFINE_config_file('config', None, 'Config file of the run whose teacher is measured.',
+                                  lock_config=True)
+  flags.DEFINE_integer('batch', 128, 'Images in the measured batch (the RGRL batch size is the natural choice).')
+  flags.DEFINE_string('out', '', 'Write the measurements as JSON (and the table as .md beside it).')
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -77,5 +83,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
+  _define_flags()
   app.run(main)

@@ -124,3 +124,19 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   config.relation.teacher_step = RM_STEPS_PER_EPOCH
   with pytest.raises(pipeline.WorkdirConfigMismatch, match='relation.teacher_step: 0 -> 4'):
     pipeline.run(config, workdir)
+
+
+def test_teacher_geometry_command_prints_the_table(study, tmp_path):
+  import subprocess, sys  # noqa: E401,PLC0415
+  _, rm_dir, _ = study
+  out = tmp_path / 'geometry.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'rmdnet_jax.teacher_geometry', '--config=configs/tiny.py',
+       '--config.data.synthetic_image_size=8', '--config.data.synthetic_train_size=64',
+       '--config.model.width=4', '--config.student.width=4', '--config.model.projector_dim=16',
+       '--config.model.predictor_dim=32', '--config.rm.batch_size=16', '--config.rgrl.batch_size=16',
+       '--config.rm.knn_k=5', '--config.rm.epochs=2', '--batch=16',
+       f'--config.relation.teacher_checkpoint={rm_dir}/rm', f'--out={out}'],
+      capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '| backbone |' in proc.stdout and set(json.load(open(out))) == {n for n, *_ in teacher_geometry.FORMS}
