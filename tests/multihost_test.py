@@ -4,9 +4,10 @@ distributed service on a free local port, gloo collectives), against the same ru
   * the 2-process run finishes, and its losses, results and final parameters match the 1-process run's;
   * SIGTERM to one of the two processes stops both at the same step, with one checkpoint, exit status 75; rerunning
     both finishes the run;
-  * a 2-process work directory is resumed, and read (teacher hand-off, analysis), by 1 process.
+  * a 2-process work directory is resumed, and read (teacher hand-off, analysis), by 1 process, and a 1-process
+    checkpoint is resumed by 2 processes.
 
-The runs are shared between the tests (module fixtures): 1 + 2 + 2 + 1 process launches in all.
+The runs are shared between the tests (module fixtures): 1 + 2 + 2 + 1 + 1 + 2 process launches in all.
 """
 import json
 import os
@@ -163,11 +164,8 @@ def reference(tmp):
   return job.workdir
 
 
-@pytest.fixture(scope='module')
-def preempted(tmp):
-  """2 processes x 4 devices; SIGTERM to process 1 once RM has logged its first step. Returns the job, and a copy
-  of its work directory as the preemption left it."""
-  job = Job(tmp, tmp / 'two_processes', 2, 'preempted')
+def _sigterm_after_first_rm_step(job, process):
+  """Sends SIGTERM to one process of `job` once RM has logged its first step."""
   metrics = pathlib.Path(job.workdir, 'metrics.jsonl')
   deadline = time.monotonic() + TIMEOUT_S
   while not (metrics.exists() and 'rm/loss' in metrics.read_text()):
@@ -175,7 +173,15 @@ def preempted(tmp):
       job.wait()
       pytest.fail(f'RM did not log a step\n{job.output()}')
     time.sleep(0.02)
-  job.procs[1].send_signal(signal.SIGTERM)
+  job.procs[process].send_signal(signal.SIGTERM)
+
+
+@pytest.fixture(scope='module')
+def preempted(tmp):
+  """2 processes x 4 devices; SIGTERM to process 1 once RM has logged its first step. Returns the job, and a copy
+  of its work directory as the preemption left it."""
+  job = Job(tmp, tmp / 'two_processes', 2, 'preempted')
+  _sigterm_after_first_rm_step(job, 1)
   job.expect(loop.PREEMPTED_EXIT_CODE, loop.PREEMPTED_EXIT_CODE)
   copy = tmp / 'preempted_copy'
   shutil.copytree(job.workdir, copy)
@@ -211,6 +217,16 @@ def test_two_process_checkpoint_resumes_on_one_process(tmp, preempted, reference
   _, copy = preempted
   Job(tmp, copy, 1, 'one_process_resume').expect(0)
   _assert_same_run(copy, reference)
+
+
+def test_one_process_checkpoint_resumes_on_two_processes(tmp, reference, resumed):
+  # `resumed` first: the 2-process compile cache is then warm, so neither process waits on the other's compile.
+  job = Job(tmp, tmp / 'one_then_two', 1, 'one_process_preempted')
+  _sigterm_after_first_rm_step(job, 0)
+  job.expect(loop.PREEMPTED_EXIT_CODE)
+  assert len(_steps(os.path.join(job.workdir, 'rm'))) == 1
+  Job(tmp, job.workdir, 2, 'two_process_resume').expect(0, 0)
+  _assert_same_run(job.workdir, reference)
 
 
 def test_one_process_reads_a_two_process_workdir(resumed, reference):
