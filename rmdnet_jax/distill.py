@@ -36,13 +36,13 @@ def view_kwargs(config: ml_collections.ConfigDict, mean, std) -> dict:
               flip_prob=config.rgrl.augment.flip_prob)
 
 
-def teacher_apply_fn(config: ml_collections.ConfigDict) -> Callable:
-  """apply(variables, images_float) -> teacher features [b, D] of `config.relation.teacher_layer`.
+def teacher_apply_fn(config: ml_collections.ConfigDict, layer: Optional[str] = None) -> Callable:
+  """apply(variables, images_float) -> teacher features [b, D] of `layer` (default `config.relation.teacher_layer`).
 
   BatchNorm runs in inference mode: the teacher is frozen, its running statistics are part of it.
   """
   net = models.simsiam_net(config.model, axis_name=None)
-  key = {'backbone': 'features', 'projector': 'z'}[config.relation.teacher_layer]
+  key = {'backbone': 'features', 'projector': 'z'}[layer or config.relation.teacher_layer]
 
   def apply(variables, images):
     return net.apply(variables, images, train=False, method=models.SimSiamNet.encode)[key]

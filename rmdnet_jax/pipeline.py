@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from rmdnet_jax import (augment, checkpoints, config_checks, data, device_data, distill, fileio, linear_probe,
-                        loop, methods, metrics, models, noise, parallel, simsiam)
+                        loop, methods, metrics, noise, parallel, simsiam)
 from rmdnet_jax import train_state as train_state_lib
 from rmdnet_jax import workdir as workdir_lib
 
@@ -224,9 +224,10 @@ def on_uint8_images(apply, dataset, output_key=None):
   return on_uint8
 
 
-def encoder_features_fn(config, dataset):
-  """apply(variables, uint8 images) -> teacher-layer features ('features' or 'z' per relation.teacher_layer)."""
-  return on_uint8_images(distill.teacher_apply_fn(config), dataset)
+def encoder_features_fn(config, dataset, layer=None):
+  """apply(variables, uint8 images) -> the teacher's features of `layer` ('backbone' or 'projector'; default
+  relation.teacher_layer)."""
+  return on_uint8_images(distill.teacher_apply_fn(config, layer), dataset)
 
 
 def knn_monitor(config, dataset, variables, features_fn) -> float:
@@ -316,9 +317,7 @@ def linear_probe_stage(config, dataset: data.Dataset, workdir: str, writer, teac
   """
   if teacher is None:
     teacher = load_teacher(config, dataset, workdir)
-  backbone = on_uint8_images(
-      lambda variables, images: models.simsiam_net(config.model, axis_name=None).apply(
-          variables, images, train=False, method=models.SimSiamNet.encode)['features'], dataset)
+  backbone = encoder_features_fn(config, dataset, layer='backbone')
   logging.info('Linear probe: encoding %d train + %d test images with the frozen teacher.',
                len(dataset.train_images), len(dataset.test_images))
   train_features = parallel.map_batches(backbone, teacher, dataset.train_images, config.eval_batch_size)

@@ -33,9 +33,7 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, b
   images = dataset.train_images[:batch]
   out = {}
   for name, layer, center, batch_center in FORMS:
-    form_config = config.copy_and_resolve_references()
-    form_config.relation.teacher_layer = layer
-    t = np.asarray(pipeline.encoder_features_fn(form_config, dataset)(teacher, images), np.float32)
+    t = np.asarray(pipeline.encoder_features_fn(config, dataset, layer)(teacher, images), np.float32)
     graphs = dict(center=center, batch_center=batch_center)
     diag = relation.relation_diagnostics(t, t, **graphs)
     centred = t - t.mean(axis=0, keepdims=True)

@@ -25,9 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import tiny
 from rmdnet_jax import analysis, checkpoints, data, loop, pipeline
-from tests import conftest
+from tests import conftest, helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -46,14 +45,8 @@ RM_STEPS, RGRL_STEPS = 12, 4
 
 
 def _config():
-  config = tiny.get_config()
-  for key, value in OVERRIDES.items():
-    *path, leaf = key.split('.')
-    target = config
-    for p in path:
-      target = target[p]
-    target[leaf] = value
-  return config
+  """The config the processes run: configs/tiny.py with OVERRIDES (which set every key tiny_config shrinks)."""
+  return helpers.tiny_config(**OVERRIDES)
 
 
 def _free_port() -> int:
