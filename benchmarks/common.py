@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: environment record, XLA cost analysis, timing, output files."""
+
 import datetime
 import gzip
 import json
@@ -75,8 +76,10 @@ def _load_average() -> Optional[float]:
 
 def _git_revision() -> dict:
   def git(*args):
-    return subprocess.run(('git', '-C', REPO_ROOT) + args, capture_output=True, text=True, timeout=10,
-                          check=False).stdout.strip()
+    return subprocess.run(
+        ('git', '-C', REPO_ROOT) + args, capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
+
   try:
     return {'commit': git('rev-parse', 'HEAD') or None, 'dirty': bool(git('status', '--porcelain'))}
   except (OSError, subprocess.SubprocessError):
@@ -132,14 +135,16 @@ def environment(module: str, argv: Sequence[str]) -> dict:
       'process_count': jax.process_count(),
       **record['hardware'],
   }
-  record['software'].update({
-      'jax': jax.__version__,
-      'jaxlib': _version('jaxlib'),
-      'flax': _version('flax'),
-      'optax': _version('optax'),
-      'jax_threefry_partitionable': bool(jax.config.jax_threefry_partitionable),
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
-  })
+  record['software'].update(
+      {
+          'jax': jax.__version__,
+          'jaxlib': _version('jaxlib'),
+          'flax': _version('flax'),
+          'optax': _version('optax'),
+          'jax_threefry_partitionable': bool(jax.config.jax_threefry_partitionable),
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      }
+  )
   return record
 
 
@@ -190,8 +195,12 @@ def compile_with_flops(lowered) -> tuple[Any, dict]:
     flops, source = flops_compiled, 'xla_cost_analysis_compiled'
   else:
     flops, source = flops_lowered, 'xla_cost_analysis_lowered' if flops_lowered is not None else None
-  return compiled, {'flops': flops, 'flops_source': source, 'flops_compiled': flops_compiled,
-                    'flops_lowered': flops_lowered}
+  return compiled, {
+      'flops': flops,
+      'flops_source': source,
+      'flops_compiled': flops_compiled,
+      'flops_lowered': flops_lowered,
+  }
 
 
 def time_repeats(run_once: Callable[[], Any], repeats: int) -> list[float]:
@@ -237,9 +246,11 @@ def environment_markdown(env: dict) -> str:
       f"{hw['process_count']} process(es).",
       f"- Software: JAX {sw['jax']} (jaxlib {sw['jaxlib']}), Flax {sw['flax']}, Optax {sw['optax']}, "
       f"Python {sw['python']}; jax_threefry_partitionable={sw['jax_threefry_partitionable']}"
-      + (f"; XLA_FLAGS={sw['xla_flags']!r}" if sw['xla_flags'] else '') + '.',
+      + (f"; XLA_FLAGS={sw['xla_flags']!r}" if sw['xla_flags'] else '')
+      + '.',
       f"- Date (UTC): {env['date_utc']}; git {env['git']['commit'] or 'unknown'}"
-      + (' (uncommitted changes)' if env['git']['dirty'] else '') + '.',
+      + (' (uncommitted changes)' if env['git']['dirty'] else '')
+      + '.',
   ]
   if env.get('command'):
     lines.append(f"- Command: `{env['command']}`")
@@ -301,8 +312,11 @@ def trace_top_ops(trace_dir: str, *, steps: int, top: int = 15, by_kind: bool = 
   with gzip.open(path, 'rt') as f:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  process_names = {e['pid']: e.get('args', {}).get('name', '') for e in events
-                   if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  process_names = {
+      e['pid']: e.get('args', {}).get('name', '')
+      for e in events
+      if e.get('ph') == 'M' and e.get('name') == 'process_name'
+  }
   spans = [e for e in events if e.get('ph') == 'X' and 'dur' in e]
   ops = [e for e in spans if 'hlo_op' in e.get('args', {})]
   if not ops:
@@ -318,9 +332,16 @@ def trace_top_ops(trace_dir: str, *, steps: int, top: int = 15, by_kind: bool = 
   grand_total = sum(totals.values())
   rows = []
   for (op, module), micros in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
-    rows.append({'op': op, 'module': module, 'calls': calls[(op, module)], 'total_ms': micros / 1e3,
-                 'ms_per_step_per_device': micros / 1e3 / max(steps, 1) / max(len(devices), 1),
-                 'share': micros / grand_total if grand_total else None})
+    rows.append(
+        {
+            'op': op,
+            'module': module,
+            'calls': calls[(op, module)],
+            'total_ms': micros / 1e3,
+            'ms_per_step_per_device': micros / 1e3 / max(steps, 1) / max(len(devices), 1),
+            'share': micros / grand_total if grand_total else None,
+        }
+    )
   return rows
 
 
@@ -328,6 +349,8 @@ def top_ops_markdown(rows: Sequence[dict]) -> str:
   """`trace_top_ops` rows as a markdown table."""
   lines = ['| op | HLO module | calls | ms/step/device | share |', '|---|---|---|---|---|']
   for r in rows:
-    lines.append(f"| `{r['op']}` | `{r['module']}` | {r['calls']} | {fmt(r['ms_per_step_per_device'], 3)} | "
-                 f"{fmt_pct(r['share'])} |")
+    lines.append(
+        f"| `{r['op']}` | `{r['module']}` | {r['calls']} | {fmt(r['ms_per_step_per_device'], 3)} | "
+        f"{fmt_pct(r['share'])} |"
+    )
   return '\n'.join(lines)

@@ -26,6 +26,7 @@ only the batch indices; `off` ships each batch's images from the host, as the pi
 
 Writes OUT/epoch_time.json and OUT/epoch_time.md.
 """
+
 import argparse
 import os
 import sys
@@ -38,8 +39,18 @@ import ml_collections
 
 from benchmarks import common, throughput
 from configs import default
-from rmdnet_jax import (checkpoints, config_checks, data, device_data, distill, loop, metrics, parallel, pipeline,
-                        simsiam)
+from rmdnet_jax import (
+    checkpoints,
+    config_checks,
+    data,
+    device_data,
+    distill,
+    loop,
+    metrics,
+    parallel,
+    pipeline,
+    simsiam,
+)
 from rmdnet_jax import train_state as train_state_lib
 
 # As rmdnet_jax.main, so that the timed step is the one training runs.
@@ -55,27 +66,43 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m benchmarks.epoch_time', description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet18', help='Backbone of teacher and student (model.name).')
   parser.add_argument('--width', type=int, default=64, help='Channels of the first stage (model.width).')
-  parser.add_argument('--projector_dim', type=int, default=None,
-                      help='SimSiam projector width (default: configs/default.py, 2048).')
+  parser.add_argument(
+      '--projector_dim', type=int, default=None, help='SimSiam projector width (default: configs/default.py, 2048).'
+  )
   parser.add_argument('--num_classes', type=int, default=10, help='Classifier outputs (CIFAR-10: 10).')
   parser.add_argument('--dtype', default='float32', choices=throughput.DTYPES, help='model.dtype.')
   parser.add_argument('--image_size', type=int, default=32, help='Square image side in pixels.')
-  parser.add_argument('--train_size', type=int, default=50_000,
-                      help='Synthetic training images (data.synthetic_train_size); 50,000 is a CIFAR epoch.')
-  parser.add_argument('--rm_batch', type=int, default=None,
-                      help='Global batch of the SimSiam stage (default: configs/default.py, 512).')
-  parser.add_argument('--rgrl_batch', type=int, default=None,
-                      help='Global batch of the RGRL and CE stages (default: configs/default.py, 128).')
+  parser.add_argument(
+      '--train_size',
+      type=int,
+      default=50_000,
+      help='Synthetic training images (data.synthetic_train_size); 50,000 is a CIFAR epoch.',
+  )
+  parser.add_argument(
+      '--rm_batch', type=int, default=None, help='Global batch of the SimSiam stage (default: configs/default.py, 512).'
+  )
+  parser.add_argument(
+      '--rgrl_batch',
+      type=int,
+      default=None,
+      help='Global batch of the RGRL and CE stages (default: configs/default.py, 128).',
+  )
   parser.add_argument('--stages', default='simsiam,rgrl', help=f'Comma-separated subset of {STAGES}.')
   parser.add_argument('--epochs', type=int, default=2, help='Epochs per stage (at least 2).')
-  parser.add_argument('--resident', default='on',
-                      help="on: the training set resident on the devices, only indices shipped per step "
-                           "(rmdnet_jax.device_data); off: batches shipped from the host; 'on,off': both.")
+  parser.add_argument(
+      '--resident',
+      default='on',
+      help='on: the training set resident on the devices, only indices shipped per step '
+      "(rmdnet_jax.device_data); off: batches shipped from the host; 'on,off': both.",
+  )
   parser.add_argument('--edge_kind', default=None, help='relation.edge_kind (default: configs/default.py).')
   parser.add_argument('--teacher_layer', default=None, help='relation.teacher_layer (default: backbone).')
   parser.add_argument('--seed', type=int, default=0, help='Seed of the data, parameters and batch order.')
-  parser.add_argument('--workdir', default=None,
-                      help='Where the loop writes its metrics and checkpoint (default: a temporary directory).')
+  parser.add_argument(
+      '--workdir',
+      default=None,
+      help='Where the loop writes its metrics and checkpoint (default: a temporary directory).',
+  )
   parser.add_argument('--out', default='benchmarks/results/latest', help='Directory for epoch_time.json/.md.')
   return parser
 
@@ -83,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 def make_config(args: argparse.Namespace, kind: str) -> ml_collections.ConfigDict:
   """`throughput.make_config` with the stage's batch, the data size, the epochs and no evaluation."""
   default_batch = default.get_config()
-  batch = (args.rm_batch or default_batch.rm.batch_size) if kind == 'simsiam' else (
-      args.rgrl_batch or default_batch.rgrl.batch_size)
+  batch = (
+      (args.rm_batch or default_batch.rm.batch_size)
+      if kind == 'simsiam'
+      else (args.rgrl_batch or default_batch.rgrl.batch_size)
+  )
   config = throughput.make_config(args, args.dtype, batch)
   config.data.synthetic_train_size = args.train_size
   config.data.synthetic_seed = args.seed
@@ -92,7 +122,7 @@ def make_config(args: argparse.Namespace, kind: str) -> ml_collections.ConfigDic
   config.log_every_steps = 0  # once per epoch: each log closes one timed epoch
   for stage in (config.rm, config.rgrl):
     stage.epochs = args.epochs
-    stage.eval_every_epochs = 0        # evaluation is not part of the epoch time
+    stage.eval_every_epochs = 0  # evaluation is not part of the epoch time
     stage.checkpoint_every_epochs = 0  # one checkpoint, after the last epoch's log
   config_checks.validate(config)
   return config
@@ -138,8 +168,14 @@ class CompileEvents:
     return sum(d for t, d in self.events if start < t <= end)
 
 
-def stage_inputs(kind: str, config: ml_collections.ConfigDict, dataset: data.Dataset, steps_per_epoch: int,
-                 learning_rate_fn, seed: int):
+def stage_inputs(
+    kind: str,
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    steps_per_epoch: int,
+    learning_rate_fn,
+    seed: int,
+):
   """The replicated state, the step (un-pmapped), its sharded argument numbers, its broadcast arguments and the
   host arrays, as `pipeline.rm_stage` / `pipeline.rgrl_stage` build them."""
   init_rng = jax.random.key(seed)
@@ -153,28 +189,35 @@ def stage_inputs(kind: str, config: ml_collections.ConfigDict, dataset: data.Dat
     # A fresh RM network stands in for the trained teacher: its forward costs the same.
     rm_lr = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch)
     rm_state = simsiam.create_simsiam_state(jax.random.fold_in(init_rng, 1), config, image_shape, rm_lr)
-    teacher = parallel.replicate(distill.teacher_variables({'params': rm_state.params,
-                                                            'batch_stats': rm_state.batch_stats}))
-  state = distill.create_distill_state(init_rng, config, image_shape, learning_rate_fn, teacher,
-                                       num_examples=len(dataset.train_images))
+    teacher = parallel.replicate(
+        distill.teacher_variables({'params': rm_state.params, 'batch_stats': rm_state.batch_stats})
+    )
+  state = distill.create_distill_state(
+      init_rng, config, image_shape, learning_rate_fn, teacher, num_examples=len(dataset.train_images)
+  )
   arrays = {'images': dataset.train_images, 'labels': dataset.train_labels}
   return parallel.replicate(state), step_fn, sharded_argnums, (teacher,), arrays
 
 
-def measure_stage(kind: str, config: ml_collections.ConfigDict, dataset: data.Dataset, *, resident: bool,
-                  workdir: str, seed: int) -> dict:
+def measure_stage(
+    kind: str, config: ml_collections.ConfigDict, dataset: data.Dataset, *, resident: bool, workdir: str, seed: int
+) -> dict:
   """Runs `config`'s epochs of one stage through `loop.train` and times each epoch."""
   stage = _LOOP_STAGE[kind]
   stage_config = config.rm if kind == 'simsiam' else config.rgrl
   num_examples = len(dataset.train_images)
   sched = pipeline.stage_schedule(stage_config, num_examples, config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(stage_config, sched.steps_per_epoch)
-  state, step_fn, sharded_argnums, step_args, arrays = stage_inputs(kind, config, dataset, sched.steps_per_epoch,
-                                                                    lr_fn, seed)
-  batch_kwargs = dict(num_steps=sched.num_steps, global_batch_size=stage_config.batch_size, seed=config.seed,
-                      stream=_STREAM[kind],
-                      host_slice=parallel.host_batch_slice(stage_config.batch_size, jax.process_index(),
-                                                           jax.process_count()))
+  state, step_fn, sharded_argnums, step_args, arrays = stage_inputs(
+      kind, config, dataset, sched.steps_per_epoch, lr_fn, seed
+  )
+  batch_kwargs = dict(
+      num_steps=sched.num_steps,
+      global_batch_size=stage_config.batch_size,
+      seed=config.seed,
+      stream=_STREAM[kind],
+      host_slice=parallel.host_batch_slice(stage_config.batch_size, jax.process_index(), jax.process_count()),
+  )
   if resident:
     data_argnum = sharded_argnums[0]
     step_fn = device_data.with_resident_data(step_fn, data_argnum)
@@ -183,14 +226,17 @@ def measure_stage(kind: str, config: ml_collections.ConfigDict, dataset: data.Da
 
     def batches(start_step):
       return map(parallel.shard, device_data.index_batches(num_examples, start_step=start_step, **batch_kwargs))
+
   else:
+
     def batches(start_step):
       return map(parallel.shard, data.host_batches(arrays, start_step=start_step, **batch_kwargs))
 
   rng = jax.random.fold_in(jax.random.key(seed), _STREAM[kind])
   # The batch of step 0 as the loop will see it, for compiling ahead of the loop.
-  compile_s, flops = throughput.compile_step(step_fn, sharded_argnums,
-                                             (state, *step_args, next(batches(0)), jax.random.fold_in(rng, 0)))
+  compile_s, flops = throughput.compile_step(
+      step_fn, sharded_argnums, (state, *step_args, next(batches(0)), jax.random.fold_in(rng, 0))
+  )
   step = parallel.pmap_step(step_fn, sharded_argnums=sharded_argnums)
 
   stage_dir = os.path.join(workdir, f"{kind}_{'resident' if resident else 'host'}")
@@ -199,9 +245,21 @@ def measure_stage(kind: str, config: ml_collections.ConfigDict, dataset: data.Da
   meta = checkpoints.stage_meta(config, stage, dataset.image_shape)
   with CompileEvents() as compiles:
     start = time.perf_counter()
-    state = loop.train(stage=stage, state=state, step_fn=step, batches=batches(0), rng=rng, start_step=0,
-                       schedule=sched, mngr=mngr, meta=meta, writer=writer, learning_rate_fn=lr_fn,
-                       global_batch_size=stage_config.batch_size, step_args=step_args)
+    state = loop.train(
+        stage=stage,
+        state=state,
+        step_fn=step,
+        batches=batches(0),
+        rng=rng,
+        start_step=0,
+        schedule=sched,
+        mngr=mngr,
+        meta=meta,
+        writer=writer,
+        learning_rate_fn=lr_fn,
+        global_batch_size=stage_config.batch_size,
+        step_args=step_args,
+    )
   mngr.close()
   del state
   ends = writer.times
@@ -230,30 +288,36 @@ def measure_stage(kind: str, config: ml_collections.ConfigDict, dataset: data.Da
 
 def markdown(record: dict) -> str:
   """The results table, the settings and the environment as markdown."""
-  lines = ['| stage | data | global batch | steps/epoch | step compile s | epoch 1 s | epoch 2 s | '
-           'images/s (epoch 2) | ms/step (epoch 2) | other compiles in epoch 1 s |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+  lines = [
+      '| stage | data | global batch | steps/epoch | step compile s | epoch 1 s | epoch 2 s | '
+      'images/s (epoch 2) | ms/step (epoch 2) | other compiles in epoch 1 s |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+  ]
   for r in record['results']:
-    lines.append(f"| {r['step']} | {'resident' if r['resident'] else 'host'} | {r['global_batch']} | "
-                 f"{r['steps_per_epoch']} | {common.fmt(r['compile_s'], 1)} | {common.fmt(r['first_epoch_s'], 2)} | "
-                 f"{common.fmt(r['second_epoch_s'], 2)} | {common.fmt(r['images_per_s_second_epoch'], 0)} | "
-                 f"{common.fmt(r['ms_per_step_second_epoch'], 1)} | {common.fmt(r['compile_s_during_epoch'][0], 2)} |")
+    lines.append(
+        f"| {r['step']} | {'resident' if r['resident'] else 'host'} | {r['global_batch']} | "
+        f"{r['steps_per_epoch']} | {common.fmt(r['compile_s'], 1)} | {common.fmt(r['first_epoch_s'], 2)} | "
+        f"{common.fmt(r['second_epoch_s'], 2)} | {common.fmt(r['images_per_s_second_epoch'], 0)} | "
+        f"{common.fmt(r['ms_per_step_second_epoch'], 1)} | {common.fmt(r['compile_s_during_epoch'][0], 2)} |"
+    )
   s = record['settings']
-  return '\n'.join([
-      '# Epoch time through the training loop',
-      '',
-      '\n'.join(lines),
-      '',
-      f"Model {s['model']} width {s['width']}, {s['dtype']}, {s['train_size']:,} synthetic "
-      f"{s['image_size']}x{s['image_size']} images, {s['num_devices']} device(s), {s['epochs']} epochs per stage.",
-      'An epoch: from the previous epoch\'s log (or the loop\'s start) to its own log, through `loop.train`: host '
-      'batching, transfer, step and the per-epoch log; no evaluation and no per-epoch checkpoint. The step is '
-      'compiled before the loop (step compile s); the other compiles that happen inside epoch 1 (the loop\'s small '
-      'metric and learning-rate computations) are included in it and listed. data: resident = the training set on '
-      'every device, only indices shipped (`rmdnet_jax.device_data`); host = each batch shipped from the host.',
-      '',
-      common.environment_markdown(record['environment']),
-  ])
+  return '\n'.join(
+      [
+          '# Epoch time through the training loop',
+          '',
+          '\n'.join(lines),
+          '',
+          f"Model {s['model']} width {s['width']}, {s['dtype']}, {s['train_size']:,} synthetic "
+          f"{s['image_size']}x{s['image_size']} images, {s['num_devices']} device(s), {s['epochs']} epochs per stage.",
+          "An epoch: from the previous epoch's log (or the loop's start) to its own log, through `loop.train`: host "
+          'batching, transfer, step and the per-epoch log; no evaluation and no per-epoch checkpoint. The step is '
+          "compiled before the loop (step compile s); the other compiles that happen inside epoch 1 (the loop's small "
+          'metric and learning-rate computations) are included in it and listed. data: resident = the training set on '
+          'every device, only indices shipped (`rmdnet_jax.device_data`); host = each batch shipped from the host.',
+          '',
+          common.environment_markdown(record['environment']),
+      ]
+  )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
@@ -276,10 +340,12 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
       for mode in modes:
         row = measure_stage(kind, config, dataset, resident=mode == 'on', workdir=workdir, seed=args.seed)
         results.append(row)
-        print(f"{kind:8s} {'resident' if row['resident'] else 'host':8s} batch {row['global_batch']:5d}: "
-              f"epoch 1 {row['first_epoch_s']:8.2f} s, epoch 2 {row['second_epoch_s']:8.2f} s "
-              f"({row['images_per_s_second_epoch']:.1f} images/s; step compile {row['compile_s']:.1f} s)",
-              flush=True)
+        print(
+            f"{kind:8s} {'resident' if row['resident'] else 'host':8s} batch {row['global_batch']:5d}: "
+            f"epoch 1 {row['first_epoch_s']:8.2f} s, epoch 2 {row['second_epoch_s']:8.2f} s "
+            f"({row['images_per_s_second_epoch']:.1f} images/s; step compile {row['compile_s']:.1f} s)",
+            flush=True,
+        )
   record = {
       'benchmark': 'epoch_time',
       'environment': environment,

@@ -6,6 +6,7 @@
 versions are compared in one environment. Each repeat is a new process (`python -c "import MODULE"`), timed from
 outside; the median is reported.
 """
+
 import argparse
 import json
 import os
@@ -14,8 +15,10 @@ import subprocess
 import sys
 import time
 
-PROBE = ('import sys, time; t = time.perf_counter(); import {module}; '
-         'print(time.perf_counter() - t, "tensorflow" in sys.modules)')
+PROBE = (
+    'import sys, time; t = time.perf_counter(); import {module}; '
+    'print(time.perf_counter() - t, "tensorflow" in sys.modules)'
+)
 
 
 def measure(module: str, repeats: int, repo: str) -> dict:
@@ -24,12 +27,23 @@ def measure(module: str, repeats: int, repo: str) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   for _ in range(repeats):
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, '-c', PROBE.format(module=module)], cwd=repo, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, '-c', PROBE.format(module=module)],
+        cwd=repo,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     seconds.append(time.perf_counter() - start)
     tensorflow.add(out[-1] == 'True')
-  return {'module': module, 'repo': os.path.abspath(repo), 'seconds': seconds,
-          'median_s': statistics.median(seconds), 'imports_tensorflow': tensorflow == {True}}
+  return {
+      'module': module,
+      'repo': os.path.abspath(repo),
+      'seconds': seconds,
+      'median_s': statistics.median(seconds),
+      'imports_tensorflow': tensorflow == {True},
+  }
 
 
 def main(argv=None) -> int:
@@ -40,8 +54,10 @@ def main(argv=None) -> int:
   parser.add_argument('--out', help='write the result as JSON')
   args = parser.parse_args(argv)
   result = measure(args.module, args.repeats, args.repo)
-  print(f"import {result['module']}: median {result['median_s']:.2f} s over {args.repeats} fresh processes "
-        f"({'imports' if result['imports_tensorflow'] else 'does not import'} TensorFlow)")
+  print(
+      f"import {result['module']}: median {result['median_s']:.2f} s over {args.repeats} fresh processes "
+      f"({'imports' if result['imports_tensorflow'] else 'does not import'} TensorFlow)"
+  )
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=2)

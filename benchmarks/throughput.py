@@ -26,6 +26,7 @@ and timing; model step only, augmentation excluded) in a subprocess, before JAX 
 images/s and the JAX/PyTorch ratio to every row. `--profile_dir=DIR` traces `--profile_steps` more steps of each
 configuration with `jax.profiler` into DIR/<step>_<dtype>_b<batch> and prints the slowest XLA ops.
 """
+
 import argparse
 import functools
 import importlib.util
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m benchmarks.throughput', description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet18', help='Backbone of teacher and student (model.name).')
   parser.add_argument('--width', type=int, default=64, help='Channels of the first stage (model.width).')
-  parser.add_argument('--projector_dim', type=int, default=None,
-                      help='SimSiam projector width (default: configs/default.py, 2048).')
+  parser.add_argument(
+      '--projector_dim', type=int, default=None, help='SimSiam projector width (default: configs/default.py, 2048).'
+  )
   parser.add_argument('--num_classes', type=int, default=10, help='Classifier outputs (CIFAR-10: 10).')
   parser.add_argument('--batch_per_device', default='256,512', help='Comma-separated per-chip batch sizes.')
   parser.add_argument('--dtype', default='float32,bfloat16', help='Comma-separated model.dtype values.')
@@ -75,32 +77,56 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--steps', type=int, default=50, help='Timed steps per repeat.')
   parser.add_argument('--repeats', type=int, default=5, help='Timed repeats; the median is reported.')
   parser.add_argument('--warmup', type=int, default=5, help='Untimed steps before the repeats.')
-  parser.add_argument('--augment', choices=('on', 'off'), default='on',
-                      help='off: also time the augmentation alone and report the model-only throughput.')
-  parser.add_argument('--peak_tflops', default=None,
-                      help="Peak dense TFLOP/s per chip for MFU: one number, or per dtype as "
-                           "'float32=67,bfloat16=989'. Without it no MFU is reported.")
+  parser.add_argument(
+      '--augment',
+      choices=('on', 'off'),
+      default='on',
+      help='off: also time the augmentation alone and report the model-only throughput.',
+  )
+  parser.add_argument(
+      '--peak_tflops',
+      default=None,
+      help='Peak dense TFLOP/s per chip for MFU: one number, or per dtype as '
+      "'float32=67,bfloat16=989'. Without it no MFU is reported.",
+  )
   parser.add_argument('--edge_kind', default=None, help='relation.edge_kind (default: configs/default.py).')
   parser.add_argument('--teacher_layer', default=None, help='relation.teacher_layer (default: backbone).')
   parser.add_argument('--seed', type=int, default=0, help='Seed of the parameters, images and labels.')
-  parser.add_argument('--compare-torch', '--compare_torch', dest='compare_torch', action='store_true',
-                      help='Also time the PyTorch peer (benchmarks/torch_peer.py) with the same settings and '
-                           'report its images/s and jax/torch; needs pip install -r benchmarks/requirements.txt.')
-  parser.add_argument('--torch_device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                      help='Device of the PyTorch peer (auto: cuda when PyTorch sees one, else cpu).')
-  parser.add_argument('--torch_compile', choices=('auto', 'on', 'off'), default='auto',
-                      help='torch.compile in the PyTorch peer (auto: on for cuda, off on cpu).')
-  parser.add_argument('--profile_dir', default=None,
-                      help='Trace --profile_steps extra steps of each configuration with jax.profiler into '
-                           'PROFILE_DIR/<step>_<dtype>_b<batch> and print the slowest XLA ops.')
+  parser.add_argument(
+      '--compare-torch',
+      '--compare_torch',
+      dest='compare_torch',
+      action='store_true',
+      help='Also time the PyTorch peer (benchmarks/torch_peer.py) with the same settings and '
+      'report its images/s and jax/torch; needs pip install -r benchmarks/requirements.txt.',
+  )
+  parser.add_argument(
+      '--torch_device',
+      choices=('auto', 'cpu', 'cuda'),
+      default='auto',
+      help='Device of the PyTorch peer (auto: cuda when PyTorch sees one, else cpu).',
+  )
+  parser.add_argument(
+      '--torch_compile',
+      choices=('auto', 'on', 'off'),
+      default='auto',
+      help='torch.compile in the PyTorch peer (auto: on for cuda, off on cpu).',
+  )
+  parser.add_argument(
+      '--profile_dir',
+      default=None,
+      help='Trace --profile_steps extra steps of each configuration with jax.profiler into '
+      'PROFILE_DIR/<step>_<dtype>_b<batch> and print the slowest XLA ops.',
+  )
   parser.add_argument('--profile_steps', type=int, default=3, help='Steps per trace (with --profile_dir).')
   parser.add_argument('--profile_top', type=int, default=15, help='Ops listed per trace (with --profile_dir).')
   parser.add_argument('--out', default='benchmarks/results/latest', help='Directory for throughput.json/.md.')
   return parser
 
 
-def make_config(args: argparse.Namespace, dtype: str, global_batch: int,
-                num_devices: Optional[int] = None) -> ml_collections.ConfigDict:
+def make_config(
+    args: argparse.Namespace, dtype: str, global_batch: int, num_devices: Optional[int] = None
+) -> ml_collections.ConfigDict:
   """configs/default.py with the benchmark's model, dtype, image size and batch; validated like a run's.
 
   `num_devices` (default: JAX's device count) is what the batch must divide; the PyTorch peer passes 1 so that
@@ -142,10 +168,12 @@ def make_step_fn(kind: str, config: ml_collections.ConfigDict, steps_per_epoch: 
     step = functools.partial(
         distill.distill_step,
         teacher_apply=distill.teacher_apply_fn(config) if kind == 'rgrl' else None,
-        method=methods.make_method(config.method), K=config.relation.K,
+        method=methods.make_method(config.method),
+        K=config.relation.K,
         relation_kwargs=distill.relation_kwargs(config),
         view_kwargs=distill.view_kwargs(config, mean, std),
-        steps_per_epoch=steps_per_epoch or _steps_per_epoch(config.rgrl))
+        steps_per_epoch=steps_per_epoch or _steps_per_epoch(config.rgrl),
+    )
     return step, (2,)
   raise ValueError(f'Unknown step {kind!r}; use one of {STEPS}.')
 
@@ -186,8 +214,10 @@ def device_batch(host_batch: dict) -> dict:
 def host_batch(global_batch: int, image_size: int, num_classes: int, seed: int) -> dict:
   """Random uint8 images and int32 labels: the step's cost does not depend on the pixel values."""
   rng = np.random.default_rng(seed)
-  return {'images': rng.integers(0, 256, (global_batch, image_size, image_size, 3), dtype=np.uint8),
-          'labels': rng.integers(0, num_classes, (global_batch,)).astype(np.int32)}
+  return {
+      'images': rng.integers(0, 256, (global_batch, image_size, image_size, 3), dtype=np.uint8),
+      'labels': rng.integers(0, num_classes, (global_batch,)).astype(np.int32),
+  }
 
 
 def step_keys(seed: int, count: int) -> list:
@@ -207,13 +237,16 @@ def initial_states(config: ml_collections.ConfigDict, image_shape, seed: int, ki
   if 'simsiam' in kinds or 'rgrl' in kinds:
     rm_lr = train_state_lib.learning_rate_schedule(config.rm, _steps_per_epoch(config.rm))
     states['rm'] = jax.device_get(simsiam.create_simsiam_state(init_rng, config, image_shape, rm_lr))
-    states['teacher'] = distill.teacher_variables({'params': states['rm'].params,
-                                                   'batch_stats': states['rm'].batch_stats})
+    states['teacher'] = distill.teacher_variables(
+        {'params': states['rm'].params, 'batch_stats': states['rm'].batch_stats}
+    )
   if 'rgrl' in kinds or 'ce' in kinds:
     rgrl_lr = train_state_lib.learning_rate_schedule(config.rgrl, _steps_per_epoch(config.rgrl))
     states['student'] = jax.device_get(
-        distill.create_distill_state(init_rng, config, image_shape, rgrl_lr, states.get('teacher'),
-                                     num_examples=config.data.synthetic_train_size))
+        distill.create_distill_state(
+            init_rng, config, image_shape, rgrl_lr, states.get('teacher'), num_examples=config.data.synthetic_train_size
+        )
+    )
   return states
 
 
@@ -237,9 +270,19 @@ def step_inputs(kind: str, config: ml_collections.ConfigDict, states: dict, batc
   return step_fn, sharded_argnums, (parallel.replicate(states['student']), teacher, batch)
 
 
-def measure_step(kind: str, config: ml_collections.ConfigDict, states: dict, batch: dict, *, steps: int,
-                 repeats: int, warmup: int, profile_dir: Optional[str] = None, profile_steps: int = 0,
-                 profile_top: int = 15) -> dict:
+def measure_step(
+    kind: str,
+    config: ml_collections.ConfigDict,
+    states: dict,
+    batch: dict,
+    *,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    profile_dir: Optional[str] = None,
+    profile_steps: int = 0,
+    profile_top: int = 15,
+) -> dict:
   """Times `steps` x `repeats` calls of the pmapped step; returns timings, FLOPs and compile time.
 
   Args:
@@ -283,10 +326,16 @@ def measure_step(kind: str, config: ml_collections.ConfigDict, states: dict, bat
     return run_once_n(holder, pmapped, rest, keys, steps)
 
   seconds = common.time_repeats(run_once, repeats)
-  result = {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps,
-            'flops_per_step_per_chip': flops['flops'], 'flops_source': flops['flops_source'],
-            'flops_compiled': flops['flops_compiled'], 'flops_lowered': flops['flops_lowered'],
-            'compile_s': compile_s, 'first_step_s': first_step_s}
+  result = {
+      'repeat_seconds': seconds,
+      'ms_per_step': 1e3 * common.median(seconds) / steps,
+      'flops_per_step_per_chip': flops['flops'],
+      'flops_source': flops['flops_source'],
+      'flops_compiled': flops['flops_compiled'],
+      'flops_lowered': flops['flops_lowered'],
+      'compile_s': compile_s,
+      'first_step_s': first_step_s,
+  }
   if profile_dir:
     # Synchronised before the trace stops, so that it holds every traced step's device work.
     with jax.profiler.trace(profile_dir):
@@ -302,7 +351,7 @@ def run_once_n(holder: dict, pmapped, rest: Sequence, keys: Sequence, count: int
   """Dispatches `count` more steps from `holder['state']` with the next unused keys; returns the new state."""
   state = holder.pop('state')
   first = holder['next_key']
-  for key in keys[first:first + count]:
+  for key in keys[first : first + count]:
     state, _ = pmapped(state, *rest, key)
   holder['state'], holder['next_key'] = state, first + count
   return state
@@ -324,8 +373,9 @@ def augment_fn(recipe: str, config: ml_collections.ConfigDict):
   return fn
 
 
-def measure_augment(recipe: str, config: ml_collections.ConfigDict, images, *, steps: int, repeats: int,
-                    warmup: int) -> dict:
+def measure_augment(
+    recipe: str, config: ml_collections.ConfigDict, images, *, steps: int, repeats: int, warmup: int
+) -> dict:
   """Times the augmentation alone, pmapped over the same devices with the same keys as inside the step."""
   pmapped = jax.pmap(augment_fn(recipe, config), axis_name=parallel.AXIS, in_axes=(None, 0))
   keys = step_keys(1, warmup + steps * repeats)
@@ -337,18 +387,26 @@ def measure_augment(recipe: str, config: ml_collections.ConfigDict, images, *, s
     # The outputs do not depend on each other, so all of them are waited on, not only the last one.
     first = position['next_key']
     position['next_key'] = first + steps
-    return [pmapped(key, images) for key in keys[first:first + steps]]
+    return [pmapped(key, images) for key in keys[first : first + steps]]
 
   seconds = common.time_repeats(run_once, repeats)
-  return {'augment_ms_per_step': 1e3 * common.median(seconds) / steps,
-          'augment_flops_per_step_per_chip': flops['flops']}
+  return {
+      'augment_ms_per_step': 1e3 * common.median(seconds) / steps,
+      'augment_flops_per_step_per_chip': flops['flops'],
+  }
 
 
 _AUGMENT_RECIPE = {'simsiam': 'simsiam_views', 'rgrl': 'pad_crop_flip', 'ce': 'pad_crop_flip'}
 
 
-def summarise(kind: str, dtype: str, batch_per_device: int, timing: dict, peak_tflops: Optional[float],
-              augment_timing: Optional[dict]) -> dict:
+def summarise(
+    kind: str,
+    dtype: str,
+    batch_per_device: int,
+    timing: dict,
+    peak_tflops: Optional[float],
+    augment_timing: Optional[dict],
+) -> dict:
   """One result row: throughput, FLOPs per image, MFU and (optionally) the augmentation's share."""
   devices = jax.device_count()
   ms = timing['ms_per_step']
@@ -382,8 +440,9 @@ def summarise(kind: str, dtype: str, batch_per_device: int, timing: dict, peak_t
   return row
 
 
-TORCH_MISSING = ('--compare-torch needs PyTorch, which the package does not install: '
-                 'pip install -r benchmarks/requirements.txt')
+TORCH_MISSING = (
+    '--compare-torch needs PyTorch, which the package does not install: ' 'pip install -r benchmarks/requirements.txt'
+)
 
 
 def require_torch() -> None:
@@ -393,23 +452,38 @@ def require_torch() -> None:
     raise SystemExit(TORCH_MISSING)
 
 
-def torch_peer_command(args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str],
-                       batches: Sequence[int], out_dir: str) -> list[str]:
+def torch_peer_command(
+    args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str], batches: Sequence[int], out_dir: str
+) -> list[str]:
   """The `benchmarks.torch_peer` command with this run's model, batch per chip, dtypes and timing."""
-  command = [sys.executable, '-m', 'benchmarks.torch_peer', f'--model={args.model}', f'--width={args.width}',
-             f'--num_classes={args.num_classes}', f'--image_size={args.image_size}',
-             f'--batch={",".join(map(str, batches))}', f'--dtype={",".join(dtypes)}', f'--bench={",".join(kinds)}',
-             f'--steps={args.steps}', f'--repeats={args.repeats}', f'--warmup={args.warmup}',
-             f'--device={args.torch_device}', f'--compile={args.torch_compile}', f'--seed={args.seed}',
-             f'--out={out_dir}']
+  command = [
+      sys.executable,
+      '-m',
+      'benchmarks.torch_peer',
+      f'--model={args.model}',
+      f'--width={args.width}',
+      f'--num_classes={args.num_classes}',
+      f'--image_size={args.image_size}',
+      f'--batch={",".join(map(str, batches))}',
+      f'--dtype={",".join(dtypes)}',
+      f'--bench={",".join(kinds)}',
+      f'--steps={args.steps}',
+      f'--repeats={args.repeats}',
+      f'--warmup={args.warmup}',
+      f'--device={args.torch_device}',
+      f'--compile={args.torch_compile}',
+      f'--seed={args.seed}',
+      f'--out={out_dir}',
+  ]
   for name in ('projector_dim', 'edge_kind', 'teacher_layer'):
     if getattr(args, name):
       command.append(f'--{name}={getattr(args, name)}')
   return command
 
 
-def run_torch_peer(args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str],
-                   batches: Sequence[int]) -> dict:
+def run_torch_peer(
+    args: argparse.Namespace, kinds: Sequence[str], dtypes: Sequence[str], batches: Sequence[int]
+) -> dict:
   """Runs the PyTorch peer in a subprocess and returns its JSON record.
 
   A subprocess, run before this process initialises JAX's backend: on a GPU, JAX reserves most of the memory
@@ -455,13 +529,22 @@ def markdown(record: dict) -> str:
     header += ['peak mem GiB']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in rows:
-    cells = [r['step'], r['dtype'], str(r['batch_per_device']), common.fmt(r['images_per_s_per_chip'], 0),
-             common.fmt(r['ms_per_step'], 2), common.fmt_sig(r['gflop_per_image']),
-             common.fmt_pct(r['mfu']), common.fmt(r['compile_s'], 1)]
+    cells = [
+        r['step'],
+        r['dtype'],
+        str(r['batch_per_device']),
+        common.fmt(r['images_per_s_per_chip'], 0),
+        common.fmt(r['ms_per_step'], 2),
+        common.fmt_sig(r['gflop_per_image']),
+        common.fmt_pct(r['mfu']),
+        common.fmt(r['compile_s'], 1),
+    ]
     if with_augment:
-      cells += [common.fmt(r.get('augment_ms_per_step'), 2),
-                common.fmt_pct(r.get('augment_share')),
-                common.fmt(r.get('model_only_images_per_s_per_chip'), 0)]
+      cells += [
+          common.fmt(r.get('augment_ms_per_step'), 2),
+          common.fmt_pct(r.get('augment_share')),
+          common.fmt(r.get('model_only_images_per_s_per_chip'), 0),
+      ]
     if with_torch:
       cells += [common.fmt(r.get('torch_images_per_s'), 0), common.fmt(r.get('jax_over_torch'), 2)]
     if with_memory:
@@ -482,20 +565,28 @@ def markdown(record: dict) -> str:
       + (f" ({s['peak_tflops']} TFLOP/s per chip)." if s['peak_tflops'] else ' (no --peak_tflops given).'),
   ]
   if with_augment:
-    notes.append('augment ms: the step\'s augmentation timed alone (pmapped, same keys); model-only = step - '
-                 'augment, an estimate since XLA may fuse the two inside the step.')
+    notes.append(
+        "augment ms: the step's augmentation timed alone (pmapped, same keys); model-only = step - "
+        'augment, an estimate since XLA may fuse the two inside the step.'
+    )
   if with_memory:
-    notes.append('peak mem: the allocator\'s peak since the process started (an upper bound for the row; rows '
-                 'run from small to large footprint).')
+    notes.append(
+        "peak mem: the allocator's peak since the process started (an upper bound for the row; rows "
+        'run from small to large footprint).'
+    )
   if with_torch:
     notes.append(torch_note(record))
   text = '\n'.join(notes) + '\n\n' + common.environment_markdown(record['environment'])
   for r in rows:
     if r.get('top_ops'):
-      text += (f"\n## Slowest XLA ops: {r['step']} {r['dtype']} batch/device {r['batch_per_device']}\n\n"
-               f"Trace of {s['profile_steps']} steps in `{r['profile_dir']}` (inclusive times).\n\n"
-               + common.top_ops_markdown(r['top_ops']) + '\n\nBy kind (all `NAME.N` together):\n\n'
-               + common.top_ops_markdown(r['top_op_kinds']) + '\n')
+      text += (
+          f"\n## Slowest XLA ops: {r['step']} {r['dtype']} batch/device {r['batch_per_device']}\n\n"
+          f"Trace of {s['profile_steps']} steps in `{r['profile_dir']}` (inclusive times).\n\n"
+          + common.top_ops_markdown(r['top_ops'])
+          + '\n\nBy kind (all `NAME.N` together):\n\n'
+          + common.top_ops_markdown(r['top_op_kinds'])
+          + '\n'
+      )
   return text
 
 
@@ -504,13 +595,15 @@ def torch_note(record: dict) -> str:
   peer = record['torch_peer']
   env, settings = peer['environment'], peer['settings']
   jax_platform = record['environment']['hardware']['platform']
-  note = (f"torch images/s: the PyTorch peer (`benchmarks/torch_peer.py`, PyTorch {env['software']['torch']}, "
-          f"{env['software']['torch_num_threads']} thread(s)) on one {settings['device']} device "
-          f"({env['hardware']['device_kind']}), torch.compile {'on' if settings['compiled'] else 'off'}, "
-          f"bfloat16 rows by autocast; same model ({peer['parameters']['simsiam_net']:,} SimSiam parameters), "
-          'batch per chip and timing, run just before the JAX steps on the same machine. Model step only: its input '
-          'views are ready on the device, so augmentation is excluded there but included in the JAX step. '
-          'jax/torch = JAX images/s/chip / PyTorch images/s.')
+  note = (
+      f"torch images/s: the PyTorch peer (`benchmarks/torch_peer.py`, PyTorch {env['software']['torch']}, "
+      f"{env['software']['torch_num_threads']} thread(s)) on one {settings['device']} device "
+      f"({env['hardware']['device_kind']}), torch.compile {'on' if settings['compiled'] else 'off'}, "
+      f"bfloat16 rows by autocast; same model ({peer['parameters']['simsiam_net']:,} SimSiam parameters), "
+      'batch per chip and timing, run just before the JAX steps on the same machine. Model step only: its input '
+      'views are ready on the device, so augmentation is excluded there but included in the JAX step. '
+      'jax/torch = JAX images/s/chip / PyTorch images/s.'
+  )
   if settings['device'] != jax_platform and not (settings['device'] == 'cuda' and jax_platform == 'gpu'):
     note += f" PyTorch ran on {settings['device']} but JAX on {jax_platform}: not a like-for-like ratio."
   return note
@@ -533,15 +626,19 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
   torch_record = run_torch_peer(args, kinds, dtypes, batches) if args.compare_torch else None
   torch_rows = {(r['step'], r['dtype'], r['batch']): r for r in (torch_record or {}).get('results', [])}
   if jax.process_count() > 1:
-    raise ValueError('benchmarks.throughput is single-host: per-chip throughput is measured on one host\'s '
-                     'devices; run it without jax.distributed.')
+    raise ValueError(
+        "benchmarks.throughput is single-host: per-chip throughput is measured on one host's "
+        'devices; run it without jax.distributed.'
+    )
   devices = jax.device_count()
   image_shape = (args.image_size, args.image_size, 3)
   environment = common.environment('benchmarks.throughput', argv)
 
   # Parameters do not depend on the batch size, so each dtype's states are initialised once.
-  states = {dtype: initial_states(make_config(args, dtype, batches[0] * devices), image_shape, args.seed, kinds)
-            for dtype in dtypes}
+  states = {
+      dtype: initial_states(make_config(args, dtype, batches[0] * devices), image_shape, args.seed, kinds)
+      for dtype in dtypes
+  }
   results = []
   for batch_per_device in batches:
     global_batch = batch_per_device * devices
@@ -550,37 +647,57 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
     for dtype in dtypes:
       config = make_config(args, dtype, global_batch)
       for kind in kinds:
-        profile_dir = (os.path.join(args.profile_dir, f'{kind}_{dtype}_b{batch_per_device}')
-                       if args.profile_dir else None)
-        timing = measure_step(kind, config, states[dtype], batch, steps=args.steps, repeats=args.repeats,
-                              warmup=args.warmup, profile_dir=profile_dir, profile_steps=args.profile_steps,
-                              profile_top=args.profile_top)
+        profile_dir = (
+            os.path.join(args.profile_dir, f'{kind}_{dtype}_b{batch_per_device}') if args.profile_dir else None
+        )
+        timing = measure_step(
+            kind,
+            config,
+            states[dtype],
+            batch,
+            steps=args.steps,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            profile_dir=profile_dir,
+            profile_steps=args.profile_steps,
+            profile_top=args.profile_top,
+        )
         augment_timing = None
         if args.augment == 'off':
           recipe = _AUGMENT_RECIPE[kind]
           if recipe not in augment_cache:  # float32 views whatever the model dtype: measured once per batch
-            augment_cache[recipe] = measure_augment(recipe, config, batch['images'], steps=args.steps,
-                                                    repeats=args.repeats, warmup=args.warmup)
+            augment_cache[recipe] = measure_augment(
+                recipe, config, batch['images'], steps=args.steps, repeats=args.repeats, warmup=args.warmup
+            )
           augment_timing = augment_cache[recipe]
         row = summarise(kind, dtype, batch_per_device, timing, common.peak_for(peaks, dtype), augment_timing)
         add_torch_columns(row, torch_rows.get((kind, dtype, batch_per_device)))
         results.append(row)
-        print(f"{kind:8s} {dtype:9s} batch/device {batch_per_device:5d}: "
-              f"{row['images_per_s_per_chip']:10.1f} images/s/chip, {row['ms_per_step']:9.2f} ms/step, "
-              f"{common.fmt_sig(row['gflop_per_image'])} GFLOP/image"
-              + (f", torch {row['torch_images_per_s']:.1f} images/s, jax/torch {row['jax_over_torch']:.2f}"
-                 if 'jax_over_torch' in row else ''), flush=True)
+        print(
+            f'{kind:8s} {dtype:9s} batch/device {batch_per_device:5d}: '
+            f"{row['images_per_s_per_chip']:10.1f} images/s/chip, {row['ms_per_step']:9.2f} ms/step, "
+            f"{common.fmt_sig(row['gflop_per_image'])} GFLOP/image"
+            + (
+                f", torch {row['torch_images_per_s']:.1f} images/s, jax/torch {row['jax_over_torch']:.2f}"
+                if 'jax_over_torch' in row
+                else ''
+            ),
+            flush=True,
+        )
         if row.get('top_ops'):
-          print(f"Slowest XLA ops ({args.profile_steps} traced steps in {row['profile_dir']}):\n"
-                + common.top_ops_markdown(row['top_ops']) + '\nBy kind:\n'
-                + common.top_ops_markdown(row['top_op_kinds']), flush=True)
+          print(
+              f"Slowest XLA ops ({args.profile_steps} traced steps in {row['profile_dir']}):\n"
+              + common.top_ops_markdown(row['top_ops'])
+              + '\nBy kind:\n'
+              + common.top_ops_markdown(row['top_op_kinds']),
+              flush=True,
+          )
     del batch
 
   record = {
       'benchmark': 'throughput',
       'environment': environment,
-      'settings': {**vars(args), 'num_devices': devices, 'batch_per_device': batches, 'dtype': dtypes,
-                   'bench': kinds},
+      'settings': {**vars(args), 'num_devices': devices, 'batch_per_device': batches, 'dtype': dtypes, 'bench': kinds},
       'results': results,
   }
   if torch_record is not None:

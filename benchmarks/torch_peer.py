@@ -39,6 +39,7 @@ XLA's count, which includes elementwise work).
 
 Writes OUT/torch_peer.json and OUT/torch_peer.md.
 """
+
 import argparse
 import functools
 import sys
@@ -153,8 +154,9 @@ class Predictor(nn.Module):
 
   def __init__(self, dim: int, hidden_dim: int):
     super().__init__()
-    self.layers = nn.Sequential(nn.Linear(dim, hidden_dim, bias=False), _bn1d(hidden_dim), nn.ReLU(inplace=True),
-                                nn.Linear(hidden_dim, dim))
+    self.layers = nn.Sequential(
+        nn.Linear(dim, hidden_dim, bias=False), _bn1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim)
+    )
 
   def forward(self, x):
     return self.layers(x).float()
@@ -195,8 +197,7 @@ class StudentNet(nn.Module):
 
   def forward(self, x):
     features = self.backbone(x)
-    return {'features': features, 'logits': self.classifier(features).float(),
-            'embedding': self.head(features).float()}
+    return {'features': features, 'logits': self.classifier(features).float(), 'embedding': self.head(features).float()}
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -206,8 +207,10 @@ def count_parameters(module: nn.Module) -> int:
 
 def simsiam_loss(p1, p2, z1, z2):
   """`simsiam.simsiam_loss`: 1/2 D(p1, sg(z2)) + 1/2 D(p2, sg(z1)) with D the negative mean cosine."""
+
   def d(p, z):
     return -F.cosine_similarity(p, z.detach(), dim=-1, eps=1e-8).mean()
+
   return 0.5 * d(p1, z2) + 0.5 * d(p2, z1)
 
 
@@ -245,8 +248,10 @@ def check_supported(config: ml_collections.ConfigDict) -> None:
   cheap variants; the kl edge loss's top-k neighbourhoods are not written here)."""
   rel = config.relation
   if rel.edge_kind not in EDGE_KINDS or rel.node_kind not in NODE_KINDS:
-    raise ValueError(f'The PyTorch peer implements relation.edge_kind in {EDGE_KINDS} and node_kind in '
-                     f'{NODE_KINDS}, not {rel.edge_kind!r}/{rel.node_kind!r}.')
+    raise ValueError(
+        f'The PyTorch peer implements relation.edge_kind in {EDGE_KINDS} and node_kind in '
+        f'{NODE_KINDS}, not {rel.edge_kind!r}/{rel.node_kind!r}.'
+    )
 
 
 def _learning_rate(stage_config, batch: int) -> float:
@@ -255,12 +260,26 @@ def _learning_rate(stage_config, batch: int) -> float:
 
 
 def _sgd(parameters, stage_config, batch: int) -> torch.optim.SGD:
-  return torch.optim.SGD(parameters, lr=_learning_rate(stage_config, batch), momentum=stage_config.momentum,
-                         weight_decay=stage_config.weight_decay, nesterov=stage_config.nesterov)
+  return torch.optim.SGD(
+      parameters,
+      lr=_learning_rate(stage_config, batch),
+      momentum=stage_config.momentum,
+      weight_decay=stage_config.weight_decay,
+      nesterov=stage_config.nesterov,
+  )
 
 
-def build_step(kind: str, config: ml_collections.ConfigDict, *, batch: int, device: torch.device, dtype: str,
-               compile_step: bool, memory_format: torch.memory_format, seed: int = 0):
+def build_step(
+    kind: str,
+    config: ml_collections.ConfigDict,
+    *,
+    batch: int,
+    device: torch.device,
+    dtype: str,
+    compile_step: bool,
+    memory_format: torch.memory_format,
+    seed: int = 0,
+):
   """One train step of `kind` on fixed inputs made on `device`.
 
   Args:
@@ -305,6 +324,7 @@ def build_step(kind: str, config: ml_collections.ConfigDict, *, batch: int, devi
       # The JAX step's collapse monitor: per-dimension std of the normalised projections.
       z_std = torch.std(F.normalize(out1['z'].detach(), dim=-1), dim=0, unbiased=False).mean()
       return loss, z_std
+
   else:
     check_supported(config)
     student = place(StudentNet(config)).train()
@@ -339,6 +359,7 @@ def build_step(kind: str, config: ml_collections.ConfigDict, *, batch: int, devi
       loss.backward()
       optimizer.step()
       return loss
+
     return step
 
   eager = make(loss_fn)
@@ -354,6 +375,7 @@ def count_flops(step: Callable) -> Optional[float]:
   """FLOPs of one call of `step` (matmuls and convolutions, forward and backward), or None if uncountable."""
   try:
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
       step()
     return float(counter.get_total_flops())
@@ -377,8 +399,7 @@ def measure(step: Callable, device: torch.device, *, steps: int, repeats: int, w
       step()
     _synchronize(device)
     seconds.append(time.perf_counter() - start)
-  return {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps,
-          'first_step_s': first_step_s}
+  return {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps, 'first_step_s': first_step_s}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -393,12 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m benchmarks.torch_peer', description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet18', help='Backbone of teacher and student (model.name).')
   parser.add_argument('--width', type=int, default=64, help='Channels of the first stage (model.width).')
-  parser.add_argument('--projector_dim', type=int, default=None,
-                      help='SimSiam projector width (default: configs/default.py, 2048).')
+  parser.add_argument(
+      '--projector_dim', type=int, default=None, help='SimSiam projector width (default: configs/default.py, 2048).'
+  )
   parser.add_argument('--num_classes', type=int, default=10, help='Classifier outputs (CIFAR-10: 10).')
   parser.add_argument('--batch', default='256,512', help='Comma-separated batch sizes (one device).')
-  parser.add_argument('--dtype', default='float32,bfloat16',
-                      help='Comma-separated: float32, bfloat16 (autocast; parameters stay float32).')
+  parser.add_argument(
+      '--dtype',
+      default='float32,bfloat16',
+      help='Comma-separated: float32, bfloat16 (autocast; parameters stay float32).',
+  )
   parser.add_argument('--image_size', type=int, default=32, help='Square image side in pixels.')
   parser.add_argument('--bench', default=','.join(STEPS), help=f'Comma-separated subset of {STEPS}.')
   parser.add_argument('--steps', type=int, default=50, help='Timed steps per repeat.')
@@ -406,17 +431,34 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--warmup', type=int, default=5, help='Untimed steps before the repeats.')
   parser.add_argument('--edge_kind', default=None, help='relation.edge_kind (default: configs/default.py).')
   parser.add_argument('--teacher_layer', default=None, help='relation.teacher_layer (default: backbone).')
-  parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
-                      help='auto: cuda when PyTorch sees one, else cpu.')
-  parser.add_argument('--compile', choices=('auto', 'on', 'off'), default='auto',
-                      help='torch.compile the forward and loss; auto: on for cuda, off on cpu.')
-  parser.add_argument('--memory_format', choices=('channels_last', 'contiguous'), default='channels_last',
-                      help='Layout of activations and convolution weights (channels_last is NHWC, as JAX).')
-  parser.add_argument('--tf32', choices=('on', 'off'), default='on',
-                      help='cuda: let float32 matmuls and convolutions use TF32, as XLA does by default.')
+  parser.add_argument(
+      '--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='auto: cuda when PyTorch sees one, else cpu.'
+  )
+  parser.add_argument(
+      '--compile',
+      choices=('auto', 'on', 'off'),
+      default='auto',
+      help='torch.compile the forward and loss; auto: on for cuda, off on cpu.',
+  )
+  parser.add_argument(
+      '--memory_format',
+      choices=('channels_last', 'contiguous'),
+      default='channels_last',
+      help='Layout of activations and convolution weights (channels_last is NHWC, as JAX).',
+  )
+  parser.add_argument(
+      '--tf32',
+      choices=('on', 'off'),
+      default='on',
+      help='cuda: let float32 matmuls and convolutions use TF32, as XLA does by default.',
+  )
   parser.add_argument('--threads', type=int, default=0, help='torch.set_num_threads on the CPU (0: default).')
-  parser.add_argument('--count_flops', choices=('on', 'off'), default='on',
-                      help='Count FLOPs of one extra eager step with FlopCounterMode.')
+  parser.add_argument(
+      '--count_flops',
+      choices=('on', 'off'),
+      default='on',
+      help='Count FLOPs of one extra eager step with FlopCounterMode.',
+  )
   parser.add_argument('--seed', type=int, default=0, help='Seed of the parameters and inputs.')
   parser.add_argument('--out', default='benchmarks/results/latest', help='Directory for torch_peer.json/.md.')
   return parser
@@ -425,51 +467,62 @@ def build_parser() -> argparse.ArgumentParser:
 def environment(argv: Sequence[str], device: torch.device) -> dict:
   """`common.host_environment` plus PyTorch's version, threads and device."""
   record = common.host_environment('benchmarks.torch_peer', argv)
-  record['hardware'].update({
-      'platform': device.type,
-      'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else common.cpu_model(),
-      'device_count': 1,
-  })
-  record['software'].update({
-      'torch': torch.__version__,
-      'torch_num_threads': torch.get_num_threads(),
-      'cuda': torch.version.cuda,
-      'cudnn': torch.backends.cudnn.version() if device.type == 'cuda' else None,
-      'tf32_matmul': torch.backends.cuda.matmul.allow_tf32,
-      'tf32_cudnn': torch.backends.cudnn.allow_tf32,
-  })
+  record['hardware'].update(
+      {
+          'platform': device.type,
+          'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else common.cpu_model(),
+          'device_count': 1,
+      }
+  )
+  record['software'].update(
+      {
+          'torch': torch.__version__,
+          'torch_num_threads': torch.get_num_threads(),
+          'cuda': torch.version.cuda,
+          'cudnn': torch.backends.cudnn.version() if device.type == 'cuda' else None,
+          'tf32_matmul': torch.backends.cuda.matmul.allow_tf32,
+          'tf32_cudnn': torch.backends.cudnn.allow_tf32,
+      }
+  )
   return record
 
 
 def markdown(record: dict) -> str:
   s, env = record['settings'], record['environment']
-  lines = ['| step | dtype | batch | images/s | ms/step | GFLOP/image (matmul+conv) | first step s |',
-           '|---|---|---|---|---|---|---|']
+  lines = [
+      '| step | dtype | batch | images/s | ms/step | GFLOP/image (matmul+conv) | first step s |',
+      '|---|---|---|---|---|---|---|',
+  ]
   for r in record['results']:
-    lines.append(f"| {r['step']} | {r['dtype']} | {r['batch']} | {common.fmt(r['images_per_s'], 0)} | "
-                 f"{common.fmt(r['ms_per_step'], 2)} | {common.fmt_sig(r['gflop_per_image'])} | "
-                 f"{common.fmt(r['first_step_s'], 1)} |")
+    lines.append(
+        f"| {r['step']} | {r['dtype']} | {r['batch']} | {common.fmt(r['images_per_s'], 0)} | "
+        f"{common.fmt(r['ms_per_step'], 2)} | {common.fmt_sig(r['gflop_per_image'])} | "
+        f"{common.fmt(r['first_step_s'], 1)} |"
+    )
   hw, sw = env['hardware'], env['software']
-  return '\n'.join([
-      '# PyTorch peer: train-step throughput',
-      '',
-      '\n'.join(lines),
-      '',
-      f"Model {s['model']} width {s['width']} ({record['parameters']['simsiam_net']:,} SimSiam parameters), "
-      f"{s['image_size']}x{s['image_size']} images, one {hw['platform']} device ({hw['device_kind']}); "
-      f"torch.compile {'on' if s['compiled'] else 'off'}, {s['memory_format']}; median of {s['repeats']} repeats "
-      f"of {s['steps']} steps after {s['warmup']} warm-up step(s).",
-      'Model step only: the input views are made on the device before timing, so augmentation is excluded '
-      '(the JAX step augments inside itself). images/s counts source images (a SimSiam image is two views).',
-      '',
-      f"- Host CPU {hw['cpu_model']}, {hw['cpu_count']} cores (1-min load average "
-      f"{hw['load_average_1m_at_start']} at the start); PyTorch {sw['torch']} with {sw['torch_num_threads']} "
-      f"thread(s), Python {sw['python']}.",
-      f"- Date (UTC): {env['date_utc']}; git {env['git']['commit'] or 'unknown'}"
-      + (' (uncommitted changes)' if env['git']['dirty'] else '') + '.',
-      f"- Command: `{env['command']}`",
-      '',
-  ])
+  return '\n'.join(
+      [
+          '# PyTorch peer: train-step throughput',
+          '',
+          '\n'.join(lines),
+          '',
+          f"Model {s['model']} width {s['width']} ({record['parameters']['simsiam_net']:,} SimSiam parameters), "
+          f"{s['image_size']}x{s['image_size']} images, one {hw['platform']} device ({hw['device_kind']}); "
+          f"torch.compile {'on' if s['compiled'] else 'off'}, {s['memory_format']}; median of {s['repeats']} repeats "
+          f"of {s['steps']} steps after {s['warmup']} warm-up step(s).",
+          'Model step only: the input views are made on the device before timing, so augmentation is excluded '
+          '(the JAX step augments inside itself). images/s counts source images (a SimSiam image is two views).',
+          '',
+          f"- Host CPU {hw['cpu_model']}, {hw['cpu_count']} cores (1-min load average "
+          f"{hw['load_average_1m_at_start']} at the start); PyTorch {sw['torch']} with {sw['torch_num_threads']} "
+          f"thread(s), Python {sw['python']}.",
+          f"- Date (UTC): {env['date_utc']}; git {env['git']['commit'] or 'unknown'}"
+          + (' (uncommitted changes)' if env['git']['dirty'] else '')
+          + '.',
+          f"- Command: `{env['command']}`",
+          '',
+      ]
+  )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
@@ -494,18 +547,35 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
     for dtype in dtypes:
       config = throughput.make_config(args, dtype, batch, num_devices=1)
       for kind in kinds:
-        step, eager_step, _ = build_step(kind, config, batch=batch, device=device, dtype=dtype,
-                                         compile_step=compiled, memory_format=memory_format, seed=args.seed)
+        step, eager_step, _ = build_step(
+            kind,
+            config,
+            batch=batch,
+            device=device,
+            dtype=dtype,
+            compile_step=compiled,
+            memory_format=memory_format,
+            seed=args.seed,
+        )
         timing = measure(step, device, steps=args.steps, repeats=args.repeats, warmup=args.warmup)
         flops = count_flops(eager_step) if args.count_flops == 'on' else None
         ms = timing['ms_per_step']
-        row = {'step': kind, 'dtype': dtype, 'batch': batch, **timing, 'images_per_s': batch / (ms / 1e3),
-               'flops_per_step': flops, 'gflop_per_image': flops / batch / 1e9 if flops else None,
-               'flops_source': 'torch_flop_counter_matmul_conv' if flops else None}
+        row = {
+            'step': kind,
+            'dtype': dtype,
+            'batch': batch,
+            **timing,
+            'images_per_s': batch / (ms / 1e3),
+            'flops_per_step': flops,
+            'gflop_per_image': flops / batch / 1e9 if flops else None,
+            'flops_source': 'torch_flop_counter_matmul_conv' if flops else None,
+        }
         results.append(row)
-        print(f"torch {kind:8s} {dtype:9s} batch {batch:5d}: {row['images_per_s']:10.1f} images/s, "
-              f"{ms:9.2f} ms/step, {common.fmt_sig(row['gflop_per_image'])} GFLOP/image (matmul+conv)",
-              flush=True)
+        print(
+            f"torch {kind:8s} {dtype:9s} batch {batch:5d}: {row['images_per_s']:10.1f} images/s, "
+            f"{ms:9.2f} ms/step, {common.fmt_sig(row['gflop_per_image'])} GFLOP/image (matmul+conv)",
+            flush=True,
+        )
         del step, eager_step
         if device.type == 'cuda':
           torch.cuda.empty_cache()
@@ -513,8 +583,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
   record = {
       'benchmark': 'torch_peer',
       'environment': environment_record,
-      'settings': {**vars(args), 'bench': kinds, 'dtype': dtypes, 'batch': batches, 'device': device.type,
-                   'compiled': compiled, 'augmentation': 'excluded (model step only)'},
+      'settings': {
+          **vars(args),
+          'bench': kinds,
+          'dtype': dtypes,
+          'batch': batches,
+          'device': device.type,
+          'compiled': compiled,
+          'augmentation': 'excluded (model step only)',
+      },
       'parameters': parameter_counts(config),
       'results': results,
   }
@@ -527,8 +604,11 @@ def parameter_counts(config: ml_collections.ConfigDict) -> dict:
   """Parameters of the PyTorch backbone, SimSiam network and student for `config` (compare with flax's)."""
   with torch.device('meta'):  # shapes only: no memory, instant even at width 64
     simsiam_net, student_net = SimSiamNet(config.model), StudentNet(config)
-  return {'backbone': count_parameters(simsiam_net.backbone), 'simsiam_net': count_parameters(simsiam_net),
-          'student_net': count_parameters(student_net)}
+  return {
+      'backbone': count_parameters(simsiam_net.backbone),
+      'simsiam_net': count_parameters(simsiam_net),
+      'student_net': count_parameters(student_net),
+  }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

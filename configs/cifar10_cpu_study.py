@@ -13,6 +13,7 @@ and epoch-20 checkpoints are the two teachers, the CE baseline and the RMDNet ce
 Runtime on a 2-core CPU (Intel Xeon VM, shared with other jobs; results/cpu_study/wall_time.txt): 84 min of wall
 time for all 15 cells, two or three at a time; the SimSiam run alone took 53 min and each RGRL cell 4-6 min.
 """
+
 try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
 except ModuleNotFoundError:

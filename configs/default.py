@@ -6,24 +6,25 @@ The other configs import this and override a few keys. Command (RMDNet on CIFAR-
 
 Keys marked "Reconstruction" implement choices the paper's available text does not fix.
 """
+
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0                        # one seed for init, augmentation and data order (noise has its own)
-  config.stages = 'rm,rgrl'              # comma-separated stages to run, in order: rm (SimSiam), rgrl (distill)
+  config.seed = 0  # one seed for init, augmentation and data order (noise has its own)
+  config.stages = 'rm,rgrl'  # comma-separated stages to run, in order: rm (SimSiam), rgrl (distill)
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'tfds'            # tfds | npz | synthetic (random images: smoke runs, benchmarks)
-  config.data.name = 'cifar10'           # cifar10 | cifar100 | cifar10_n | cifar100_n (CIFAR-N: + human labels)
-  config.data.num_classes = 10           # must match data.name (100 for cifar100)
-  config.data.data_dir = ''              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets; gs:// works)
-  config.data.npz_path = ''              # with source=npz: x_train, y_train, x_test, y_test (+ coarse_train)
-  config.data.cifar_n_labels = ''        # CIFAR-N label file (CIFAR-10_human.pt, CIFAR-100_human.pt or .npz) joined
-                                         # by id to cifar10/cifar100 records; '' = none (cifar10_n carries its own)
-  config.data.train_subset = 0           # >0: use only the first N training examples (id order)
-  config.data.test_subset = 0            # >0: evaluate on the first N test examples only
+  config.data.source = 'tfds'  # tfds | npz | synthetic (random images: smoke runs, benchmarks)
+  config.data.name = 'cifar10'  # cifar10 | cifar100 | cifar10_n | cifar100_n (CIFAR-N: + human labels)
+  config.data.num_classes = 10  # must match data.name (100 for cifar100)
+  config.data.data_dir = ''  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets; gs:// works)
+  config.data.npz_path = ''  # with source=npz: x_train, y_train, x_test, y_test (+ coarse_train)
+  config.data.cifar_n_labels = ''  # CIFAR-N label file (CIFAR-10_human.pt, CIFAR-100_human.pt or .npz) joined
+  # by id to cifar10/cifar100 records; '' = none (cifar10_n carries its own)
+  config.data.train_subset = 0  # >0: use only the first N training examples (id order)
+  config.data.test_subset = 0  # >0: evaluate on the first N test examples only
   config.data.synthetic_train_size = 1024
   config.data.synthetic_test_size = 256
   config.data.synthetic_image_size = 32
@@ -33,25 +34,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resident_on_device = True
 
   config.noise = ml_collections.ConfigDict()
-  config.noise.kind = 'symmetric'        # none | symmetric | asymmetric | pairflip | instance | human (CIFAR-N)
-  config.noise.rate = 0.5                # flip probability r in [0, 1]; ignored by human noise (its rate is given)
-  config.noise.human_label = ''          # kind=human: aggre | worst | random1-3 (CIFAR-10N), noisy (CIFAR-100N)
-  config.noise.seed = 0                  # noisy labels depend only on this seed and the clean labels
+  config.noise.kind = 'symmetric'  # none | symmetric | asymmetric | pairflip | instance | human (CIFAR-N)
+  config.noise.rate = 0.5  # flip probability r in [0, 1]; ignored by human noise (its rate is given)
+  config.noise.human_label = ''  # kind=human: aggre | worst | random1-3 (CIFAR-10N), noisy (CIFAR-100N)
+  config.noise.seed = 0  # noisy labels depend only on this seed and the clean labels
   config.noise.symmetric_from_all = False  # True: flip to any of the C classes (realised rate r(C-1)/C)
   config.noise.cifar100_grouping = 'superclass'  # asymmetric CIFAR-100: superclass | index_blocks
 
   # The RM network (SimSiam) and, frozen, the RGRL teacher.
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'         # resnet18 | resnet34 | preact_resnet18 | resnet_tiny (tests)
-  config.model.width = 64                # channels of the first stage
+  config.model.name = 'resnet18'  # resnet18 | resnet34 | preact_resnet18 | resnet_tiny (tests)
+  config.model.width = 64  # channels of the first stage
   config.model.projector_dim = 2048
   config.model.projector_layers = 3
-  config.model.predictor_dim = 512       # predictor bottleneck
-  config.model.dtype = 'float32'         # compute dtype: float32 | bfloat16 (params stay float32)
+  config.model.predictor_dim = 512  # predictor bottleneck
+  config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
 
   # The RGRL student.
   config.student = ml_collections.ConfigDict()
-  config.student.name = 'resnet18'       # the paper notes: same ResNet-18 as the teacher (option preact_resnet18)
+  config.student.name = 'resnet18'  # the paper notes: same ResNet-18 as the teacher (option preact_resnet18)
   config.student.width = 64
 
   config.rm = _stage(epochs=800, batch_size=512, learning_rate=0.06, scale_lr_by_batch=True)
@@ -64,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.rm.augment.jitter_prob = 0.8
   config.rm.augment.grayscale_prob = 0.2
   config.rm.augment.flip_prob = 0.5
-  config.rm.knn_k = 200                  # kNN monitor (uses CLEAN train labels; a monitor, not a result)
+  config.rm.knn_k = 200  # kNN monitor (uses CLEAN train labels; a monitor, not a result)
   config.rm.knn_temperature = 0.1
 
   config.rgrl = _stage(epochs=200, batch_size=128, learning_rate=0.02, scale_lr_by_batch=False)
@@ -74,48 +75,48 @@ def get_config() -> ml_collections.ConfigDict:
   config.rgrl.augment.flip_prob = 0.5
 
   config.method = ml_collections.ConfigDict()
-  config.method.name = 'ce'              # the noisy-label method whose loss RMDNet regularises
-  config.method.distill = True           # the RMDNet switch: False = the method alone (e.g. the CE baseline)
-  config.method.gce_q = 0.7              # gce: Box-Cox exponent q in (0, 1] (0 -> CE, 1 -> MAE; Zhang & Sabuncu)
-  config.method.sce_alpha = 0.1          # sce: weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
-  config.method.sce_beta = 1.0           # sce: weight of the reverse CE
-  config.method.sce_log_zero = -4.0      # sce: A, the value of log 0 in the reverse CE's one-hot target
+  config.method.name = 'ce'  # the noisy-label method whose loss RMDNet regularises
+  config.method.distill = True  # the RMDNet switch: False = the method alone (e.g. the CE baseline)
+  config.method.gce_q = 0.7  # gce: Box-Cox exponent q in (0, 1] (0 -> CE, 1 -> MAE; Zhang & Sabuncu)
+  config.method.sce_alpha = 0.1  # sce: weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
+  config.method.sce_beta = 1.0  # sce: weight of the reverse CE
+  config.method.sce_log_zero = -4.0  # sce: A, the value of log 0 in the reverse CE's one-hot target
   # coteaching / jocor: drop the forget_rate fraction of largest-loss examples of each global batch, the rate
   # ramping from 0 over forget_gradual_epochs (Han et al.: forget_rate = noise rate, 10 epochs, exponent 1).
   config.method.forget_rate = 0.5
   config.method.forget_gradual_epochs = 10
   config.method.forget_exponent = 1.0
-  config.method.jocor_lambda = 0.9       # jocor: weight of the symmetric-KL co-regularisation (paper, CIFAR-10)
-  config.method.elr_lambda = 3.0         # elr: regulariser weight (Liu et al.: 3 CIFAR-10, 7 CIFAR-100)
-  config.method.elr_beta = 0.7           # elr: target momentum (0.7 CIFAR-10, 0.9 CIFAR-100)
-  config.method.dividemix_warmup_epochs = 10     # CE warm-up before the first GMM division (30 for CIFAR-100)
-  config.method.dividemix_p_threshold = 0.5      # p(clean) above which an example is labelled
-  config.method.dividemix_temperature = 0.5      # sharpening temperature
-  config.method.dividemix_alpha = 4.0            # Beta(alpha, alpha) MixMatch coefficient
-  config.method.dividemix_lambda_u = 25.0        # unlabelled-loss weight (Li et al. per noise; see methods/dividemix.py)
-  config.method.dividemix_rampup_epochs = 16     # lambda_u ramps up over these epochs after warm-up
+  config.method.jocor_lambda = 0.9  # jocor: weight of the symmetric-KL co-regularisation (paper, CIFAR-10)
+  config.method.elr_lambda = 3.0  # elr: regulariser weight (Liu et al.: 3 CIFAR-10, 7 CIFAR-100)
+  config.method.elr_beta = 0.7  # elr: target momentum (0.7 CIFAR-10, 0.9 CIFAR-100)
+  config.method.dividemix_warmup_epochs = 10  # CE warm-up before the first GMM division (30 for CIFAR-100)
+  config.method.dividemix_p_threshold = 0.5  # p(clean) above which an example is labelled
+  config.method.dividemix_temperature = 0.5  # sharpening temperature
+  config.method.dividemix_alpha = 4.0  # Beta(alpha, alpha) MixMatch coefficient
+  config.method.dividemix_lambda_u = 25.0  # unlabelled-loss weight (Li et al. per noise; see methods/dividemix.py)
+  config.method.dividemix_rampup_epochs = 16  # lambda_u ramps up over these epochs after warm-up
   config.method.dividemix_confidence_penalty = False  # negative-entropy penalty in warm-up (asymmetric noise)
-  config.method.dividemix_gmm_iterations = 10    # EM iterations of the per-epoch GMM
+  config.method.dividemix_gmm_iterations = 10  # EM iterations of the per-epoch GMM
   config.method.dividemix_gmm_tol = 1e-2
   config.method.dividemix_gmm_reg_covar = 5e-4
 
   # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
   config.relation = ml_collections.ConfigDict()
-  config.relation.K = 1.0                # weight of the relation terms
-  config.relation.node_weight = 1.0      # w_node
-  config.relation.edge_weight = 0.3      # w_edge
+  config.relation.K = 1.0  # weight of the relation terms
+  config.relation.node_weight = 1.0  # w_node
+  config.relation.edge_weight = 0.3  # w_edge
   config.relation.edge_kind = 'frobenius'  # frobenius | kl | mse
   config.relation.node_kind = 'frobenius'  # frobenius | cosine
-  config.relation.center = False         # True: Pearson-correlation graphs (rows centred)
-  config.relation.batch_center = False   # True: centre each feature over the global batch before the graphs
-  config.relation.normalize = 'none'     # none (EGA) | per_node: Frobenius terms divided by the global batch B
-  config.relation.edge_topk = 0          # kl only: neighbours per node (0 = all B-1)
-  config.relation.temperature = 0.5      # kl only
+  config.relation.center = False  # True: Pearson-correlation graphs (rows centred)
+  config.relation.batch_center = False  # True: centre each feature over the global batch before the graphs
+  config.relation.normalize = 'none'  # none (EGA) | per_node: Frobenius terms divided by the global batch B
+  config.relation.edge_topk = 0  # kl only: neighbours per node (0 = all B-1)
+  config.relation.temperature = 0.5  # kl only
   config.relation.teacher_layer = 'backbone'  # backbone (pooled features) | projector
   config.relation.projection_head = 'linear'  # phi: linear | mlp
-  config.relation.student_init = 'random'     # random | teacher (start from the teacher's backbone)
-  config.relation.teacher_checkpoint = ''     # RM checkpoint dir ('' = WORKDIR/rm)
-  config.relation.teacher_step = 0            # RM step to take the teacher from (0 = the latest checkpoint)
+  config.relation.student_init = 'random'  # random | teacher (start from the teacher's backbone)
+  config.relation.teacher_checkpoint = ''  # RM checkpoint dir ('' = WORKDIR/rm)
+  config.relation.teacher_step = 0  # RM step to take the teacher from (0 = the latest checkpoint)
 
   # Linear probe of the frozen teacher (stage linear_probe): SimSiam's CIFAR protocol on the teacher's backbone
   # features of the un-augmented images, standardised; a linear classifier trained with the CLEAN labels by SGD
@@ -129,29 +130,29 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Watching a run (README "Watching a run"). None of these changes the results: a run resumes with other values.
   config.logging = ml_collections.ConfigDict()
-  config.logging.progress_bar = True        # tqdm bar when stderr is an interactive terminal; else log lines
+  config.logging.progress_bar = True  # tqdm bar when stderr is an interactive terminal; else log lines
   config.logging.progress_every_secs = 60.0  # without a bar: one progress line this often (and at a stage's end)
-  config.logging.wandb_project = ''         # Weights & Biases project; '' = no W&B (needs `pip install wandb`)
-  config.logging.wandb_entity = ''          # W&B team or user ('' = your default entity)
-  config.logging.wandb_mode = 'online'      # online | offline (no network; `wandb sync WORKDIR/wandb/...` later)
+  config.logging.wandb_project = ''  # Weights & Biases project; '' = no W&B (needs `pip install wandb`)
+  config.logging.wandb_entity = ''  # W&B team or user ('' = your default entity)
+  config.logging.wandb_mode = 'online'  # online | offline (no network; `wandb sync WORKDIR/wandb/...` later)
 
   config.eval_batch_size = 1024
-  config.log_every_steps = 0             # 0 = once per epoch
-  config.max_to_keep = 3                 # checkpoints kept per stage
-  config.allow_config_change = False     # True: resume a workdir whose saved config differs
+  config.log_every_steps = 0  # 0 = once per epoch
+  config.max_to_keep = 3  # checkpoints kept per stage
+  config.allow_config_change = False  # True: resume a workdir whose saved config differs
   return config
 
 
 def _stage(*, epochs, batch_size, learning_rate, scale_lr_by_batch) -> ml_collections.ConfigDict:
   stage = ml_collections.ConfigDict()
   stage.epochs = epochs
-  stage.batch_size = batch_size          # global batch over all devices and hosts
-  stage.learning_rate = learning_rate    # peak; with scale_lr_by_batch, per 256 images
+  stage.batch_size = batch_size  # global batch over all devices and hosts
+  stage.learning_rate = learning_rate  # peak; with scale_lr_by_batch, per 256 images
   stage.scale_lr_by_batch = scale_lr_by_batch
   stage.warmup_epochs = 0
   stage.momentum = 0.9
   stage.nesterov = False
   stage.weight_decay = 5e-4
-  stage.eval_every_epochs = 1            # test accuracy (RGRL) / kNN accuracy (RM); 0 = only at the end
-  stage.checkpoint_every_epochs = 1      # plus at the end and on SIGTERM
+  stage.eval_every_epochs = 1  # test accuracy (RGRL) / kNN accuracy (RM); 0 = only at the end
+  stage.checkpoint_every_epochs = 1  # plus at the end and on SIGTERM
   return stage

@@ -17,6 +17,7 @@ Keys (all optional; the defaults are those of configs/default.py: cifar10, sym50
   seed     an integer, used for config.seed and config.noise.seed
 Any --config.KEY=VALUE override still applies on top.
 """
+
 import ml_collections
 
 try:
@@ -27,20 +28,35 @@ from rmdnet_jax import methods
 
 DATASETS = {'cifar10': 10, 'cifar100': 100}
 NOISES = {
-    'sym20': ('symmetric', 0.2), 'sym50': ('symmetric', 0.5), 'sym80': ('symmetric', 0.8),
-    'sym90': ('symmetric', 0.9), 'asym40': ('asymmetric', 0.4), 'pair45': ('pairflip', 0.45),
-    'inst20': ('instance', 0.2), 'inst40': ('instance', 0.4), 'none': ('none', 0.0),
+    'sym20': ('symmetric', 0.2),
+    'sym50': ('symmetric', 0.5),
+    'sym80': ('symmetric', 0.8),
+    'sym90': ('symmetric', 0.9),
+    'asym40': ('asymmetric', 0.4),
+    'pair45': ('pairflip', 0.45),
+    'inst20': ('instance', 0.2),
+    'inst40': ('instance', 0.4),
+    'none': ('none', 0.0),
 }
 # CIFAR-N tokens: (dataset they belong to, noise.human_label).
 HUMAN_NOISES = {
-    'c10n_aggre': ('cifar10', 'aggre'), 'c10n_worst': ('cifar10', 'worst'), 'c10n_random1': ('cifar10', 'random1'),
-    'c10n_random2': ('cifar10', 'random2'), 'c10n_random3': ('cifar10', 'random3'),
+    'c10n_aggre': ('cifar10', 'aggre'),
+    'c10n_worst': ('cifar10', 'worst'),
+    'c10n_random1': ('cifar10', 'random1'),
+    'c10n_random2': ('cifar10', 'random2'),
+    'c10n_random3': ('cifar10', 'random3'),
     'c100n_noisy': ('cifar100', 'noisy'),
 }
 # Realised rates of the CIFAR-N label sets (Wei et al.; measured on the files, see README "CIFAR-N"): the noise
 # rate that Co-teaching and JoCoR assume known.
-HUMAN_RATES = {'aggre': 0.0901, 'worst': 0.4021, 'random1': 0.1723, 'random2': 0.1812, 'random3': 0.1764,
-               'noisy': 0.4020}
+HUMAN_RATES = {
+    'aggre': 0.0901,
+    'worst': 0.4021,
+    'random1': 0.1723,
+    'random2': 0.1812,
+    'random3': 0.1764,
+    'noisy': 0.4020,
+}
 # DivideMix's lambda_u per cell (Li et al., ICLR 2020, CIFAR settings); other cells take the dataset's default.
 DIVIDEMIX_LAMBDA_U = {
     'cifar10': {'sym20': 0.0, 'sym50': 25.0, 'sym80': 25.0, 'sym90': 50.0, 'asym40': 0.0},
@@ -70,13 +86,18 @@ def parse(arg: str) -> dict:
     key, sep, value = item.partition('=')
     key, value = key.strip(), value.strip()
     if not sep or key not in KEYS:
-      raise ValueError(f'noisy_cifar: {item!r} is not KEY=VALUE with KEY one of {", ".join(KEYS)}, e.g. '
-                       'configs/noisy_cifar.py:dataset=cifar10,noise=sym50,method=ce,rmdnet=true,seed=0.')
+      raise ValueError(
+          f'noisy_cifar: {item!r} is not KEY=VALUE with KEY one of {", ".join(KEYS)}, e.g. '
+          'configs/noisy_cifar.py:dataset=cifar10,noise=sym50,method=ce,rmdnet=true,seed=0.'
+      )
     if key in params:
       raise ValueError(f'noisy_cifar: {key} is given twice ({params[key]!r} and {value!r}); give each key once.')
-    choices = {'dataset': list(DATASETS), 'noise': list(NOISES) + list(HUMAN_NOISES),
-               'method': sorted(methods.METHODS),
-               'rmdnet': list(BOOLS)}.get(key)
+    choices = {
+        'dataset': list(DATASETS),
+        'noise': list(NOISES) + list(HUMAN_NOISES),
+        'method': sorted(methods.METHODS),
+        'rmdnet': list(BOOLS),
+    }.get(key)
     if choices is not None and value not in choices:
       raise ValueError(f'noisy_cifar: {key}={value!r} is not valid; choose one of {", ".join(choices)}.')
     if key == 'seed' and not (value.isdigit() or (value[:1] == '-' and value[1:].isdigit())):
@@ -93,8 +114,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if noise in HUMAN_NOISES:
     dataset, human_label = HUMAN_NOISES[noise]
     if params.get('dataset', dataset) != dataset:
-      raise ValueError(f'noisy_cifar: noise={noise} is CIFAR-{dataset[5:]}N, which belongs to dataset={dataset}, '
-                       f'not dataset={params["dataset"]}; use dataset={dataset} or drop the dataset key.')
+      raise ValueError(
+          f'noisy_cifar: noise={noise} is CIFAR-{dataset[5:]}N, which belongs to dataset={dataset}, '
+          f'not dataset={params["dataset"]}; use dataset={dataset} or drop the dataset key.'
+      )
     # The CIFAR-N builders: the same images as cifar10/cifar100, plus the human label columns.
     config.data.name, config.data.num_classes = f'{dataset}_n', DATASETS[dataset]
     # rate 0: the human labels bring their own rate, and nothing should read a left-over 0.5 as this run's.
@@ -121,8 +144,8 @@ def set_method_settings(config: ml_collections.ConfigDict, dataset: str, noise: 
   # Co-teaching / JoCoR assume the noise rate known.
   m.forget_rate = HUMAN_RATES[config.noise.human_label] if config.noise.kind == 'human' else config.noise.rate
   if dataset == 'cifar100':
-    m.sce_alpha = 6.0                      # Wang et al. 2019
-    m.elr_lambda, m.elr_beta = 7.0, 0.9    # Liu et al. 2020
-    m.dividemix_warmup_epochs = 30         # Li et al. 2020
+    m.sce_alpha = 6.0  # Wang et al. 2019
+    m.elr_lambda, m.elr_beta = 7.0, 0.9  # Liu et al. 2020
+    m.dividemix_warmup_epochs = 30  # Li et al. 2020
   m.dividemix_lambda_u = DIVIDEMIX_LAMBDA_U[dataset].get(noise, 25.0 if dataset == 'cifar10' else 150.0)
   m.dividemix_confidence_penalty = config.noise.kind == 'asymmetric'

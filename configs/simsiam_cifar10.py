@@ -4,6 +4,7 @@
 
 Expected: kNN accuracy ~90% after 800 epochs (SimSiam CIFAR recipe, batch 512).
 """
+
 try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
 except ModuleNotFoundError:

@@ -5,6 +5,7 @@
 Proves the plumbing only (synthetic images carry no signal); for real data add
 --config.data.source=tfds --config.data.data_dir=DIR --config.data.synthetic_image_size=32.
 """
+
 try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
 except ModuleNotFoundError:

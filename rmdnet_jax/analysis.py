@@ -15,6 +15,7 @@ the baseline one made with --config.method.distill=False. Writes to --out:
 
 Clean training labels are read here for the analysis only, as in the pipeline's final report.
 """
+
 import dataclasses
 import json
 import logging as py_logging
@@ -39,8 +40,9 @@ from rmdnet_jax import train_state as train_state_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('rmdnet_workdir', None, 'Work directory of a finished RMDNet run (with its rm/ teacher).')
-flags.DEFINE_string('ce_workdir', None, 'Work directory of the finished cross-entropy baseline '
-                    '(--config.method.distill=False).')
+flags.DEFINE_string(
+    'ce_workdir', None, 'Work directory of the finished cross-entropy baseline ' '(--config.method.distill=False).'
+)
 flags.DEFINE_string('out', None, 'Directory for the PNG figures and analysis.json.')
 flags.DEFINE_list('classes', ['8', '9'], 'The two classes of the t-SNE figure (CIFAR-10: 8=ship, 9=truck).')
 flags.DEFINE_integer('max_points', 1000, 'At most this many test images in the t-SNE (half per class).')
@@ -49,17 +51,48 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 # What the analysis reads from a run's config.json: data loading, both networks, both stages' schedules (the
 # optimizer state's structure and the expected number of steps depend on them) and evaluation.
 REQUIRED_KEYS = (
-    'seed', 'eval_batch_size', 'log_every_steps',
-    'data.source', 'data.name', 'data.num_classes', 'data.data_dir', 'data.npz_path', 'data.train_subset',
-    'data.test_subset', 'data.synthetic_train_size', 'data.synthetic_test_size', 'data.synthetic_image_size',
+    'seed',
+    'eval_batch_size',
+    'log_every_steps',
+    'data.source',
+    'data.name',
+    'data.num_classes',
+    'data.data_dir',
+    'data.npz_path',
+    'data.train_subset',
+    'data.test_subset',
+    'data.synthetic_train_size',
+    'data.synthetic_test_size',
+    'data.synthetic_image_size',
     'data.synthetic_seed',
-    'model.name', 'model.width', 'model.projector_dim', 'model.projector_layers', 'model.predictor_dim',
-    'model.dtype', 'student.name', 'student.width',
-    'method.name', 'method.distill',
-    'relation.teacher_layer', 'relation.projection_head', 'relation.student_init', 'relation.teacher_checkpoint',
-    *(f'{stage}.{key}' for stage in ('rm', 'rgrl')
-      for key in ('epochs', 'batch_size', 'learning_rate', 'scale_lr_by_batch', 'warmup_epochs', 'momentum',
-                  'nesterov', 'weight_decay')),
+    'model.name',
+    'model.width',
+    'model.projector_dim',
+    'model.projector_layers',
+    'model.predictor_dim',
+    'model.dtype',
+    'student.name',
+    'student.width',
+    'method.name',
+    'method.distill',
+    'relation.teacher_layer',
+    'relation.projection_head',
+    'relation.student_init',
+    'relation.teacher_checkpoint',
+    *(
+        f'{stage}.{key}'
+        for stage in ('rm', 'rgrl')
+        for key in (
+            'epochs',
+            'batch_size',
+            'learning_rate',
+            'scale_lr_by_batch',
+            'warmup_epochs',
+            'momentum',
+            'nesterov',
+            'weight_decay',
+        )
+    ),
 )
 # Keys of config.data that only say where the data lives, not what it is.
 DATA_LOCATION_KEYS = ('data_dir', 'npz_path')
@@ -103,6 +136,7 @@ def roc_auc(scores, positives) -> float:
   if n_pos == 0 or n_neg == 0:
     return float('nan')
   from sklearn.metrics import roc_auc_score  # pylint: disable=import-outside-toplevel
+
   return float(roc_auc_score(positives, scores))
 
 
@@ -159,12 +193,18 @@ def tsne_embed(features, seed: int, perplexity: float = 30.0) -> np.ndarray:
   # Lazy: only this analysis needs scikit-learn (threadpoolctl comes with it).
   from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
   from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+
   x = np.asarray(features, np.float64)
   if x.ndim != 2 or len(x) < 2:
     raise ValueError(f't-SNE needs features [N, D] with N >= 2; got shape {x.shape}.')
   x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  tsne = TSNE(n_components=2, perplexity=tsne_perplexity(len(x), perplexity), init='pca',
-              learning_rate='auto', random_state=seed)
+  tsne = TSNE(
+      n_components=2,
+      perplexity=tsne_perplexity(len(x), perplexity),
+      init='pca',
+      learning_rate='auto',
+      random_state=seed,
+  )
   # One thread: scikit-learn's OpenMP threads and OpenBLAS' threads spin against each other (and against XLA's)
   # on small hosts, which made a 10-point embedding take 10 s instead of 0.1 s on 2 cores; 1000 points take about
   # 5 s either way.
@@ -209,8 +249,10 @@ def learning_curves(rows: Sequence[dict], steps_per_epoch: int) -> dict:
     if 'rgrl/test_accuracy' in row:
       by_step[int(row['step'])] = row
   steps = sorted(by_step)
-  curves = {'epoch': np.array(steps, np.float64) / steps_per_epoch,
-            'test_accuracy': np.array([by_step[s]['rgrl/test_accuracy'] for s in steps], np.float64)}
+  curves = {
+      'epoch': np.array(steps, np.float64) / steps_per_epoch,
+      'test_accuracy': np.array([by_step[s]['rgrl/test_accuracy'] for s in steps], np.float64),
+  }
   for key in ('train_accuracy_noisy_labels', 'train_accuracy_clean_labels'):
     if any(f'rgrl/{key}' in by_step[s] for s in steps):
       curves[key] = np.array([by_step[s].get(f'rgrl/{key}', np.nan) for s in steps], np.float64)
@@ -225,7 +267,8 @@ def learning_curves(rows: Sequence[dict], steps_per_epoch: int) -> dict:
 @dataclasses.dataclass
 class Run:
   """What the analysis needs of one finished run."""
-  key: str                      # 'ce' or 'rmdnet'
+
+  key: str  # 'ce' or 'rmdnet'
   workdir: str
   config: ml_collections.ConfigDict
   noisy: noise.NoisyLabels
@@ -251,8 +294,9 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json, checked to have every key the analysis reads."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
-    raise AnalysisError(f'--{flag}={workdir} has no config.json; pass the --workdir of a finished '
-                        'rmdnet_jax.main run.')
+    raise AnalysisError(
+        f'--{flag}={workdir} has no config.json; pass the --workdir of a finished ' 'rmdnet_jax.main run.'
+    )
   try:
     with open(path) as f:
       config = ml_collections.ConfigDict(json.load(f))
@@ -260,8 +304,10 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
     raise AnalysisError(f'{path} is not a readable config ({type(e).__name__}: {e}).') from e
   missing = [k for k in REQUIRED_KEYS if not _has_key(config, k)]
   if missing:
-    raise AnalysisError(f'{path} lacks the keys {", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}; '
-                        'it was written by another version of rmdnet_jax, rerun that run with this one.')
+    raise AnalysisError(
+        f'{path} lacks the keys {", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}; '
+        'it was written by another version of rmdnet_jax, rerun that run with this one.'
+    )
   try:
     # num_devices=1: the analysis pads its evaluation batches, so the device count of the run does not matter.
     config_checks.validate(config, num_devices=1)
@@ -271,8 +317,11 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
     # A run made before a key was added (a newer method's parameter, say) lacks it; the keys the analysis reads
     # were checked above, so such a run can still be analysed.
     missing_key = str(e).splitlines()[0].strip('\'" ') if str(e) else type(e).__name__
-    logging.warning('analysis: %s predates key %s, so it was not fully validated; the keys the analysis reads '
-                    'are all present.', path, missing_key)
+    logging.warning(
+        'analysis: %s predates key %s, so it was not fully validated; the keys the analysis reads ' 'are all present.',
+        path,
+        missing_key,
+    )
   return config
 
 
@@ -286,14 +335,18 @@ def load_noisy(workdir: str, dataset: data.Dataset) -> noise.NoisyLabels:
   """The run's noisy labels, checked to belong to the training set that `dataset` holds."""
   path = os.path.join(workdir, 'noisy_labels.npz')
   if not os.path.isfile(path):
-    raise AnalysisError(f'{workdir} has no noisy_labels.npz, so its run never started training; finish it '
-                        'with rmdnet_jax.main first.')
+    raise AnalysisError(
+        f'{workdir} has no noisy_labels.npz, so its run never started training; finish it '
+        'with rmdnet_jax.main first.'
+    )
   noisy, meta = noise.load_noisy_labels(path)
   if len(noisy.labels) != len(dataset.train_labels) or (
-      'clean_labels_sha256' in meta
-      and meta['clean_labels_sha256'] != pipeline.labels_digest(dataset.train_labels)):
-    raise AnalysisError(f'{path} was made for another training set than the one its config.data loads now; '
-                        'make the data that run was trained on readable at the same place again.')
+      'clean_labels_sha256' in meta and meta['clean_labels_sha256'] != pipeline.labels_digest(dataset.train_labels)
+  ):
+    raise AnalysisError(
+        f'{path} was made for another training set than the one its config.data loads now; '
+        'make the data that run was trained on readable at the same place again.'
+    )
   return noisy
 
 
@@ -306,25 +359,34 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
   directory = os.path.abspath(os.path.join(workdir, 'rgrl'))
   sched = pipeline.stage_schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
   if not os.path.isdir(directory):
-    raise AnalysisError(f'{workdir} has no rgrl/ checkpoints; run its RGRL stage first (rmdnet_jax.main with '
-                        'that run\'s command).')
+    raise AnalysisError(
+        f'{workdir} has no rgrl/ checkpoints; run its RGRL stage first (rmdnet_jax.main with ' "that run's command)."
+    )
   mngr = checkpoints.manager(directory, read_only=True)
   step = mngr.latest_step()
   if step is None or step < sched.num_steps:
-    raise AnalysisError(f'The RGRL stage in {workdir} stopped at step {step or 0} of {sched.num_steps}; rerun '
-                        'that run\'s rmdnet_jax.main command to finish it first.')
-  checkpoints.check_meta(checkpoints.restore_meta(mngr, step),
-                         checkpoints.stage_meta(config, 'rgrl', dataset.image_shape), directory,
-                         checkpoints.STATE_KEYS)
+    raise AnalysisError(
+        f'The RGRL stage in {workdir} stopped at step {step or 0} of {sched.num_steps}; rerun '
+        "that run's rmdnet_jax.main command to finish it first."
+    )
+  checkpoints.check_meta(
+      checkpoints.restore_meta(mngr, step),
+      checkpoints.stage_meta(config, 'rgrl', dataset.image_shape),
+      directory,
+      checkpoints.STATE_KEYS,
+  )
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, sched.steps_per_epoch)
   # The state's structure does not depend on how the student was initialised; 'random' needs no teacher.
   shape_config = ml_collections.ConfigDict(config.to_dict())
   shape_config.relation.student_init = 'random'
-  target = jax.eval_shape(lambda: distill.create_distill_state(jax.random.key(0), shape_config,
-                                                               dataset.image_shape, lr_fn,
-                                                               num_examples=len(dataset.train_images)))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()),
-                        target)
+  target = jax.eval_shape(
+      lambda: distill.create_distill_state(
+          jax.random.key(0), shape_config, dataset.image_shape, lr_fn, num_examples=len(dataset.train_images)
+      )
+  )
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()), target
+  )
   state = checkpoints.restore(mngr, step, target)
   mngr.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}, sched.steps_per_epoch, int(step)
@@ -382,13 +444,18 @@ def plot_loss_histograms(path: str, losses: dict, mislabelled: dict, aucs: dict)
   for ax, (key, loss) in zip(axes[0], losses.items()):
     wrong = mislabelled[key]
     clipped = np.clip(loss, 0.0, upper)
-    ax.hist(clipped[~wrong], bins=bins, density=True, alpha=0.6, color='tab:green',
-            label=f'clean ({int((~wrong).sum())})')
-    ax.hist(clipped[wrong], bins=bins, density=True, alpha=0.6, color='tab:red',
-            label=f'mislabelled ({int(wrong.sum())})')
+    ax.hist(
+        clipped[~wrong], bins=bins, density=True, alpha=0.6, color='tab:green', label=f'clean ({int((~wrong).sum())})'
+    )
+    ax.hist(
+        clipped[wrong], bins=bins, density=True, alpha=0.6, color='tab:red', label=f'mislabelled ({int(wrong.sum())})'
+    )
     auc = aucs[key]
-    ax.set_title(f'{RUN_NAMES[key]} student: ROC AUC {auc:.3f}' if auc is not None and math.isfinite(auc)
-                 else f'{RUN_NAMES[key]} student: ROC AUC undefined')
+    ax.set_title(
+        f'{RUN_NAMES[key]} student: ROC AUC {auc:.3f}'
+        if auc is not None and math.isfinite(auc)
+        else f'{RUN_NAMES[key]} student: ROC AUC undefined'
+    )
     ax.set_xlabel('per-sample cross-entropy w.r.t. the noisy label')
     ax.set_ylabel('density')
     ax.legend()
@@ -405,8 +472,7 @@ def plot_learning_curves(path: str, curves: dict, noise_rates: dict) -> bool:
     Whether the memorisation panel was drawn.
   """
   has_memorization = any('train_accuracy_noisy_labels' in c for c in curves.values())
-  fig, axes = plt.subplots(1, 2 if has_memorization else 1, figsize=(12 if has_memorization else 6, 4.5),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, 2 if has_memorization else 1, figsize=(12 if has_memorization else 6, 4.5), squeeze=False)
   ax = axes[0][0]
   for key, c in curves.items():
     ax.plot(c['epoch'], c['test_accuracy'], marker='.', color=RUN_COLORS[key], label=RUN_NAMES[key])
@@ -419,11 +485,22 @@ def plot_learning_curves(path: str, curves: dict, noise_rates: dict) -> bool:
     ax = axes[0][1]
     for key, c in curves.items():
       if 'train_accuracy_clean_labels' in c:
-        ax.plot(c['epoch'], c['train_accuracy_clean_labels'], marker='.', color=RUN_COLORS[key],
-                label=f'{RUN_NAMES[key]}: vs clean labels')
+        ax.plot(
+            c['epoch'],
+            c['train_accuracy_clean_labels'],
+            marker='.',
+            color=RUN_COLORS[key],
+            label=f'{RUN_NAMES[key]}: vs clean labels',
+        )
       if 'train_accuracy_noisy_labels' in c:
-        ax.plot(c['epoch'], c['train_accuracy_noisy_labels'], marker='.', color=RUN_COLORS[key], linestyle='--',
-                label=f'{RUN_NAMES[key]}: vs noisy labels')
+        ax.plot(
+            c['epoch'],
+            c['train_accuracy_noisy_labels'],
+            marker='.',
+            color=RUN_COLORS[key],
+            linestyle='--',
+            label=f'{RUN_NAMES[key]}: vs noisy labels',
+        )
     # A student that predicts every clean label agrees with the noisy labels only on the unflipped ones;
     # rising above this line is fitting the noise.
     rate = float(np.mean(list(noise_rates.values())))
@@ -465,8 +542,10 @@ def _parse_classes(classes: Sequence, num_classes: int) -> tuple:
   except (TypeError, ValueError):
     parsed = ()
   if len(parsed) != 2 or parsed[0] == parsed[1] or not all(0 <= c < num_classes for c in parsed):
-    raise AnalysisError(f'--classes={",".join(map(str, classes))} must name two different classes in '
-                        f'[0, {num_classes}), e.g. --classes=8,9.')
+    raise AnalysisError(
+        f'--classes={",".join(map(str, classes))} must name two different classes in '
+        f'[0, {num_classes}), e.g. --classes=8,9.'
+    )
   return parsed
 
 
@@ -474,8 +553,9 @@ def _none_if_nan(x: float) -> Optional[float]:
   return None if x is None or not math.isfinite(x) else float(x)
 
 
-def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = (8, 9), max_points: int = 1000,
-            seed: int = 0) -> dict:
+def analyse(
+    rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = (8, 9), max_points: int = 1000, seed: int = 0
+) -> dict:
   """Writes the case-study figures and analysis.json of a finished RMDNet run and its CE baseline.
 
   Args:
@@ -499,16 +579,22 @@ def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = 
   with _Phase('reading the configs'):
     configs = {'rmdnet': load_config(rmdnet_workdir, 'rmdnet_workdir'), 'ce': load_config(ce_workdir, 'ce_workdir')}
     if not configs['rmdnet'].method.distill:
-      raise AnalysisError(f'--rmdnet_workdir={rmdnet_workdir} is a run without distillation '
-                          '(method.distill=False); pass the RMDNet run there and the baseline as --ce_workdir.')
+      raise AnalysisError(
+          f'--rmdnet_workdir={rmdnet_workdir} is a run without distillation '
+          '(method.distill=False); pass the RMDNet run there and the baseline as --ce_workdir.'
+      )
     if configs['ce'].method.distill:
-      raise AnalysisError(f'--ce_workdir={ce_workdir} is an RMDNet run (method.distill=True); pass the '
-                          'baseline made with --config.method.distill=False.')
+      raise AnalysisError(
+          f'--ce_workdir={ce_workdir} is an RMDNet run (method.distill=True); pass the '
+          'baseline made with --config.method.distill=False.'
+      )
     differing = _same_data(configs['rmdnet'], configs['ce'])
     if differing:
-      raise AnalysisError(f'The two runs were trained on different data (data.{differing[0]}: '
-                          f'{configs["rmdnet"].data[differing[0]]!r} vs {configs["ce"].data[differing[0]]!r}); '
-                          'compare runs on the same data.')
+      raise AnalysisError(
+          f'The two runs were trained on different data (data.{differing[0]}: '
+          f'{configs["rmdnet"].data[differing[0]]!r} vs {configs["ce"].data[differing[0]]!r}); '
+          'compare runs on the same data.'
+      )
     for key in ('kind', 'rate', 'seed'):
       if configs['rmdnet'].get('noise', {}).get(key) != configs['ce'].get('noise', {}).get(key):
         logging.warning('analysis: the runs differ in noise.%s; the comparison is not like for like.', key)
@@ -516,8 +602,12 @@ def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = 
     dataset = data.load(configs['rmdnet'].data)
     num_classes = dataset.num_classes
     classes = _parse_classes(classes, num_classes)
-    logging.info('analysis: %s, %d training and %d test images.', dataset.name, len(dataset.train_images),
-                 len(dataset.test_images))
+    logging.info(
+        'analysis: %s, %d training and %d test images.',
+        dataset.name,
+        len(dataset.train_images),
+        len(dataset.test_images),
+    )
   runs = {}
   for key, workdir in (('ce', ce_workdir), ('rmdnet', rmdnet_workdir)):
     with _Phase(f'restoring the {RUN_NAMES[key]} student from {workdir}'):
@@ -529,8 +619,14 @@ def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = 
     teacher = pipeline.load_teacher(configs['rmdnet'], dataset, rmdnet_workdir)
 
   os.makedirs(out, exist_ok=True)
-  summary = {'rmdnet_workdir': os.path.abspath(rmdnet_workdir), 'ce_workdir': os.path.abspath(ce_workdir),
-             'dataset': dataset.name, 'num_train': int(len(dataset.train_images)), 'runs': {}, 'loss_auc': {}}
+  summary = {
+      'rmdnet_workdir': os.path.abspath(rmdnet_workdir),
+      'ce_workdir': os.path.abspath(ce_workdir),
+      'dataset': dataset.name,
+      'num_train': int(len(dataset.train_images)),
+      'runs': {},
+      'loss_auc': {},
+  }
 
   # 1. t-SNE of two classes' test features.
   points = select_points(dataset.test_labels, classes, max_points, seed)
@@ -542,44 +638,57 @@ def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = 
   features = {}
   with _Phase(f'test features of {len(points)} images (classes {classes[0]}, {classes[1]})'):
     batch = configs['rmdnet'].eval_batch_size
-    features['SimSiam teacher'] = parallel.map_batches(teacher_backbone_fn(configs['rmdnet'], dataset), teacher,
-                                                       images, batch)
+    features['SimSiam teacher'] = parallel.map_batches(
+        teacher_backbone_fn(configs['rmdnet'], dataset), teacher, images, batch
+    )
     outputs_fns = {key: student_outputs_fn(run.config, dataset) for key, run in runs.items()}
     for key, run in runs.items():
-      features[f'{run.name} student'] = parallel.map_batches(outputs_fns[key], run.variables, images,
-                                                             run.config.eval_batch_size)['features']
+      features[f'{run.name} student'] = parallel.map_batches(
+          outputs_fns[key], run.variables, images, run.config.eval_batch_size
+      )['features']
   embeddings = {}
   for title, f in features.items():
     with _Phase(f't-SNE of the {title} ({f.shape[0]} x {f.shape[1]})'):
       embeddings[title] = tsne_embed(f, seed)
   tsne_path = os.path.join(out, f'tsne_{classes[0]}_{classes[1]}.png')
   plot_tsne(tsne_path, embeddings, point_labels, classes, dataset.name)
-  summary['tsne'] = {'classes': list(classes), 'class_names': [class_name(dataset.name, c) for c in classes],
-                     'points_per_class': {str(c): n for c, n in counts.items()},
-                     'perplexity': tsne_perplexity(len(points)), 'seed': seed, 'figure': tsne_path}
+  summary['tsne'] = {
+      'classes': list(classes),
+      'class_names': [class_name(dataset.name, c) for c in classes],
+      'points_per_class': {str(c): n for c, n in counts.items()},
+      'perplexity': tsne_perplexity(len(points)),
+      'seed': seed,
+      'figure': tsne_path,
+  }
   logging.info('analysis: wrote %s.', tsne_path)
 
   # 2. Per-sample training losses w.r.t. the noisy labels, clean vs mislabelled.
   losses, mislabelled, aucs = {}, {}, {}
   for key, run in runs.items():
     with _Phase(f'training-set losses of the {run.name} student'):
-      logits = parallel.map_batches(outputs_fns[key], run.variables, dataset.train_images,
-                                    run.config.eval_batch_size)['logits']
+      logits = parallel.map_batches(outputs_fns[key], run.variables, dataset.train_images, run.config.eval_batch_size)[
+          'logits'
+      ]
       losses[key] = per_sample_losses(logits, run.noisy.labels)
       mislabelled[key] = run.noisy.labels != dataset.train_labels
       aucs[key] = roc_auc(losses[key], mislabelled[key])
       wrong = mislabelled[key]
       summary['loss_auc'][key] = _none_if_nan(aucs[key])
       summary['runs'][key] = {
-          'workdir': os.path.abspath(run.workdir), 'rgrl_steps': run.steps,
-          'noise_realized_rate': float(run.noisy.realized_rate), 'num_mislabelled': int(wrong.sum()),
+          'workdir': os.path.abspath(run.workdir),
+          'rgrl_steps': run.steps,
+          'noise_realized_rate': float(run.noisy.realized_rate),
+          'num_mislabelled': int(wrong.sum()),
           'loss_auc': _none_if_nan(aucs[key]),
           'mean_loss_clean': _none_if_nan(float(losses[key][~wrong].mean()) if (~wrong).any() else None),
           'mean_loss_mislabelled': _none_if_nan(float(losses[key][wrong].mean()) if wrong.any() else None),
           'train_accuracy_noisy_labels': float(np.mean(np.argmax(logits, -1) == run.noisy.labels)),
       }
-      logging.info('analysis: %s student: loss AUC (mislabelled vs clean) %s.', run.name,
-                   f'{aucs[key]:.4f}' if math.isfinite(aucs[key]) else 'undefined (one group is empty)')
+      logging.info(
+          'analysis: %s student: loss AUC (mislabelled vs clean) %s.',
+          run.name,
+          f'{aucs[key]:.4f}' if math.isfinite(aucs[key]) else 'undefined (one group is empty)',
+      )
   loss_path = os.path.join(out, 'loss_histograms.png')
   plot_loss_histograms(loss_path, losses, mislabelled, aucs)
   logging.info('analysis: wrote %s.', loss_path)
@@ -588,16 +697,18 @@ def analyse(rmdnet_workdir: str, ce_workdir: str, out: str, classes: Sequence = 
   with _Phase('learning curves'):
     curves = {}
     for key, run in runs.items():
-      curves[key] = learning_curves(metrics.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl')),
-                                    run.steps_per_epoch)
+      curves[key] = learning_curves(metrics.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl')), run.steps_per_epoch)
       if not len(curves[key]['epoch']):
-        raise AnalysisError(f'{run.workdir}/metrics.jsonl has no rgrl/test_accuracy rows; the run is unfinished '
-                            'or its metrics file was removed.')
+        raise AnalysisError(
+            f'{run.workdir}/metrics.jsonl has no rgrl/test_accuracy rows; the run is unfinished '
+            'or its metrics file was removed.'
+        )
       summary['runs'][key]['test_accuracy_last'] = float(curves[key]['test_accuracy'][-1])
       summary['runs'][key]['test_accuracy_best'] = float(np.max(curves[key]['test_accuracy']))
     curves_path = os.path.join(out, 'learning_curves.png')
     summary['memorization_curve'] = plot_learning_curves(
-        curves_path, curves, {key: run.noisy.realized_rate for key, run in runs.items()})
+        curves_path, curves, {key: run.noisy.realized_rate for key, run in runs.items()}
+    )
   logging.info('analysis: wrote %s.', curves_path)
 
   summary['figures'] = [tsne_path, loss_path, curves_path]
@@ -628,14 +739,17 @@ def main(argv):
     # Analysis never imports TensorFlow; as in rmdnet_jax.main, keep one that something imported off the GPUs.
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
   try:
-    summary = analyse(FLAGS.rmdnet_workdir, FLAGS.ce_workdir, FLAGS.out, classes=FLAGS.classes,
-                      max_points=FLAGS.max_points)
+    summary = analyse(
+        FLAGS.rmdnet_workdir, FLAGS.ce_workdir, FLAGS.out, classes=FLAGS.classes, max_points=FLAGS.max_points
+    )
   except USER_ERRORS as e:
     # One sentence says what is wrong and how to fix it; a traceback would only bury it.
     logging.error('%s', e)
     sys.exit(f'error: {e}')
-  aucs = ', '.join(f'{RUN_NAMES[k]} {v:.4f}' if v is not None else f'{RUN_NAMES[k]} undefined'
-                   for k, v in summary['loss_auc'].items())
+  aucs = ', '.join(
+      f'{RUN_NAMES[k]} {v:.4f}' if v is not None else f'{RUN_NAMES[k]} undefined'
+      for k, v in summary['loss_auc'].items()
+  )
   print(f'Loss ROC AUC (mislabelled vs clean): {aucs}. Figures and analysis.json in {FLAGS.out}.', flush=True)
 
 

@@ -20,6 +20,7 @@ intermediate work is float32 in [0, 1] and only the final normalisation leaves t
 new-style typed keys (`jax.random.key`) or legacy uint32 keys (`jax.random.PRNGKey`); batched functions take
 one key per image.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,7 +66,7 @@ def to_unit_float(images: Array) -> Array:
     return images.astype(jnp.float32) / 255.0
   if jnp.issubdtype(images.dtype, jnp.floating):
     return images.astype(jnp.float32)
-  raise TypeError(f"images must be uint8 (0..255) or floating (0..1), got {images.dtype}")
+  raise TypeError(f'images must be uint8 (0..255) or floating (0..1), got {images.dtype}')
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Array:
@@ -152,11 +153,11 @@ def horizontal_flip(image: Array) -> Array:
 
 
 def sample_crop_box(
-  key: Array,
-  height: int,
-  width: int,
-  scale: tuple[float, float] = (0.2, 1.0),
-  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    key: Array,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[Array, Array, Array, Array]:
   """Draws a RandomResizedCrop box in continuous pixel coordinates.
 
@@ -236,14 +237,14 @@ def crop_and_resize(image: Array, box: tuple[Array, Array, Array, Array]) -> Arr
   y0, x0, crop_h, crop_w = box
   rows = _linear_interp_matrix(y0, crop_h, height, height)
   cols = _linear_interp_matrix(x0, crop_w, width, width)
-  return jnp.einsum("oh,hwc,pw->opc", rows, image, cols, precision=lax.Precision.HIGHEST)
+  return jnp.einsum('oh,hwc,pw->opc', rows, image, cols, precision=lax.Precision.HIGHEST)
 
 
 def random_resized_crop(
-  key: Array,
-  image: Array,
-  scale: tuple[float, float] = (0.2, 1.0),
-  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    key: Array,
+    image: Array,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> Array:
   """torchvision `RandomResizedCrop(H, scale, ratio)` (bilinear) with a single box draw.
 
@@ -404,13 +405,13 @@ def _jitter_enabled(strength) -> bool:
 
 
 def color_jitter(
-  key: Array,
-  image: Array,
-  *,
-  brightness: Number | Array = 0.4,
-  contrast: Number | Array = 0.4,
-  saturation: Number | Array = 0.4,
-  hue: Number | Array = 0.1,
+    key: Array,
+    image: Array,
+    *,
+    brightness: Number | Array = 0.4,
+    contrast: Number | Array = 0.4,
+    saturation: Number | Array = 0.4,
+    hue: Number | Array = 0.1,
 ) -> Array:
   """torchvision `ColorJitter(brightness, contrast, saturation, hue)` on one image, always applied.
 
@@ -439,19 +440,17 @@ def color_jitter(
   """
   # One draw: three factors, the hue shift, three sort keys for the blend order and the hue slot.
   u = jax.random.uniform(key, (8,), jnp.float32)
-  return _color_jitter_from_uniforms(
-    u, image, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
-  )
+  return _color_jitter_from_uniforms(u, image, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
 
 def _color_jitter_from_uniforms(
-  u: Array,
-  image: Array,
-  *,
-  brightness: Number | Array,
-  contrast: Number | Array,
-  saturation: Number | Array,
-  hue: Number | Array,
+    u: Array,
+    image: Array,
+    *,
+    brightness: Number | Array,
+    contrast: Number | Array,
+    saturation: Number | Array,
+    hue: Number | Array,
 ) -> Array:
   """`color_jitter` given its eight uniform samples, split out so tests can pin the factors.
 
@@ -507,20 +506,20 @@ def _color_jitter_from_uniforms(
 
 
 def simsiam_view(
-  key: Array,
-  image: Array,
-  *,
-  mean: Sequence[float],
-  std: Sequence[float],
-  crop_scale: tuple[float, float] = (0.2, 1.0),
-  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-  brightness: Number | Array = 0.4,
-  contrast: Number | Array = 0.4,
-  saturation: Number | Array = 0.4,
-  hue: Number | Array = 0.1,
-  jitter_prob: Number | Array = 0.8,
-  grayscale_prob: Number | Array = 0.2,
-  flip_prob: Number | Array = 0.5,
+    key: Array,
+    image: Array,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    brightness: Number | Array = 0.4,
+    contrast: Number | Array = 0.4,
+    saturation: Number | Array = 0.4,
+    hue: Number | Array = 0.1,
+    jitter_prob: Number | Array = 0.8,
+    grayscale_prob: Number | Array = 0.2,
+    flip_prob: Number | Array = 0.5,
 ) -> Array:
   """One SimSiam (CIFAR recipe) view of one image.
 
@@ -551,7 +550,7 @@ def simsiam_view(
   x = random_resized_crop(k_crop, x, crop_scale, crop_ratio)
   x = _maybe_apply(flip_u, flip_prob, horizontal_flip, x)
   jitter = functools.partial(
-    color_jitter, k_jitter, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
+      color_jitter, k_jitter, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
   )
   x = _maybe_apply(jitter_u, jitter_prob, jitter, x)
   x = _maybe_apply(gray_u, grayscale_prob, to_grayscale, x)
@@ -561,9 +560,9 @@ def simsiam_view(
 def _check_batch(keys: Array, images: Array) -> None:
   """Raises if there is not exactly one key per image (a common slip: passing one key for the batch)."""
   if images.ndim != 4:
-    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    raise ValueError(f'images must be [B, H, W, C], got shape {images.shape}')
   if keys.ndim < 1 or keys.shape[0] != images.shape[0]:
-    raise ValueError(f"need one key per image: keys {keys.shape} vs images {images.shape}")
+    raise ValueError(f'need one key per image: keys {keys.shape} vs images {images.shape}')
 
 
 def simsiam_views(keys: Array, images: Array, **kwargs) -> tuple[Array, Array]:
@@ -590,13 +589,13 @@ def simsiam_views(keys: Array, images: Array, **kwargs) -> tuple[Array, Array]:
 
 
 def pad_crop_flip_view(
-  key: Array,
-  image: Array,
-  *,
-  mean: Sequence[float],
-  std: Sequence[float],
-  pad: int = 4,
-  flip_prob: Number | Array = 0.5,
+    key: Array,
+    image: Array,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    pad: int = 4,
+    flip_prob: Number | Array = 0.5,
 ) -> Array:
   """torchvision `RandomCrop(H, padding=pad)` -> `RandomHorizontalFlip(flip_prob)` -> Normalize, one image.
 

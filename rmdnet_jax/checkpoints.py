@@ -11,6 +11,7 @@ Any number of processes: the train state lives as host-local replicated arrays (
 to host-local copies. The saved files do not depend on the process or device count, so a run saved by N processes
 resumes on M (the same global batch over another number of devices).
 """
+
 import hashlib
 import os
 from typing import Any, Optional
@@ -24,8 +25,16 @@ from etils import epath
 from rmdnet_jax import data, fileio, parallel
 
 # What must agree between an RM checkpoint and the RGRL run that uses it as a teacher.
-TEACHER_KEYS = ('stage', 'dataset', 'model', 'width', 'projector_dim', 'projector_layers', 'predictor_dim',
-                'image_shape')
+TEACHER_KEYS = (
+    'stage',
+    'dataset',
+    'model',
+    'width',
+    'projector_dim',
+    'projector_layers',
+    'predictor_dim',
+    'image_shape',
+)
 # What must agree between a checkpoint and the run resuming (or analysing) it.
 STATE_KEYS = TEACHER_KEYS + ('student', 'student_width', 'method')
 
@@ -49,11 +58,18 @@ def image_dataset(data_config) -> str:
 def stage_meta(config, stage: str, image_shape) -> dict:
   """The `meta` item saved with every checkpoint of `stage` (RGRL's also names the method: its networks and
   per-example state shape the checkpoint)."""
-  meta = {'stage': stage, 'dataset': image_dataset(config.data),
-          'model': config.model.name, 'width': config.model.width, 'projector_dim': config.model.projector_dim,
-          'projector_layers': config.model.projector_layers, 'predictor_dim': config.model.predictor_dim,
-          'student': config.student.name, 'student_width': config.student.width,
-          'image_shape': [int(s) for s in image_shape]}
+  meta = {
+      'stage': stage,
+      'dataset': image_dataset(config.data),
+      'model': config.model.name,
+      'width': config.model.width,
+      'projector_dim': config.model.projector_dim,
+      'projector_layers': config.model.projector_layers,
+      'predictor_dim': config.model.predictor_dim,
+      'student': config.student.name,
+      'student_width': config.student.width,
+      'image_shape': [int(s) for s in image_shape],
+  }
   if stage == 'rgrl':
     meta['method'] = config.method.name
   return meta
@@ -61,8 +77,11 @@ def stage_meta(config, stage: str, image_shape) -> dict:
 
 def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """The manager of one stage's checkpoints; `read_only` for a stage this process only reads (a teacher)."""
-  options = (ocp.CheckpointManagerOptions(read_only=True, create=False) if read_only else
-             ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  options = (
+      ocp.CheckpointManagerOptions(read_only=True, create=False)
+      if read_only
+      else ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  )
   return ocp.CheckpointManager(fileio.absolute(directory), item_names=('state', 'meta'), options=options)
 
 
@@ -82,9 +101,11 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
 
   Every process must call it at the same step (Orbax synchronises them); `wait` before the process exits."""
   meta = {**meta, 'state_sha256': state_digest(state)}
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(parallel.to_global(state)),
-                                          meta=ocp.args.JsonSave(meta)),
-            force=True)
+  mngr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(parallel.to_global(state)), meta=ocp.args.JsonSave(meta)),
+      force=True,
+  )
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -154,6 +175,7 @@ def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
       source.rename(target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # noqa: PLC0415
+
     multihost_utils.sync_global_devices(f'rmdnet_set_aside_{mngr.directory}')
   mngr.reload()
 
@@ -179,13 +201,17 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any, expected_meta: dict
       problems.append(str(e))
       continue
     if damaged:
-      logging.warning('Resuming from the newest intact checkpoint, step %d; setting aside the damaged %s as '
-                      '*.damaged.', step, ', '.join(_step_dir(mngr, s) for s in damaged))
+      logging.warning(
+          'Resuming from the newest intact checkpoint, step %d; setting aside the damaged %s as ' '*.damaged.',
+          step,
+          ', '.join(_step_dir(mngr, s) for s in damaged),
+      )
       _set_aside(mngr, damaged)
     return state
   raise CheckpointError(
       f'Every checkpoint in {mngr.directory} is damaged (steps {", ".join(map(str, steps))}, newest: '
-      f'{problems[0]}); remove that directory to start the stage again, or restore it from a copy.')
+      f'{problems[0]}); remove that directory to start the stage again, or restore it from a copy.'
+  )
 
 
 def check_meta(found: dict, expected: dict, where: str, keys) -> None:
@@ -194,7 +220,8 @@ def check_meta(found: dict, expected: dict, where: str, keys) -> None:
       raise CheckpointError(
           f'The checkpoint in {where} was trained with {key}={found.get(key)!r} but this run has '
           f'{key}={expected.get(key)!r}; use a new --workdir, or point --config.relation.teacher_checkpoint '
-          'at a matching RM checkpoint, or change the config to match.')
+          'at a matching RM checkpoint, or change the config to match.'
+      )
 
 
 def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: int = 0) -> Any:
@@ -209,24 +236,28 @@ def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: i
   if '://' not in directory and not os.path.isdir(directory):
     raise CheckpointError(
         f'No RM (SimSiam) checkpoint at {directory}; run the rm stage first (--config.stages=rm,rgrl) or set '
-        '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.')
+        '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.'
+    )
   mngr = manager(directory, read_only=True)
   requested, step = step, mngr.latest_step()
   if step is None:
     raise CheckpointError(
         f'{directory} holds no finished RM checkpoint; finish the rm stage first or set '
-        '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.')
+        '--config.relation.teacher_checkpoint to the rm/ directory of a finished run.'
+    )
   if requested:
     if requested not in mngr.all_steps():
       raise CheckpointError(
           f'{directory} has no RM checkpoint at step {requested} (it has steps '
           f'{", ".join(map(str, sorted(mngr.all_steps())))}); set --config.relation.teacher_step to one of them, '
-          'or 0 for the latest.')
+          'or 0 for the latest.'
+      )
     step = requested
   try:
     state = _restore_checked(mngr, step, rm_target, expected_meta, TEACHER_KEYS)
   except DamagedCheckpointError as e:
     raise CheckpointError(
         f'The RM checkpoint {_step_dir(mngr, step)} is damaged ({e}); remove that directory and rerun with '
-        '--config.stages=rm,rgrl to retrain its steps from the checkpoint before it.') from None
+        '--config.stages=rm,rgrl to retrain its steps from the checkpoint before it.'
+    ) from None
   return state, step

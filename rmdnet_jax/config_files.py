@@ -5,6 +5,7 @@ the configs import `default` from either place). `--config=configs/tiny.py` name
 directory when there is one, as always; otherwise the same file of the installed package (or of the source tree
 this `rmdnet_jax` was imported from), so the README's config paths work from any directory.
 """
+
 import os
 import sys
 from typing import Sequence
@@ -43,7 +44,7 @@ def resolve_argv(argv: Sequence[str], flag: str = 'config') -> list:
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith(f'--{flag}='):
-      out[i] = f'--{flag}=' + resolve(arg[len(flag) + 3:])
+      out[i] = f'--{flag}=' + resolve(arg[len(flag) + 3 :])
     elif arg == f'--{flag}' and i + 1 < len(out):
       out[i + 1] = resolve(out[i + 1])
   return out

@@ -20,6 +20,7 @@ Wiring into a stage (as `pipeline.rm_stage` would; the RGRL step takes `data_arg
 `loop.train` calls `step_fn(state, *step_args, batch, rng)`, so passing the resident arrays as the last of
 `step_args` puts them just before the batch, where the wrapped step expects them.
 """
+
 from typing import Callable, Iterator, Mapping
 
 import jax

@@ -11,6 +11,7 @@ DivideMix) sums one such objective per network, each network with its own relati
 
 `distill_step(state, teacher, batch, rng)` is a pure function; `parallel.pmap_step` maps it over devices.
 """
+
 from typing import Any, Callable, Mapping, Optional
 
 import flax
@@ -26,14 +27,21 @@ from rmdnet_jax import train_state as train_state_lib
 def relation_kwargs(config: ml_collections.ConfigDict) -> dict:
   """Keyword arguments of `relation.relation_distillation_loss` from `config.relation`."""
   rel = config.relation
-  return dict(node_weight=rel.node_weight, edge_weight=rel.edge_weight, edge_kind=rel.edge_kind,
-              node_kind=rel.node_kind, center=rel.center, batch_center=rel.batch_center,
-              k=rel.edge_topk if rel.edge_topk else None, temperature=rel.temperature, normalize=rel.normalize)
+  return dict(
+      node_weight=rel.node_weight,
+      edge_weight=rel.edge_weight,
+      edge_kind=rel.edge_kind,
+      node_kind=rel.node_kind,
+      center=rel.center,
+      batch_center=rel.batch_center,
+      k=rel.edge_topk if rel.edge_topk else None,
+      temperature=rel.temperature,
+      normalize=rel.normalize,
+  )
 
 
 def view_kwargs(config: ml_collections.ConfigDict, mean, std) -> dict:
-  return dict(mean=tuple(mean), std=tuple(std), pad=config.rgrl.augment.pad,
-              flip_prob=config.rgrl.augment.flip_prob)
+  return dict(mean=tuple(mean), std=tuple(std), pad=config.rgrl.augment.pad, flip_prob=config.rgrl.augment.flip_prob)
 
 
 def teacher_apply_fn(config: ml_collections.ConfigDict, layer: Optional[str] = None) -> Callable:
@@ -68,9 +76,14 @@ def stack_networks(trees: list) -> Any:
   return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def create_distill_state(rng: jax.Array, config: ml_collections.ConfigDict, image_shape, learning_rate_fn,
-                         teacher: Optional[Mapping[str, Any]] = None,
-                         num_examples: int = 0) -> train_state_lib.StudentTrainState:
+def create_distill_state(
+    rng: jax.Array,
+    config: ml_collections.ConfigDict,
+    image_shape,
+    learning_rate_fn,
+    teacher: Optional[Mapping[str, Any]] = None,
+    num_examples: int = 0,
+) -> train_state_lib.StudentTrainState:
   """Initialises the student network(s) of `config.method` (each from its own key) and the method's state.
 
   With `relation.student_init == 'teacher'` every network's backbone starts as the teacher's. `num_examples` sizes
@@ -86,25 +99,38 @@ def create_distill_state(rng: jax.Array, config: ml_collections.ConfigDict, imag
     variables = flax.core.unfreeze(init(net_rng, dummy, train=False))
     if config.relation.student_init == 'teacher':
       if teacher is None:
-        raise ValueError("relation.student_init='teacher' needs the RM teacher; run the 'rm' stage first "
-                         'or set relation.teacher_checkpoint.')
+        raise ValueError(
+            "relation.student_init='teacher' needs the RM teacher; run the 'rm' stage first "
+            'or set relation.teacher_checkpoint.'
+        )
       variables['params']['backbone'] = jax.tree.map(jnp.array, teacher['params']['backbone'])
       variables['batch_stats']['backbone'] = jax.tree.map(jnp.array, teacher['batch_stats']['backbone'])
     elif config.relation.student_init != 'random':
-      raise ValueError(f"Unknown relation.student_init {config.relation.student_init!r}; use 'random' or "
-                       "'teacher'.")
+      raise ValueError(f"Unknown relation.student_init {config.relation.student_init!r}; use 'random' or " "'teacher'.")
     per_network.append(variables)
   tx = train_state_lib.make_optimizer(config.rgrl, learning_rate_fn)
   return train_state_lib.StudentTrainState.create(
-      apply_fn=model.apply, params=stack_networks([v['params'] for v in per_network]),
-      batch_stats=stack_networks([v['batch_stats'] for v in per_network]), tx=tx,
-      method_state=method.init_state(num_examples, config.data.num_classes))
+      apply_fn=model.apply,
+      params=stack_networks([v['params'] for v in per_network]),
+      batch_stats=stack_networks([v['batch_stats'] for v in per_network]),
+      tx=tx,
+      method_state=method.init_state(num_examples, config.data.num_classes),
+  )
 
 
-def distill_step(state: train_state_lib.StudentTrainState, teacher: Optional[Mapping[str, Any]],
-                 batch: Mapping[str, jax.Array], rng: jax.Array, *, teacher_apply: Optional[Callable],
-                 method: methods_base.Method, K: float, relation_kwargs: Mapping[str, Any],
-                 view_kwargs: Mapping[str, Any], steps_per_epoch: int = 1):
+def distill_step(
+    state: train_state_lib.StudentTrainState,
+    teacher: Optional[Mapping[str, Any]],
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    teacher_apply: Optional[Callable],
+    method: methods_base.Method,
+    K: float,
+    relation_kwargs: Mapping[str, Any],
+    view_kwargs: Mapping[str, Any],
+    steps_per_epoch: int = 1,
+):
   """One RGRL update on this device's part of the global batch (run under `parallel.pmap_step`).
 
   Args:
@@ -142,15 +168,27 @@ def distill_step(state: train_state_lib.StudentTrainState, teacher: Optional[Map
 
   def loss_fn(params):
     def apply(i, x):
-      return state.apply_fn({'params': network(params, i, num_networks),
-                             'batch_stats': network(state.batch_stats, i, num_networks)},
-                            x, train=True, mutable=['batch_stats'])
+      return state.apply_fn(
+          {'params': network(params, i, num_networks), 'batch_stats': network(state.batch_stats, i, num_networks)},
+          x,
+          train=True,
+          mutable=['batch_stats'],
+      )
 
     outs, stats = zip(*(apply(i, views) for i in range(num_networks)))
-    result = method.loss(methods_base.LossInputs(
-        logits=tuple(o['logits'] for o in outs), labels=labels, index=index, method_state=state.method_state,
-        progress=state.step / steps_per_epoch, rng=jax.random.fold_in(rng, 1), view=views,
-        second_view=second_view, forward=lambda i, x: apply(i, x)[0]['logits']))
+    result = method.loss(
+        methods_base.LossInputs(
+            logits=tuple(o['logits'] for o in outs),
+            labels=labels,
+            index=index,
+            method_state=state.method_state,
+            progress=state.step / steps_per_epoch,
+            rng=jax.random.fold_in(rng, 1),
+            view=views,
+            second_view=second_view,
+            forward=lambda i, x: apply(i, x)[0]['logits'],
+        )
+    )
     loss = sum(result.losses)
     terms = {'method': loss / num_networks}
     if distill:
@@ -159,22 +197,28 @@ def distill_step(state: train_state_lib.StudentTrainState, teacher: Optional[Map
       parts = [relation.relation_distillation_loss(teacher_features, e, **relation_kwargs) for e in embeddings]
       regulariser = sum(p[0] for p in parts)
       loss = loss + K * regulariser
-      terms.update(node=sum(p[1]['node'] for p in parts) / num_networks,
-                   edge=sum(p[1]['edge'] for p in parts) / num_networks, relation=regulariser / num_networks)
+      terms.update(
+          node=sum(p[1]['node'] for p in parts) / num_networks,
+          edge=sum(p[1]['edge'] for p in parts) / num_networks,
+          relation=regulariser / num_networks,
+      )
       # What the terms do to the graphs (first network): tells alignment from the node term's collapse.
-      terms.update(relation.relation_diagnostics(teacher_features, embeddings[0],
-                                                 center=relation_kwargs['center'],
-                                                 batch_center=relation_kwargs['batch_center']))
+      terms.update(
+          relation.relation_diagnostics(
+              teacher_features,
+              embeddings[0],
+              center=relation_kwargs['center'],
+              batch_center=relation_kwargs['batch_center'],
+          )
+      )
     terms.update({f'method_{k}': v for k, v in result.metrics.items()})
     new_method_state = state.method_state if result.method_state is None else result.method_state
     return loss, (terms, outs[0]['logits'], stack_networks([s['batch_stats'] for s in stats]), new_method_state)
 
-  (loss, (terms, logits, batch_stats, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (terms, logits, batch_stats, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = parallel.global_mean(grads)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, method_state=method_state)
-  metrics = {'loss': loss, **terms,
-             'noisy_label_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
+  metrics = {'loss': loss, **terms, 'noisy_label_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
   return new_state, parallel.global_mean(metrics)
 
 

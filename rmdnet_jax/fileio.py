@@ -2,6 +2,7 @@
 bucket (`gs://...`, where Orbax also writes the checkpoints), each written so that a reader never sees half a file
 (metrics.jsonl, appended line by line on a local disk, at worst ends in a torn line that its writer drops).
 """
+
 import os
 
 # gs:// paths (these files, Orbax's checkpoints, tfds' data_dir) go through etils.epath. epath would use

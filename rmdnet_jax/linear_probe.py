@@ -9,6 +9,7 @@ with SGD + momentum and a cosine schedule, the whole run one jitted program. Pre
 augmentation make the probe cheap (seconds); they give a probe accuracy typically within about a point of the
 augmented 100-epoch protocol.
 """
+
 import functools
 
 import jax
@@ -26,8 +27,18 @@ def standardise(train_features, *others):
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'epochs', 'batch_size', 'momentum'))
-def _train(features, labels, key, *, num_classes: int, epochs: int, batch_size: int, learning_rate: float,
-           momentum: float, weight_decay: float):
+def _train(
+    features,
+    labels,
+    key,
+    *,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    weight_decay: float,
+):
   n, d = features.shape
   steps_per_epoch = n // batch_size
   schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
@@ -46,7 +57,7 @@ def _train(features, labels, key, *, num_classes: int, epochs: int, batch_size: 
     return (optax.apply_updates(p, updates), s), loss
 
   def epoch(e, carry):
-    order = jax.random.permutation(jax.random.fold_in(key, e), n)[:steps_per_epoch * batch_size]
+    order = jax.random.permutation(jax.random.fold_in(key, e), n)[: steps_per_epoch * batch_size]
     carry, _ = jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))
     return carry
 
@@ -54,15 +65,34 @@ def _train(features, labels, key, *, num_classes: int, epochs: int, batch_size: 
   return params
 
 
-def fit(train_features, train_labels, *, num_classes: int, epochs: int = 100, batch_size: int = 256,
-        learning_rate: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0) -> dict:
+def fit(
+    train_features,
+    train_labels,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict:
   """Trains the linear classifier on (already standardised) features; returns {'w': [D, C], 'b': [C]}."""
   features = jnp.asarray(train_features, jnp.float32)
   batch_size = min(batch_size, features.shape[0])
-  return jax.device_get(_train(features, jnp.asarray(train_labels, jnp.int32), jax.random.key(seed),
-                               num_classes=num_classes, epochs=epochs, batch_size=batch_size,
-                               learning_rate=float(learning_rate), momentum=float(momentum),
-                               weight_decay=float(weight_decay)))
+  return jax.device_get(
+      _train(
+          features,
+          jnp.asarray(train_labels, jnp.int32),
+          jax.random.key(seed),
+          num_classes=num_classes,
+          epochs=epochs,
+          batch_size=batch_size,
+          learning_rate=float(learning_rate),
+          momentum=float(momentum),
+          weight_decay=float(weight_decay),
+      )
+  )
 
 
 def accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int, **kwargs) -> float:

@@ -7,6 +7,7 @@ finite, so that a diverged state is never saved.
 SIGTERM (a preempted TPU VM, a cluster scheduler) stops the run at a step that every process agrees on: all of
 them checkpoint that step together and exit with `PREEMPTED_EXIT_CODE`. Rerunning the same command resumes.
 """
+
 import dataclasses
 import signal
 import threading
@@ -19,7 +20,6 @@ import numpy as np
 from absl import logging
 
 from rmdnet_jax import checkpoints, parallel, progress
-
 
 # The exit status of a preempted run (EX_TEMPFAIL of sysexits.h): not a failure; rerun the same command to resume.
 PREEMPTED_EXIT_CODE = 75
@@ -49,7 +49,7 @@ class StageSchedule:
   num_steps: int
   steps_per_epoch: int
   log_every_steps: int
-  eval_every_steps: int       # 0: only at the end
+  eval_every_steps: int  # 0: only at the end
   checkpoint_every_steps: int
 
 
@@ -116,6 +116,7 @@ def _distributed_client():
   if jax.process_count() == 1:
     return None
   from jax._src import distributed  # noqa: PLC0415  (the client has no public accessor)
+
   return distributed.global_state.client
 
 
@@ -134,8 +135,11 @@ def _all_finite(leaves):
 
 def state_is_finite(state: Any) -> bool:
   """Whether every floating-point leaf of the (replicated) state is finite; checks one device's copy."""
-  leaves = [x.addressable_data(0) if isinstance(x, jax.Array) else x for x in jax.tree.leaves(state)
-            if jnp.issubdtype(getattr(x, 'dtype', np.int32), jnp.floating)]
+  leaves = [
+      x.addressable_data(0) if isinstance(x, jax.Array) else x
+      for x in jax.tree.leaves(state)
+      if jnp.issubdtype(getattr(x, 'dtype', np.int32), jnp.floating)
+  ]
   return not leaves or bool(_all_finite(leaves))
 
 
@@ -144,11 +148,25 @@ def _due(step: int, every: int, total: int) -> bool:
   return step + 1 == total or (every > 0 and (step + 1) % every == 0)
 
 
-def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: jax.Array, start_step: int,
-          schedule: StageSchedule, mngr, meta: dict, writer, learning_rate_fn: Callable,
-          global_batch_size: int, eval_fn: Optional[Callable[[Any], dict]] = None,
-          step_args: tuple = (), epoch_start_fn: Optional[Callable[[Any, int], Any]] = None,
-          progress_options: Optional[dict] = None) -> Any:
+def train(
+    *,
+    stage: str,
+    state: Any,
+    step_fn: Callable,
+    batches: Iterator,
+    rng: jax.Array,
+    start_step: int,
+    schedule: StageSchedule,
+    mngr,
+    meta: dict,
+    writer,
+    learning_rate_fn: Callable,
+    global_batch_size: int,
+    eval_fn: Optional[Callable[[Any], dict]] = None,
+    step_args: tuple = (),
+    epoch_start_fn: Optional[Callable[[Any, int], Any]] = None,
+    progress_options: Optional[dict] = None,
+) -> Any:
   """Runs `step_fn(state, *step_args, batch, rng_step)` from `start_step` to `schedule.num_steps`.
 
   Args:
@@ -167,9 +185,15 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
   Returns:
     the final state.
   """
-  report = progress.Progress(stage=stage, start_step=start_step, num_steps=schedule.num_steps,
-                             steps_per_epoch=schedule.steps_per_epoch, global_batch_size=global_batch_size,
-                             enabled=jax.process_index() == 0, **(progress_options or {}))
+  report = progress.Progress(
+      stage=stage,
+      start_step=start_step,
+      num_steps=schedule.num_steps,
+      steps_per_epoch=schedule.steps_per_epoch,
+      global_batch_size=global_batch_size,
+      enabled=jax.process_index() == 0,
+      **(progress_options or {}),
+  )
   sums, count, interval_start = None, 0, time.perf_counter()
   # A resumed stage starts from its checkpoint at start_step; a new one has none yet.
   last_saved = start_step if start_step > 0 else None
@@ -189,11 +213,15 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
     if problem is None:
       return
     since = last_saved if last_saved is not None else start_step
-    kept = (f'the last good checkpoint (step {last_saved}) is kept in {mngr.directory}' if last_saved is not None
-            else f'no checkpoint had been written yet in {mngr.directory}')
+    kept = (
+        f'the last good checkpoint (step {last_saved}) is kept in {mngr.directory}'
+        if last_saved is not None
+        else f'no checkpoint had been written yet in {mngr.directory}'
+    )
     raise NonFiniteLossError(
         f'{stage}: {problem} between steps {since} and {step + 1}; {kept}. Lower the learning rate or check '
-        'the data.')
+        'the data.'
+    )
 
   try:
     with _SigtermFlag() as sigterm:
@@ -217,8 +245,9 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
           scalars[f'{stage}/learning_rate'] = float(learning_rate_fn(step))
           scalars[f'{stage}/epoch'] = (step + 1) / schedule.steps_per_epoch
           scalars[f'{stage}/images_per_second'] = count * global_batch_size / elapsed
-          scalars[f'{stage}/images_per_second_per_device'] = scalars[f'{stage}/images_per_second'] / \
-              parallel.global_device_count()
+          scalars[f'{stage}/images_per_second_per_device'] = (
+              scalars[f'{stage}/images_per_second'] / parallel.global_device_count()
+          )
           writer.write_scalars(step + 1, scalars)
           sums, count, interval_start = None, 0, time.perf_counter()
 
@@ -227,15 +256,18 @@ def train(*, stage: str, state: Any, step_fn: Callable, batches: Iterator, rng: 
           interval_start = time.perf_counter()
 
         if _due(step, schedule.checkpoint_every_steps, schedule.num_steps) or stop:
-          check_diverged(step, None if sums is None else
-                         {k: float(v) / count for k, v in jax.device_get(sums).items()}, state)
+          check_diverged(
+              step, None if sums is None else {k: float(v) / count for k, v in jax.device_get(sums).items()}, state
+          )
           checkpoints.save(mngr, step + 1, state, meta)
           last_saved = step + 1
           if stop:
             mngr.wait_until_finished()
             _SIGTERM['received'] = False  # handled: a later run in this process starts afresh
-            raise Preempted(f'{stage}: stopped by SIGTERM after step {step + 1}; checkpoint saved in '
-                            f'{mngr.directory}. Rerun the same command to resume.')
+            raise Preempted(
+                f'{stage}: stopped by SIGTERM after step {step + 1}; checkpoint saved in '
+                f'{mngr.directory}. Rerun the same command to resume.'
+            )
   finally:
     # Also on an error: Orbax may still be writing a checkpoint in the background, and an exit now would leave
     # a half-written *.orbax-checkpoint-tmp directory (and a traceback from its stopped thread pool).

@@ -2,6 +2,7 @@
 
 Kept short on purpose (as flax examples/imagenet): everything else is importable by tests and notebooks.
 """
+
 import logging as py_logging
 import os
 import sys
@@ -22,23 +23,40 @@ jax.config.update('jax_threefry_partitionable', False)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, noisy labels, metrics and results.')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_bool('multihost', False,
-                  'One of several processes (TPU pod slice, multi-node GPU): join the others with '
-                  'jax.distributed.initialize(), which finds them on TPU, SLURM and Open MPI by itself.')
-flags.DEFINE_string('coordinator_address', None,
-                    'With --multihost where the cluster is not detected: HOST:PORT of process 0, the same on every '
-                    'process (default: $JAX_COORDINATOR_ADDRESS).')
-flags.DEFINE_integer('num_processes', None,
-                     'With --multihost where the cluster is not detected: the number of processes '
-                     '(default: $JAX_NUM_PROCESSES).')
-flags.DEFINE_integer('process_id', None,
-                     'With --multihost where the cluster is not detected: this process\'s index, 0 to '
-                     'num_processes - 1 (default: $JAX_PROCESS_ID).')
+flags.DEFINE_bool(
+    'multihost',
+    False,
+    'One of several processes (TPU pod slice, multi-node GPU): join the others with '
+    'jax.distributed.initialize(), which finds them on TPU, SLURM and Open MPI by itself.',
+)
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'With --multihost where the cluster is not detected: HOST:PORT of process 0, the same on every '
+    'process (default: $JAX_COORDINATOR_ADDRESS).',
+)
+flags.DEFINE_integer(
+    'num_processes',
+    None,
+    'With --multihost where the cluster is not detected: the number of processes ' '(default: $JAX_NUM_PROCESSES).',
+)
+flags.DEFINE_integer(
+    'process_id',
+    None,
+    "With --multihost where the cluster is not detected: this process's index, 0 to "
+    'num_processes - 1 (default: $JAX_PROCESS_ID).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-USER_ERRORS = (config_checks.ConfigError, data.DataUnavailableError, checkpoints.CheckpointError,
-               pipeline.WorkdirConfigMismatch, loop.NonFiniteLossError, pipeline.WorkdirError)
+USER_ERRORS = (
+    config_checks.ConfigError,
+    data.DataUnavailableError,
+    checkpoints.CheckpointError,
+    pipeline.WorkdirConfigMismatch,
+    loop.NonFiniteLossError,
+    pipeline.WorkdirError,
+)
 
 
 def _quiet_orbax(record) -> bool:
@@ -50,24 +68,31 @@ def _config_flag_error(argv, error: Exception) -> str:
   """One sentence for a --config or --config.KEY=VALUE flag that cannot be applied."""
   config_arg = next((a for a in argv if a.startswith('--config=')), None)
   if config_arg is not None:
-    path = config_arg[len('--config='):].split(':', 1)[0]
+    path = config_arg[len('--config=') :].split(':', 1)[0]
     if not os.path.isfile(path):
-      return (f'{config_arg} names no config file; pass one that exists, such as --config=configs/tiny.py '
-              '(the README\'s "Configs" lists them).')
+      return (
+          f'{config_arg} names no config file; pass one that exists, such as --config=configs/tiny.py '
+          '(the README\'s "Configs" lists them).'
+      )
   if isinstance(error, (KeyError, AttributeError)):
     key = str(error).strip('\'"')
-    override = next((a for a in argv if a.startswith('--config.') and key in a.split('=', 1)[0].split('.')),
-                    f'--config...{key}')
-    return (f'{override.split("=", 1)[0]}: the config has no key {key!r}; configs/default.py lists every key '
-            '(overrides look like --config.rgrl.epochs=10).')
+    override = next(
+        (a for a in argv if a.startswith('--config.') and key in a.split('=', 1)[0].split('.')), f'--config...{key}'
+    )
+    return (
+        f'{override.split("=", 1)[0]}: the config has no key {key!r}; configs/default.py lists every key '
+        '(overrides look like --config.rgrl.epochs=10).'
+    )
   if isinstance(error, flags.Error):
     lines = [line for line in str(error).splitlines() if line.strip()]
     if any(line.startswith('Traceback') for line in lines):  # the config file itself raised: keep its last word
       return f'{lines[0].rstrip(":")} ({lines[-1]}); fix the config file.'
     return f'{error}; fix that flag (python -m rmdnet_jax.main --helpfull lists the flags).'
   detail = ' '.join(str(error).split())
-  return (f'the config {config_arg or ""} could not be loaded ({type(error).__name__}: {detail[:300]}); fix the '
-          'config file or the override.')
+  return (
+      f'the config {config_arg or ""} could not be loaded ({type(error).__name__}: {detail[:300]}); fix the '
+      'config file or the override.'
+  )
 
 
 def parse_flags(argv):
@@ -102,9 +127,11 @@ def initialize_distributed() -> None:
   try:
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
   except (ValueError, TypeError) as e:
-    sys.exit(f'error: --multihost could not find the other processes ({e}); on a cluster JAX does not detect '
-             '(TPU pod, SLURM, Open MPI), pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I '
-             'on every process.')
+    sys.exit(
+        f'error: --multihost could not find the other processes ({e}); on a cluster JAX does not detect '
+        '(TPU pod, SLURM, Open MPI), pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I '
+        'on every process.'
+    )
 
 
 def main(argv):
@@ -112,15 +139,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; overrides look like --config.rgrl.epochs=10.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   loop.install_sigterm_handler()
-  if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes is not None or \
-      FLAGS.process_id is not None:
+  if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes is not None or FLAGS.process_id is not None:
     initialize_distributed()  # before any other JAX call
   if 'tensorflow' in sys.modules:
     # Training never imports TensorFlow; if something did (a full TensorFlow build installed for preparing data),
     # keep it off the GPUs JAX needs.
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(), jax.local_devices())
   try:
     pipeline.run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:

@@ -1,5 +1,6 @@
 """Monitors and metric writers: kNN accuracy of an encoder, and the run's writers (console log, TensorBoard,
 metrics.jsonl, optional Weights & Biases). No TensorFlow: TensorBoard events are written by tensorboardX."""
+
 import functools
 import io
 import json
@@ -25,14 +26,22 @@ def _knn_vote(train, labels, queries, temperature, *, num_classes: int, k: int):
 
   The training features are an argument, not a closure constant, so one compile serves every evaluation.
   """
-  sims = relation.l2_normalize(queries) @ train.T                  # [m, N]
-  top_sims, top_idx = jax.lax.top_k(sims, k)                       # [m, k]
+  sims = relation.l2_normalize(queries) @ train.T  # [m, N]
+  top_sims, top_idx = jax.lax.top_k(sims, k)  # [m, k]
   votes = jax.nn.one_hot(labels[top_idx], num_classes) * jnp.exp(top_sims / temperature)[..., None]
   return jnp.argmax(votes.sum(axis=1), axis=-1)
 
 
-def knn_predict(train_features, train_labels, query_features, *, num_classes: int, k: int = 200,
-                temperature: float = 0.1, chunk: int = 1024) -> np.ndarray:
+def knn_predict(
+    train_features,
+    train_labels,
+    query_features,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> np.ndarray:
   """Weighted kNN classifier of the InstDisc / SimSiam CIFAR monitors.
 
   Each query's k most cosine-similar training features vote for their labels with weight exp(sim / T).
@@ -46,9 +55,14 @@ def knn_predict(train_features, train_labels, query_features, *, num_classes: in
   labels = jnp.asarray(train_labels, jnp.int32)
   k = min(k, train.shape[0])
   query_features = np.asarray(query_features, np.float32)
-  preds = [np.asarray(_knn_vote(train, labels, jnp.asarray(query_features[i:i + chunk]), temperature,
-                                num_classes=num_classes, k=k))
-           for i in range(0, len(query_features), chunk)]
+  preds = [
+      np.asarray(
+          _knn_vote(
+              train, labels, jnp.asarray(query_features[i : i + chunk]), temperature, num_classes=num_classes, k=k
+          )
+      )
+      for i in range(0, len(query_features), chunk)
+  ]
   return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
 
@@ -190,9 +204,9 @@ class WandbWriter(MetricWriter):
   final summary. A resumed run continues the same W&B run: its id is kept in WORKDIR/wandb_run_id.txt.
   """
 
-  def __init__(self, workdir: str, *, project: str, entity: str = '', mode: str = 'online',
-               name: Optional[str] = None):
+  def __init__(self, workdir: str, *, project: str, entity: str = '', mode: str = 'online', name: Optional[str] = None):
     import wandb  # noqa: PLC0415  (optional: config_checks refuses wandb_project without the package)
+
     id_path = os.path.join(workdir, 'wandb_run_id.txt')
     if fileio.exists(id_path):
       run_id = fileio.read_text(id_path).strip()
@@ -200,8 +214,15 @@ class WandbWriter(MetricWriter):
       run_id = uuid.uuid4().hex[:12]  # W&B run ids: letters and digits
       fileio.write_text(id_path, run_id + '\n')
     local_dir = None if fileio.is_remote(workdir) else os.path.abspath(workdir)
-    self._run = wandb.init(project=project, entity=entity or None, mode=mode, id=run_id, resume='allow',
-                           name=name or os.path.basename(os.path.normpath(os.fspath(workdir))), dir=local_dir)
+    self._run = wandb.init(
+        project=project,
+        entity=entity or None,
+        mode=mode,
+        id=run_id,
+        resume='allow',
+        name=name or os.path.basename(os.path.normpath(os.fspath(workdir))),
+        dir=local_dir,
+    )
     self._stages = set()
 
   @property
@@ -262,11 +283,20 @@ def create_writer(workdir: str, logging_config=None) -> MetricWriter:
   `logging_config.wandb_project` is set, on process 0; the console log only on the other hosts."""
   if jax.process_index() > 0:
     return LoggingWriter()
-  writers = [LoggingWriter(), TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
-             JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))]
+  writers = [
+      LoggingWriter(),
+      TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+  ]
   if logging_config is not None and logging_config.get('wandb_project'):
-    writers.append(WandbWriter(workdir, project=logging_config.wandb_project, entity=logging_config.wandb_entity,
-                               mode=logging_config.wandb_mode))
+    writers.append(
+        WandbWriter(
+            workdir,
+            project=logging_config.wandb_project,
+            entity=logging_config.wandb_entity,
+            mode=logging_config.wandb_mode,
+        )
+    )
   return MultiWriter(writers)
 
 

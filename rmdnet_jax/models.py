@@ -11,6 +11,7 @@ stride 1, no max-pool), so 32x32 inputs keep enough resolution for four stages.
 BatchNorm takes an `axis_name`: inside `parallel.pmap_step` it is `parallel.AXIS`, so batch statistics are computed
 over the global batch and N devices train exactly like one device on the same batch.
 """
+
 import functools
 from typing import Any, Optional, Sequence
 
@@ -26,6 +27,7 @@ BN_EPSILON = 1e-5
 
 class BasicBlock(nn.Module):
   """Post-activation residual block of ResNet-18/34."""
+
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -47,6 +49,7 @@ class BasicBlock(nn.Module):
 
 class PreActBlock(nn.Module):
   """Pre-activation residual block (He et al. 2016), the DivideMix-protocol backbone of noisy-label papers."""
+
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -66,6 +69,7 @@ class PreActBlock(nn.Module):
 
 class CifarResNet(nn.Module):
   """ResNet with the CIFAR stem. Returns globally average-pooled features [B, width * 2**(len(stages)-1)]."""
+
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   width: int = 64
@@ -76,9 +80,14 @@ class CifarResNet(nn.Module):
   def __call__(self, x, train: bool = True):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
     # Cross-device statistics only matter in training; at inference the running averages are used.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype,
-                             axis_name=self.axis_name if train else None)
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        axis_name=self.axis_name if train else None,
+    )
     x = x.astype(self.dtype)
     x = conv(self.width, (3, 3), name='conv_init')(x)
     # Both variants keep the stem's BN + ReLU and pool the last block's output directly: for PreAct this is the
@@ -108,24 +117,32 @@ BACKBONES = {
 def feature_dim(name: str, width: int) -> int:
   """Size of the pooled backbone features of `BACKBONES[name]` at `width`."""
   num_stages = len(BACKBONES[name].keywords['stage_sizes'])
-  return width * 2**(num_stages - 1)
+  return width * 2 ** (num_stages - 1)
 
 
 def make_backbone(name: str, width: int, dtype: Any, axis_name: Optional[str]) -> nn.Module:
   if name not in BACKBONES:
-    raise ValueError(f'Unknown model.name {name!r}; choose one of {sorted(BACKBONES)} '
-                     '(e.g. --config.model.name=resnet18).')
+    raise ValueError(
+        f'Unknown model.name {name!r}; choose one of {sorted(BACKBONES)} ' '(e.g. --config.model.name=resnet18).'
+    )
   return BACKBONES[name](width=width, dtype=dtype, axis_name=axis_name, name='backbone')
 
 
 def _norm(dtype, axis_name, train, use_scale=True, use_bias=True):
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, axis_name=axis_name if train else None,
-                      use_scale=use_scale, use_bias=use_bias)
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=dtype,
+      axis_name=axis_name if train else None,
+      use_scale=use_scale,
+      use_bias=use_bias,
+  )
 
 
 class Projector(nn.Module):
   """SimSiam CIFAR projector: 3 x (linear, BN), ReLU between, the last BN without affine parameters."""
+
   dim: int = 2048
   num_layers: int = 3
   dtype: Any = jnp.float32
@@ -144,6 +161,7 @@ class Projector(nn.Module):
 
 class Predictor(nn.Module):
   """SimSiam predictor: bottleneck MLP dim -> hidden -> dim."""
+
   dim: int = 2048
   hidden_dim: int = 512
   dtype: Any = jnp.float32
@@ -159,6 +177,7 @@ class Predictor(nn.Module):
 
 class SimSiamNet(nn.Module):
   """Backbone + projector (+ predictor): the RM network and, frozen, the RGRL teacher."""
+
   backbone_name: str = 'resnet18'
   width: int = 64
   projector_dim: int = 2048
@@ -186,10 +205,11 @@ class SimSiamNet(nn.Module):
 
 class StudentNet(nn.Module):
   """RGRL network: backbone f, classifier W and projection head phi into the teacher's feature space."""
+
   backbone_name: str = 'resnet18'
   width: int = 64
   num_classes: int = 10
-  embedding_dim: int = 512         # the teacher's feature dimension
+  embedding_dim: int = 512  # the teacher's feature dimension
   projection_head: str = 'linear'  # 'linear' | 'mlp'
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
@@ -200,17 +220,20 @@ class StudentNet(nn.Module):
     if self.projection_head == 'linear':
       self.head = nn.Dense(self.embedding_dim, dtype=self.dtype)
     elif self.projection_head == 'mlp':
-      self.head = nn.Sequential([nn.Dense(self.embedding_dim, dtype=self.dtype), nn.relu,
-                                 nn.Dense(self.embedding_dim, dtype=self.dtype)])
+      self.head = nn.Sequential(
+          [nn.Dense(self.embedding_dim, dtype=self.dtype), nn.relu, nn.Dense(self.embedding_dim, dtype=self.dtype)]
+      )
     else:
       raise ValueError(f"Unknown relation.projection_head {self.projection_head!r}; use 'linear' or 'mlp'.")
 
   def __call__(self, x, train: bool = True):
     """Returns dict(features [B, F], logits [B, C], embedding [B, D_teacher])."""
     features = self.backbone(x, train=train)
-    return {'features': features,
-            'logits': self.classifier(features).astype(jnp.float32),
-            'embedding': self.head(features).astype(jnp.float32)}
+    return {
+        'features': features,
+        'logits': self.classifier(features).astype(jnp.float32),
+        'embedding': self.head(features).astype(jnp.float32),
+    }
 
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -224,10 +247,15 @@ def compute_dtype(name: str):
 
 def simsiam_net(model_config, axis_name: Optional[str] = None) -> SimSiamNet:
   """The RM network named by `config.model` (also the teacher's architecture)."""
-  return SimSiamNet(backbone_name=model_config.name, width=model_config.width,
-                    projector_dim=model_config.projector_dim, projector_layers=model_config.projector_layers,
-                    predictor_dim=model_config.predictor_dim, dtype=compute_dtype(model_config.dtype),
-                    axis_name=axis_name)
+  return SimSiamNet(
+      backbone_name=model_config.name,
+      width=model_config.width,
+      projector_dim=model_config.projector_dim,
+      projector_layers=model_config.projector_layers,
+      predictor_dim=model_config.predictor_dim,
+      dtype=compute_dtype(model_config.dtype),
+      axis_name=axis_name,
+  )
 
 
 def teacher_feature_dim(model_config, teacher_layer: str) -> int:
@@ -240,8 +268,12 @@ def teacher_feature_dim(model_config, teacher_layer: str) -> int:
 
 def student_net(config, axis_name: Optional[str] = None) -> StudentNet:
   """The RGRL network named by `config.model` and `config.relation`."""
-  return StudentNet(backbone_name=config.student.name, width=config.student.width,
-                    num_classes=config.data.num_classes,
-                    embedding_dim=teacher_feature_dim(config.model, config.relation.teacher_layer),
-                    projection_head=config.relation.projection_head,
-                    dtype=compute_dtype(config.model.dtype), axis_name=axis_name)
+  return StudentNet(
+      backbone_name=config.student.name,
+      width=config.student.width,
+      num_classes=config.data.num_classes,
+      embedding_dim=teacher_feature_dim(config.model, config.relation.teacher_layer),
+      projection_head=config.relation.projection_head,
+      dtype=compute_dtype(config.model.dtype),
+      axis_name=axis_name,
+  )

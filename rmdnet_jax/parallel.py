@@ -8,6 +8,7 @@ State is *broadcast*, not replicated by hand (flax `examples/imagenet` style): `
 `out_axes=None` for the new state, so the state lives as one fully replicated array per leaf and no
 replicate/unreplicate round trips exist anywhere else.
 """
+
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,14 +29,20 @@ def global_device_count() -> int:
   return jax.device_count()
 
 
-def pmap_step(step_fn: Callable, *, sharded_argnums: Sequence[int], donate_argnums: Sequence[int] = (0,),
-              devices: Optional[Sequence[jax.Device]] = None) -> Callable:
+def pmap_step(
+    step_fn: Callable,
+    *,
+    sharded_argnums: Sequence[int],
+    donate_argnums: Sequence[int] = (0,),
+    devices: Optional[Sequence[jax.Device]] = None,
+) -> Callable:
   """pmaps `step_fn` over all devices: args in `sharded_argnums` are split on their leading (device) axis,
   every other argument is broadcast, and every output is returned unmapped (outputs must be identical across
   devices: the new state after `pmean`ed gradients, and `pmean`ed metrics).
 
   Donating the state (argument 0 by default) lets XLA update parameters and optimizer state in place.
   """
+
   def axes(n):
     return tuple(0 if i in sharded_argnums else None for i in range(n))
 
@@ -44,8 +51,9 @@ def pmap_step(step_fn: Callable, *, sharded_argnums: Sequence[int], donate_argnu
   def mapped(*args):
     n = len(args)
     if n not in cache:
-      cache[n] = jax.pmap(step_fn, axis_name=AXIS, in_axes=axes(n), out_axes=None,
-                          donate_argnums=tuple(donate_argnums), devices=devices)
+      cache[n] = jax.pmap(
+          step_fn, axis_name=AXIS, in_axes=axes(n), out_axes=None, donate_argnums=tuple(donate_argnums), devices=devices
+      )
     return cache[n](*args)
 
   return mapped
@@ -83,7 +91,8 @@ def to_global(tree: Any) -> Any:
       x = jax.device_put(x, local_replicated_sharding())
     by_device = {shard.device: shard.data for shard in x.addressable_shards}
     return jax.make_array_from_single_device_arrays(
-        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)])
+        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)]
+    )
 
   return jax.tree.map(convert, tree)
 
@@ -100,7 +109,8 @@ def to_local(tree: Any) -> Any:
       return x
     by_device = {shard.device: shard.data for shard in x.addressable_shards}
     return jax.make_array_from_single_device_arrays(
-        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)])
+        x.shape, sharding, [by_device[d] for d in sharding.addressable_devices_indices_map(x.shape)]
+    )
 
   return jax.tree.map(convert, tree)
 
@@ -111,8 +121,10 @@ def shard(batch: Any) -> Any:
 
   def split(x):
     if x.shape[0] % n:
-      raise ValueError(f'This host\'s batch of {x.shape[0]} examples does not split over {n} local devices; '
-                       'choose a batch size divisible by the total number of devices.')
+      raise ValueError(
+          f"This host's batch of {x.shape[0]} examples does not split over {n} local devices; "
+          'choose a batch size divisible by the total number of devices.'
+      )
     return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
   return jax.tree.map(split, batch)
@@ -168,7 +180,7 @@ def map_batches(apply_fn: Callable, variables: Any, images: np.ndarray, batch_si
   fn = _pmapped_apply(apply_fn)
   outputs = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     valid = len(chunk)
     if valid < batch_size:
       pad = np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)

@@ -18,6 +18,7 @@ default DIR/downloads/manual): `side_info_cifar10N.csv`, `image_order_c10.npy` a
 last one is a conversion of the repository's `data/CIFAR-10_human_ordered.npy`; put that file there instead and it
 is converted here, without TensorFlow or pandas.
 """
+
 import contextlib
 import os
 import pickle
@@ -38,13 +39,19 @@ from rmdnet_jax import data  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('dataset', 'cifar10', sorted(data.DATASETS), 'Dataset to prepare.')
-flags.DEFINE_string('data_dir', None, 'tfds data_dir to prepare or reuse (default: tfds\' own, '
-                    '~/tensorflow_datasets or $TFDS_DATA_DIR).')
+flags.DEFINE_string(
+    'data_dir',
+    None,
+    "tfds data_dir to prepare or reuse (default: tfds' own, " '~/tensorflow_datasets or $TFDS_DATA_DIR).',
+)
 flags.DEFINE_string('npz', None, 'Also write both splits to this .npz (for --config.data.source=npz).')
-flags.DEFINE_string('manual_dir', None, 'CIFAR-N only: the directory with the CIFAR-N files tfds cannot download '
-                    '(default: DATA_DIR/downloads/manual, as tfds).')
-flags.DEFINE_bool('compress', False, 'Zip-compress the .npz (slower to write and read; CIFAR images shrink '
-                  'little).')
+flags.DEFINE_string(
+    'manual_dir',
+    None,
+    'CIFAR-N only: the directory with the CIFAR-N files tfds cannot download '
+    '(default: DATA_DIR/downloads/manual, as tfds).',
+)
+flags.DEFINE_bool('compress', False, 'Zip-compress the .npz (slower to write and read; CIFAR images shrink ' 'little).')
 
 # What the tfds builders download (tensorflow_datasets/image_classification/cifar.py). The URL is probed before
 # preparing because tfds' downloader retries an unreachable host for about 3.5 minutes before it gives up.
@@ -76,9 +83,11 @@ class PrepareError(RuntimeError):
 
 
 def _download_failed(name: str, url: str, where: str, reason: str) -> str:
-  return (f'Cannot download {name}: {url} is unreachable from this machine ({reason}), so {where} was not '
-          f'prepared; run this command on a machine with internet and copy {where} here, or write an .npz there '
-          f'with --npz=FILE and train with --config.data.source=npz --config.data.npz_path=FILE.')
+  return (
+      f'Cannot download {name}: {url} is unreachable from this machine ({reason}), so {where} was not '
+      f'prepared; run this command on a machine with internet and copy {where} here, or write an .npz there '
+      f'with --npz=FILE and train with --config.data.source=npz --config.data.npz_path=FILE.'
+  )
 
 
 def _check_reachable(name: str, url: str, where: str) -> None:
@@ -96,14 +105,15 @@ def read_ordered_npy(path: str) -> dict:
   `data.ArrayUnpickler`, which builds numpy arrays and nothing else."""
   with open(path, 'rb') as f:
     version = np.lib.format.read_magic(f)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     read_header(f)
     contents = data.ArrayUnpickler(f).load()
   contents = contents.item() if isinstance(contents, np.ndarray) and contents.shape == () else contents
   if not isinstance(contents, dict):
-    raise PrepareError(f'{path} holds a {type(contents).__name__}, not the dict of label arrays of the CIFAR-N '
-                       f'repository; download it again from {CIFAR_N_REPO} (data/).')
+    raise PrepareError(
+        f'{path} holds a {type(contents).__name__}, not the dict of label arrays of the CIFAR-N '
+        f'repository; download it again from {CIFAR_N_REPO} (data/).'
+    )
   return contents
 
 
@@ -115,8 +125,10 @@ def write_annotations_csv(name: str, ordered_npy: str, csv_path: str) -> None:
   columns = [by_canonical.get(data.CIFAR_N_KEYS.get(key, key)) for key in CIFAR_N_CSV_COLUMNS[name]]
   missing = [key for key, column in zip(CIFAR_N_CSV_COLUMNS[name], columns) if column is None]
   if missing:
-    raise PrepareError(f'{ordered_npy} lacks {missing} (it has {sorted(contents)}); put the '
-                       f'{CIFAR_N_ORDERED_NPY[name]} of {CIFAR_N_REPO} there instead.')
+    raise PrepareError(
+        f'{ordered_npy} lacks {missing} (it has {sorted(contents)}); put the '
+        f'{CIFAR_N_ORDERED_NPY[name]} of {CIFAR_N_REPO} there instead.'
+    )
   table = np.stack([column.astype(np.int64) for column in columns], axis=1)
   tmp = f'{csv_path}.tmp-{os.getpid()}'
   np.savetxt(tmp, table, fmt='%d', delimiter=',', header=','.join(CIFAR_N_CSV_COLUMNS[name]), comments='')
@@ -137,8 +149,10 @@ def check_manual_files(name: str, manual_dir: str) -> None:
     try:
       write_annotations_csv(name, ordered_npy, csv_path)
     except (OSError, ValueError, pickle.UnpicklingError) as e:
-      raise PrepareError(f'Cannot convert {ordered_npy} into {csv_path} ({type(e).__name__}: {e}); make '
-                         f'{manual_dir} writable, or download the file again from {CIFAR_N_REPO}.') from e
+      raise PrepareError(
+          f'Cannot convert {ordered_npy} into {csv_path} ({type(e).__name__}: {e}); make '
+          f'{manual_dir} writable, or download the file again from {CIFAR_N_REPO}.'
+      ) from e
   missing = [f for f in (side_info, order) if not os.path.exists(os.path.join(manual_dir, f))]
   if not os.path.exists(csv_path):
     missing.append(f'{CIFAR_N_ORDERED_NPY[name]} (or {csv_name})')
@@ -146,7 +160,8 @@ def check_manual_files(name: str, manual_dir: str) -> None:
     raise PrepareError(
         f'Preparing {name} needs CIFAR-N files that tfds cannot download: put {", ".join(missing)} from '
         f'{CIFAR_N_REPO} (the .npy of data/ and the rest of the top level) into {manual_dir}, or name another '
-        'directory with --manual_dir (CIFAR-N is CC BY-NC 4.0: non-commercial use only).')
+        'directory with --manual_dir (CIFAR-N is CC BY-NC 4.0: non-commercial use only).'
+    )
 
 
 def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> str:
@@ -171,20 +186,26 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   if name not in data.DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; use one of {sorted(data.DATASETS)}.')
   import tensorflow_datasets as tfds  # noqa: PLC0415  (lazy, as in data.py)
+
   builder = tfds.builder(name, data_dir=data_dir)
   where = os.fspath(builder.data_dir_root)
   if builder.is_prepared():
     formats = builder.info.available_file_formats()
     if formats & tfds.core.FileFormat.with_random_access():
-      logging.info('%s is already prepared in %s (%s); nothing to do.', name, builder.data_dir,
-                   ', '.join(sorted(f.value for f in formats)))
+      logging.info(
+          '%s is already prepared in %s (%s); nothing to do.',
+          name,
+          builder.data_dir,
+          ', '.join(sorted(f.value for f in formats)),
+      )
       return builder.data_dir
     # download_and_prepare would just reuse these files ("Reusing dataset"), which data_source cannot read.
     found = ', '.join(sorted(f.value for f in formats)) or 'an unknown format'
     raise PrepareError(
         f'{builder.data_dir} holds {name} prepared as {found}, which tfds.data_source cannot read; convert it '
         f'in place with `tfds convert_format --dataset_version_dir={builder.data_dir} '
-        '--out_file_format=array_record`, delete that directory and rerun, or pass another --data_dir.')
+        '--out_file_format=array_record`, delete that directory and rerun, or pass another --data_dir.'
+    )
 
   download_config = None
   if name in CIFAR_N_MANUAL_FILES:
@@ -198,7 +219,8 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   except ImportError as e:
     raise PrepareError(
         f'Preparing {name} needs TensorFlow, which is not installed here; `pip install tensorflow-cpu` and '
-        f'rerun, copy a prepared {where} from another machine, or use --config.data.source=npz.') from e
+        f'rerun, copy a prepared {where} from another machine, or use --config.data.source=npz.'
+    ) from e
   # Preparing runs on the CPU; never let TensorFlow reserve accelerator memory a training run may be using.
   tf.config.set_visible_devices([], 'GPU')
 
@@ -210,8 +232,10 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
     if isinstance(e, _NETWORK_ERRORS):
       raise PrepareError(_download_failed(name, url, where, type(e).__name__)) from e
     reason = (str(e).strip().splitlines() or [''])[0][:200]
-    raise PrepareError(f'Preparing {name} in {where} failed ({type(e).__name__}: {reason}); fix that and rerun, '
-                       'or rerun with --verbosity=1 for the traceback.') from e
+    raise PrepareError(
+        f'Preparing {name} in {where} failed ({type(e).__name__}: {reason}); fix that and rerun, '
+        'or rerun with --verbosity=1 for the traceback.'
+    ) from e
   logging.info('Prepared %s in %s in %.0f s.', name, builder.data_dir, time.time() - start)
   return builder.data_dir
 
@@ -219,8 +243,10 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
 def npz_arrays(dataset: data.Dataset) -> dict[str, np.ndarray]:
   """The arrays `data.load` with `source='npz'` reads, under the keys it reads them from."""
   arrays = {
-      'x_train': dataset.train_images, 'y_train': dataset.train_labels,
-      'x_test': dataset.test_images, 'y_test': dataset.test_labels,
+      'x_train': dataset.train_images,
+      'y_train': dataset.train_labels,
+      'x_test': dataset.test_images,
+      'y_test': dataset.test_labels,
   }
   # Only original CIFAR indices are worth keeping (CIFAR-N joins on them, and data.load takes their presence as
   # saying so); other ids are ranks, which is what a file without them reads back as.
@@ -272,14 +298,22 @@ def main(argv):
       logging.info('Reading the %s train and test splits (tens of seconds for 60k images).', name)
       start = time.time()
       dataset = data.load_tfds(name, data_dir)
-      logging.info('Read %d train and %d test images in %.1f s.', len(dataset.train_labels),
-                   len(dataset.test_labels), time.time() - start)
+      logging.info(
+          'Read %d train and %d test images in %.1f s.',
+          len(dataset.train_labels),
+          len(dataset.test_labels),
+          time.time() - start,
+      )
       size_mb = sum(a.nbytes for a in npz_arrays(dataset).values()) / 2**20
       logging.info('Writing %s (%.0f MiB before compression).', FLAGS.npz, size_mb)
       start = time.time()
       write_npz(dataset, FLAGS.npz, compress=FLAGS.compress)
-      logging.info('Wrote %s in %.1f s; train from it with --config.data.source=npz --config.data.npz_path=%s',
-                   FLAGS.npz, time.time() - start, FLAGS.npz)
+      logging.info(
+          'Wrote %s in %.1f s; train from it with --config.data.source=npz --config.data.npz_path=%s',
+          FLAGS.npz,
+          time.time() - start,
+          FLAGS.npz,
+      )
   except (PrepareError, data.DataUnavailableError) as e:
     logging.debug('Traceback of the failure:', exc_info=True)
     sys.exit(str(e))

@@ -6,6 +6,7 @@ facts are one log line every `every_secs` seconds and at the end of the stage. O
 The loss is read from the device only at the loop's logging intervals (the loop never waits for the device in
 between), so the loss shown is that of the last interval; images/s and the ETA come from the host's step clock.
 """
+
 import sys
 import time
 from typing import Optional
@@ -23,13 +24,23 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """Reports one stage's progress; call `update(step)` after every step, `set_loss` at each logging interval."""
 
-  def __init__(self, *, stage: str, start_step: int, num_steps: int, steps_per_epoch: int, global_batch_size: int,
-               every_secs: float = 60.0, bar: Optional[bool] = None, enabled: bool = True,
-               clock=time.perf_counter):
+  def __init__(
+      self,
+      *,
+      stage: str,
+      start_step: int,
+      num_steps: int,
+      steps_per_epoch: int,
+      global_batch_size: int,
+      every_secs: float = 60.0,
+      bar: Optional[bool] = None,
+      enabled: bool = True,
+      clock=time.perf_counter,
+  ):
     """Args:
-      bar: True: a tqdm bar; False: log lines; None: a bar when stderr is an interactive terminal.
-      enabled: False (processes other than 0) reports nothing.
-      clock: seconds, monotonic (tests pass a fake one).
+    bar: True: a tqdm bar; False: log lines; None: a bar when stderr is an interactive terminal.
+    enabled: False (processes other than 0) reports nothing.
+    clock: seconds, monotonic (tests pass a fake one).
     """
     self.stage = stage
     self.num_steps = num_steps
@@ -48,8 +59,16 @@ class Progress:
     use_bar = sys.stderr.isatty() if bar is None else bar
     if enabled and use_bar:
       import tqdm  # noqa: PLC0415  (only an interactive terminal needs it)
-      self._bar = tqdm.tqdm(total=num_steps, initial=start_step, desc=stage, unit='step', dynamic_ncols=True,
-                            file=sys.stderr, smoothing=0.1)
+
+      self._bar = tqdm.tqdm(
+          total=num_steps,
+          initial=start_step,
+          desc=stage,
+          unit='step',
+          dynamic_ncols=True,
+          file=sys.stderr,
+          smoothing=0.1,
+      )
 
   def set_loss(self, loss: float) -> None:
     self._loss = float(loss)
@@ -67,15 +86,23 @@ class Progress:
 
   def facts(self) -> dict:
     """What the bar and the log lines show, as numbers (None where not known yet)."""
-    return {'epoch': self._step / self.steps_per_epoch, 'step': self._step, 'num_steps': self.num_steps,
-            'images_per_second': self.images_per_second(), 'loss': self._loss, 'eta_seconds': self.eta_seconds()}
+    return {
+        'epoch': self._step / self.steps_per_epoch,
+        'step': self._step,
+        'num_steps': self.num_steps,
+        'images_per_second': self.images_per_second(),
+        'loss': self._loss,
+        'eta_seconds': self.eta_seconds(),
+    }
 
   def line(self) -> str:
     """One progress line, e.g. `rm: epoch 3.0/800, step 291/77600 (0.4%), 1234 images/s, loss -0.5120, ETA 2:03:10`."""
     f = self.facts()
     epochs = self.num_steps / self.steps_per_epoch
-    parts = [f'{self.stage}: epoch {f["epoch"]:.1f}/{epochs:g}',
-             f'step {f["step"]}/{self.num_steps} ({100.0 * f["step"] / max(self.num_steps, 1):.1f}%)']
+    parts = [
+        f'{self.stage}: epoch {f["epoch"]:.1f}/{epochs:g}',
+        f'step {f["step"]}/{self.num_steps} ({100.0 * f["step"] / max(self.num_steps, 1):.1f}%)',
+    ]
     parts.append('images/s n/a' if f['images_per_second'] is None else f'{f["images_per_second"]:.0f} images/s')
     parts.append('loss n/a' if f['loss'] is None else f'loss {f["loss"]:.4f}')
     parts.append('ETA n/a' if f['eta_seconds'] is None else f'ETA {format_duration(f["eta_seconds"])}')
@@ -83,9 +110,11 @@ class Progress:
 
   def _postfix(self) -> str:
     f = self.facts()
-    return (f'epoch {f["epoch"]:.1f}/{self.num_steps / self.steps_per_epoch:g}'
-            + ('' if f['images_per_second'] is None else f', {f["images_per_second"]:.0f} img/s')
-            + ('' if f['loss'] is None else f', loss {f["loss"]:.4f}'))
+    return (
+        f'epoch {f["epoch"]:.1f}/{self.num_steps / self.steps_per_epoch:g}'
+        + ('' if f['images_per_second'] is None else f', {f["images_per_second"]:.0f} img/s')
+        + ('' if f['loss'] is None else f', loss {f["loss"]:.4f}')
+    )
 
   def update(self, step: int) -> None:
     """After step `step` (the number of steps done so far in the stage)."""

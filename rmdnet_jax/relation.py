@@ -22,12 +22,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-EDGE_KINDS = ("frobenius", "kl", "mse")
-NODE_KINDS = ("frobenius", "cosine")
+EDGE_KINDS = ('frobenius', 'kl', 'mse')
+NODE_KINDS = ('frobenius', 'cosine')
 # Scale of the Frobenius terms. "none": EGA's unnormalised norms, which grow like B for a B x B graph of O(1)
 # entries, so one K means a weaker regulariser at batch 128 than at batch 1,024. "per_node": each Frobenius norm
 # divided by B, i.e. the root mean square of the B^2 entries' differences, the same for any batch size.
-NORMALIZE = ("none", "per_node")
+NORMALIZE = ('none', 'per_node')
 
 
 def _as_compute_dtype(x):
@@ -43,21 +43,21 @@ def _as_compute_dtype(x):
 
 def _check_features(features, name):
   if features.ndim != 2:
-    raise ValueError(f"{name} must be a [B, D] array, got shape {features.shape}.")
+    raise ValueError(f'{name} must be a [B, D] array, got shape {features.shape}.')
 
 
 def _check_pair(teacher_features, student_features):
-  _check_features(teacher_features, "teacher_features")
-  _check_features(student_features, "student_features")
+  _check_features(teacher_features, 'teacher_features')
+  _check_features(student_features, 'student_features')
   if teacher_features.shape[0] != student_features.shape[0]:
     raise ValueError(
-      "Teacher and student features must describe the same batch, got batch sizes "
-      f"{teacher_features.shape[0]} and {student_features.shape[0]}."
+        'Teacher and student features must describe the same batch, got batch sizes '
+        f'{teacher_features.shape[0]} and {student_features.shape[0]}.'
     )
   if teacher_features.shape[1] != student_features.shape[1]:
     raise ValueError(
-      f"Student feature dimension {student_features.shape[1]} differs from the teacher's "
-      f"{teacher_features.shape[1]}: the projection head must map the student to the teacher's dimension."
+        f"Student feature dimension {student_features.shape[1]} differs from the teacher's "
+        f"{teacher_features.shape[1]}: the projection head must map the student to the teacher's dimension."
     )
 
 
@@ -87,7 +87,7 @@ def _frobenius_norm(m):
   return _safe_sqrt(jnp.sum(jnp.square(m)))
 
 
-@functools.partial(jax.jit, static_argnames=("eps",))
+@functools.partial(jax.jit, static_argnames=('eps',))
 def l2_normalize(x, eps=1e-8):
   """Scales each row to unit L2 norm; a zero row stays zero.
 
@@ -123,7 +123,7 @@ def _prepare(features, center, batch_center=False):
   return l2_normalize(features)
 
 
-@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+@functools.partial(jax.jit, static_argnames=('center', 'batch_center'))
 def relation_graph(features, *, center=False, batch_center=False):
   """Cosine-similarity relation graph A_ij = cos(h_i, h_j).
 
@@ -137,14 +137,14 @@ def relation_graph(features, *, center=False, batch_center=False):
     [B, B] symmetric graph, float32 (float64 for float64 inputs); the diagonal is 1 for non-zero rows, and
     the row and column of a zero (or, with ``center``, constant) vector are 0, diagonal entry included.
   """
-  _check_features(features, "features")
+  _check_features(features, 'features')
   n = _prepare(features, center, batch_center)
   # HIGHEST precision: on TPU/GPU the default matmul precision rounds the inputs to bf16/tf32, which would
   # make graph entries (and their teacher-student differences) wrong in the third decimal.
   return jnp.matmul(n, n.T, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+@functools.partial(jax.jit, static_argnames=('center', 'batch_center'))
 def cross_graph(teacher_features, student_features, *, center=False, batch_center=False):
   """Teacher-student cross graph N_ij = cos(t_i, s_j).
 
@@ -166,13 +166,22 @@ def cross_graph(teacher_features, student_features, *, center=False, batch_cente
 
 
 def _frobenius_scale(b, normalize):
-  _check_kind(normalize, NORMALIZE, "relation.normalize")
-  return 1.0 if normalize == "none" else 1.0 / b
+  _check_kind(normalize, NORMALIZE, 'relation.normalize')
+  return 1.0 if normalize == 'none' else 1.0 / b
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "center", "batch_center", "k", "normalize"))
-def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, batch_center=False,
-                       k=None, temperature=0.5, normalize="none"):
+@functools.partial(jax.jit, static_argnames=('kind', 'center', 'batch_center', 'k', 'normalize'))
+def edge_matching_loss(
+    teacher_features,
+    student_features,
+    *,
+    kind='frobenius',
+    center=False,
+    batch_center=False,
+    k=None,
+    temperature=0.5,
+    normalize='none',
+):
   """Edge matching: the student's relation graph must reproduce the teacher's.
 
   Kinds (A^T, A^S = ``relation_graph`` of teacher and student):
@@ -197,7 +206,7 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   Raises:
     ValueError: unknown kind, k outside [1, B-1], or mismatched shapes.
   """
-  _check_kind(kind, EDGE_KINDS, "relation.edge_kind")
+  _check_kind(kind, EDGE_KINDS, 'relation.edge_kind')
   _check_pair(teacher_features, student_features)
   # The teacher is the frozen relation model from RM: it is the target the student is pulled towards, so no
   # gradient may flow into it (as the stop-gradient on the target branch in byol/SimSiam).
@@ -205,21 +214,21 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   a_t = relation_graph(teacher_features, center=center, batch_center=batch_center)
   a_s = relation_graph(student_features, center=center, batch_center=batch_center)
   b = a_t.shape[0]
-  if kind == "frobenius":
+  if kind == 'frobenius':
     return _frobenius_scale(b, normalize) * _frobenius_norm(a_t - a_s)
-  if kind == "mse":
+  if kind == 'mse':
     return jnp.mean(jnp.square(a_t - a_s))
 
   if b < 2:
     raise ValueError(
-      f"The kl edge loss needs a global batch of at least 2 so that relation.edge_topk can lie in "
-      f"[1, B-1], got B = {b}."
+        f'The kl edge loss needs a global batch of at least 2 so that relation.edge_topk can lie in '
+        f'[1, B-1], got B = {b}.'
     )
   num_neighbours = b - 1 if k is None else k
   if not 1 <= num_neighbours <= b - 1:
     raise ValueError(
-      f"relation.edge_topk = {k} must lie in [1, B-1] = [1, {b - 1}] for the global batch B = {b} "
-      "(the kl edge loss needs at least one neighbour per node besides itself)."
+        f'relation.edge_topk = {k} must lie in [1, B-1] = [1, {b - 1}] for the global batch B = {b} '
+        '(the kl edge loss needs at least one neighbour per node besides itself).'
     )
   # A node is not its own neighbour: its self-similarity is 1 for every sample and carries no relation.
   masked = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, a_t)
@@ -234,9 +243,10 @@ def edge_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   return jnp.mean(kl)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "center", "batch_center", "normalize"))
-def node_matching_loss(teacher_features, student_features, *, kind="frobenius", center=False, batch_center=False,
-                       normalize="none"):
+@functools.partial(jax.jit, static_argnames=('kind', 'center', 'batch_center', 'normalize'))
+def node_matching_loss(
+    teacher_features, student_features, *, kind='frobenius', center=False, batch_center=False, normalize='none'
+):
   """Node matching: each student node must match its own teacher node.
 
   Kinds:
@@ -259,11 +269,11 @@ def node_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   Raises:
     ValueError: unknown kind or mismatched shapes.
   """
-  _check_kind(kind, NODE_KINDS, "relation.node_kind")
+  _check_kind(kind, NODE_KINDS, 'relation.node_kind')
   _check_pair(teacher_features, student_features)
   # Frozen teacher: it is the target, never updated by the distillation loss (as byol's target branch).
   teacher_features = jax.lax.stop_gradient(teacher_features)
-  if kind == "frobenius":
+  if kind == 'frobenius':
     n = cross_graph(teacher_features, student_features, center=center, batch_center=batch_center)
     b = n.shape[0]
     return _frobenius_scale(b, normalize) * _frobenius_norm(n - jnp.eye(b, dtype=n.dtype))
@@ -273,10 +283,21 @@ def node_matching_loss(teacher_features, student_features, *, kind="frobenius", 
   return jnp.mean(1.0 - jnp.sum(t * s, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("edge_kind", "node_kind", "center", "batch_center", "k", "normalize"))
-def relation_distillation_loss(teacher_features, student_features, *, node_weight=1.0, edge_weight=0.3,
-                               edge_kind="frobenius", node_kind="frobenius", center=False, batch_center=False,
-                               k=None, temperature=0.5, normalize="none"):
+@functools.partial(jax.jit, static_argnames=('edge_kind', 'node_kind', 'center', 'batch_center', 'k', 'normalize'))
+def relation_distillation_loss(
+    teacher_features,
+    student_features,
+    *,
+    node_weight=1.0,
+    edge_weight=0.3,
+    edge_kind='frobenius',
+    node_kind='frobenius',
+    center=False,
+    batch_center=False,
+    k=None,
+    temperature=0.5,
+    normalize='none',
+):
   """RGRL relation regulariser: node_weight * L_node + edge_weight * L_edge.
 
   Reconstruction: defaults are EGA's (node weight 1, edge weight 0.3, Frobenius node and edge losses). The
@@ -305,13 +326,12 @@ def relation_distillation_loss(teacher_features, student_features, *, node_weigh
   """
   graphs = dict(center=center, batch_center=batch_center, normalize=normalize)
   node = node_matching_loss(teacher_features, student_features, kind=node_kind, **graphs)
-  edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, k=k, temperature=temperature,
-                            **graphs)
+  edge = edge_matching_loss(teacher_features, student_features, kind=edge_kind, k=k, temperature=temperature, **graphs)
   total = node_weight * node + edge_weight * edge
-  return total, {"node": node, "edge": edge}
+  return total, {'node': node, 'edge': edge}
 
 
-@functools.partial(jax.jit, static_argnames=("center", "batch_center"))
+@functools.partial(jax.jit, static_argnames=('center', 'batch_center'))
 def relation_diagnostics(teacher_features, student_features, *, center=False, batch_center=False):
   """What the relation terms are doing, on the graphs the losses see (logged, never differentiated).
 
@@ -338,9 +358,9 @@ def relation_diagnostics(teacher_features, student_features, *, center=False, ba
     return jnp.sum(jnp.where(off, m, 0.0)) / num_off
 
   return {
-    "node_diag_cos": jnp.mean(jnp.diagonal(n)),
-    "node_offdiag_rms": jnp.sqrt(off_mean(jnp.square(n))),
-    "teacher_graph_mean": off_mean(a_t),
-    "student_graph_mean": off_mean(a_s),
-    "edge_offdiag_rms": jnp.sqrt(off_mean(jnp.square(a_t - a_s))),
+      'node_diag_cos': jnp.mean(jnp.diagonal(n)),
+      'node_offdiag_rms': jnp.sqrt(off_mean(jnp.square(n))),
+      'teacher_graph_mean': off_mean(a_t),
+      'student_graph_mean': off_mean(a_s),
+      'edge_offdiag_rms': jnp.sqrt(off_mean(jnp.square(a_t - a_s))),
   }

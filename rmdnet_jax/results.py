@@ -10,6 +10,7 @@ listed in their own section and never averaged. Runs without an RGRL stage (the 
 no test accuracy and are left out. The markdown goes to stdout and, with --markdown, to a file; --csv writes one
 row per (setting, method, RMDNet) cell.
 """
+
 import argparse
 import csv
 import dataclasses
@@ -46,17 +47,30 @@ HUMAN_NOISE = 'human'
 # tfds' CIFAR-N builders hold the CIFAR images: their runs are rows of the base dataset.
 BASE_DATASETS = {'cifar10_n': 'cifar10', 'cifar100_n': 'cifar100'}
 METRICS = (('best', 'test_accuracy_best'), ('last', 'test_accuracy_last'))
-CSV_FIELDS = ('dataset', 'noise', 'rate', 'method', 'rmdnet', 'n', 'seeds', 'best_mean', 'best_std', 'last_mean',
-              'last_std', 'rmdnet_gain_best', 'rmdnet_gain_last') + tuple(f'published_{m.lower()}_best'
-                                                                          for m in PUBLISHED_METHODS)
+CSV_FIELDS = (
+    'dataset',
+    'noise',
+    'rate',
+    'method',
+    'rmdnet',
+    'n',
+    'seeds',
+    'best_mean',
+    'best_std',
+    'last_mean',
+    'last_std',
+    'rmdnet_gain_best',
+    'rmdnet_gain_last',
+) + tuple(f'published_{m.lower()}_best' for m in PUBLISHED_METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One work directory: where it sits in the table, and its accuracies in % (None while unfinished)."""
+
   workdir: str
   setting: tuple  # (dataset, noise kind, rate); CIFAR-N: (base dataset, 'human/LABEL', 0.0)
-  column: tuple   # (method, rmdnet on)
+  column: tuple  # (method, rmdnet on)
   seed: int
   best: Optional[float]
   last: Optional[float]
@@ -94,9 +108,14 @@ def load_run(workdir: str) -> Optional[Run]:
   if kind == HUMAN_NOISE:
     kind = f'{HUMAN_NOISE}/{noise.get("human_label", "")}'
   dataset = BASE_DATASETS.get(config['data']['name'], config['data']['name'])
-  return Run(workdir=workdir, setting=(dataset, kind, rate),
-             column=(config['method']['name'], bool(config['method']['distill'])), seed=int(config['seed']),
-             best=best, last=last)
+  return Run(
+      workdir=workdir,
+      setting=(dataset, kind, rate),
+      column=(config['method']['name'], bool(config['method']['distill'])),
+      seed=int(config['seed']),
+      best=best,
+      last=last,
+  )
 
 
 def mean_std(values: Sequence[float]) -> tuple:
@@ -110,9 +129,10 @@ def mean_std(values: Sequence[float]) -> tuple:
 @dataclasses.dataclass
 class Table:
   """Finished runs grouped by setting and column, plus the unfinished ones."""
-  cells: dict       # (setting, column) -> [Run]
-  settings: list    # sorted
-  columns: list     # sorted: by method, RMDNet off before on
+
+  cells: dict  # (setting, column) -> [Run]
+  settings: list  # sorted
+  columns: list  # sorted: by method, RMDNet off before on
   unfinished: list  # [Run]
 
   def stats(self, setting, column, metric: str) -> Optional[tuple]:
@@ -133,8 +153,12 @@ def build_table(runs: Sequence[Run]) -> Table:
       cells.setdefault((run.setting, run.column), []).append(run)
   for group in cells.values():
     group.sort(key=lambda r: (r.seed, r.workdir))
-  return Table(cells=cells, settings=sorted({s for s, _ in cells}), columns=sorted({c for _, c in cells}),
-               unfinished=sorted(unfinished, key=lambda r: (r.setting, r.column, r.seed, r.workdir)))
+  return Table(
+      cells=cells,
+      settings=sorted({s for s, _ in cells}),
+      columns=sorted({c for _, c in cells}),
+      unfinished=sorted(unfinished, key=lambda r: (r.setting, r.column, r.seed, r.workdir)),
+  )
 
 
 def _column_name(column: tuple) -> str:
@@ -173,12 +197,19 @@ def markdown(table: Table) -> str:
   published = [m for m in PUBLISHED_METHODS if any(m in PUBLISHED.get(s, {}) for s in table.settings)]
   lines = ['# Results', '']
   for metric, _ in METRICS:
-    header = (['dataset', 'noise', 'rate'] + [_column_name(c) for c in table.columns]
-              + [f'{m}: RMDNet gain' for m in gain_methods])
+    header = (
+        ['dataset', 'noise', 'rate']
+        + [_column_name(c) for c in table.columns]
+        + [f'{m}: RMDNet gain' for m in gain_methods]
+    )
     if metric == 'best':
       header += [f'published {m}' for m in published]
-    lines += [f'## {metric.capitalize()} test accuracy (%)', '', '| ' + ' | '.join(header) + ' |',
-              '|' + '---|' * len(header)]
+    lines += [
+        f'## {metric.capitalize()} test accuracy (%)',
+        '',
+        '| ' + ' | '.join(header) + ' |',
+        '|' + '---|' * len(header),
+    ]
     for setting in table.settings:
       row = [setting[0], setting[1], _rate(setting)]
       row += [_cell(table.stats(setting, c, metric)) for c in table.columns]
@@ -187,21 +218,33 @@ def markdown(table: Table) -> str:
         row += [f'{PUBLISHED[setting][m]:.1f}' if m in PUBLISHED.get(setting, {}) else '—' for m in published]
       lines.append('| ' + ' | '.join(row) + ' |')
     lines.append('')
-  lines.append('Mean ± sample standard deviation over seeds (n runs). RMDNet gain: mean with RMDNet minus mean '
-               'without, same method and setting.')
+  lines.append(
+      'Mean ± sample standard deviation over seeds (n runs). RMDNet gain: mean with RMDNet minus mean '
+      'without, same method and setting.'
+  )
   if any(s in PUBLISHED and not _is_human(s) for s in table.settings):
-    lines.append('Published: best test accuracy reported by other papers (PreAct ResNet-18, DivideMix protocol; '
-                 'paper/rmdnet.md), not RMDNet results.')
+    lines.append(
+        'Published: best test accuracy reported by other papers (PreAct ResNet-18, DivideMix protocol; '
+        'paper/rmdnet.md), not RMDNet results.'
+    )
   if any(s in PUBLISHED and _is_human(s) for s in table.settings):
-    lines.append('Published CIFAR-N (human/…): CE as published with CIFAR-N (Wei et al., ICLR 2022, its own '
-                 'protocol; paper/rmdnet.md), not RMDNet results.')
+    lines.append(
+        'Published CIFAR-N (human/…): CE as published with CIFAR-N (Wei et al., ICLR 2022, its own '
+        'protocol; paper/rmdnet.md), not RMDNet results.'
+    )
   lines.append('')
   if table.unfinished:
-    lines += ['## Unfinished (no results.json; not averaged)', '',
-              '| workdir | dataset | noise | rate | method | RMDNet | seed |', '|---|---|---|---|---|---|---|']
+    lines += [
+        '## Unfinished (no results.json; not averaged)',
+        '',
+        '| workdir | dataset | noise | rate | method | RMDNet | seed |',
+        '|---|---|---|---|---|---|---|',
+    ]
     for r in table.unfinished:
-      lines.append(f'| {r.workdir} | {r.setting[0]} | {r.setting[1]} | {_rate(r.setting)} | {r.column[0]} | '
-                   f'{"on" if r.column[1] else "off"} | {r.seed} |')
+      lines.append(
+          f'| {r.workdir} | {r.setting[0]} | {r.setting[1]} | {_rate(r.setting)} | {r.column[0]} | '
+          f'{"on" if r.column[1] else "off"} | {r.seed} |'
+      )
     lines.append('')
   return '\n'.join(lines)
 
@@ -222,19 +265,47 @@ def csv_text(table: Table) -> str:
         continue
       best, last = table.stats(setting, column, 'best'), table.stats(setting, column, 'last')
       gains = [table.gain(setting, column[0], m) if column[1] else None for m, _ in METRICS]
-      writer.writerow([setting[0], setting[1], _rate(setting, ''), column[0], str(column[1]).lower(), len(runs),
-                       ' '.join(str(r.seed) for r in runs), _number(best[0]), _number(best[1]), _number(last[0]),
-                       _number(last[1])] + [_number(g) for g in gains]
-                      + [_number(PUBLISHED.get(setting, {}).get(m)) for m in PUBLISHED_METHODS])
+      writer.writerow(
+          [
+              setting[0],
+              setting[1],
+              _rate(setting, ''),
+              column[0],
+              str(column[1]).lower(),
+              len(runs),
+              ' '.join(str(r.seed) for r in runs),
+              _number(best[0]),
+              _number(best[1]),
+              _number(last[0]),
+              _number(last[1]),
+          ]
+          + [_number(g) for g in gains]
+          + [_number(PUBLISHED.get(setting, {}).get(m)) for m in PUBLISHED_METHODS]
+      )
   return out.getvalue()
 
 
 # Config keys that never tell two runs' results apart (paths, logging, bookkeeping): left out of the per-run view.
-NOT_SETTINGS = ('stages', 'log_every_steps', 'allow_config_change', 'eval_batch_size', 'data.data_dir',
-                'data.npz_path', 'max_to_keep', 'data.resident_on_device')
+NOT_SETTINGS = (
+    'stages',
+    'log_every_steps',
+    'allow_config_change',
+    'eval_batch_size',
+    'data.data_dir',
+    'data.npz_path',
+    'max_to_keep',
+    'data.resident_on_device',
+)
 # Final training diagnostics of the relation terms, read from the last RGRL row of metrics.jsonl.
-DIAGNOSTICS = ('node', 'edge', 'method', 'node_diag_cos', 'node_offdiag_rms', 'teacher_graph_mean',
-               'student_graph_mean')
+DIAGNOSTICS = (
+    'node',
+    'edge',
+    'method',
+    'node_diag_cos',
+    'node_offdiag_rms',
+    'teacher_graph_mean',
+    'student_graph_mean',
+)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:
@@ -263,8 +334,14 @@ def run_rows(workdirs: Sequence[str]) -> tuple:
     for line in (fileio.read_text(path).splitlines() if fileio.exists(path) else []):
       row = json.loads(line) if line.strip() else {}
       last.update({k: row[f'rgrl/{k}'] for k in DIAGNOSTICS if f'rgrl/{k}' in row})
-    rows.append({'workdir': w, 'settings': {k: config.get(k) for k in keys},
-                 'results': _read_json(os.path.join(w, 'results.json')), 'diagnostics': last})
+    rows.append(
+        {
+            'workdir': w,
+            'settings': {k: config.get(k) for k in keys},
+            'results': _read_json(os.path.join(w, 'results.json')),
+            'diagnostics': last,
+        }
+    )
   return keys, rows
 
 
@@ -281,19 +358,37 @@ def _pct(x) -> str:
 def per_run_markdown(keys: list, rows: list) -> str:
   """One row per run: the settings in which runs differ, test accuracy, the teacher's kNN accuracy, memorisation of
   the mislabelled examples and the final relation diagnostics."""
-  header = (['run'] + keys + ['best', 'last', 'teacher kNN', 'memorised noisy', 'clean-subset train acc']
-            + [f'final {d}' for d in DIAGNOSTICS])
+  header = (
+      ['run']
+      + keys
+      + ['best', 'last', 'teacher kNN', 'memorised noisy', 'clean-subset train acc']
+      + [f'final {d}' for d in DIAGNOSTICS]
+  )
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in sorted(rows, key=lambda r: [repr(r['settings'][k]) for k in keys] + [r['workdir']]):
     res, diag = r['results'], r['diagnostics']
-    cells = ([os.path.basename(r['workdir'].rstrip('/'))] + [_setting(r['settings'][k]) for k in keys]
-             + [_pct(res.get(k)) for k in ('test_accuracy_best', 'test_accuracy_last', 'teacher_knn_accuracy',
-                                           'train_memorized_noisy_subset', 'train_accuracy_clean_subset')]
-             + [f'{diag[d]:.3f}' if d in diag else '—' for d in DIAGNOSTICS])
+    cells = (
+        [os.path.basename(r['workdir'].rstrip('/'))]
+        + [_setting(r['settings'][k]) for k in keys]
+        + [
+            _pct(res.get(k))
+            for k in (
+                'test_accuracy_best',
+                'test_accuracy_last',
+                'teacher_knn_accuracy',
+                'train_memorized_noisy_subset',
+                'train_accuracy_clean_subset',
+            )
+        ]
+        + [f'{diag[d]:.3f}' if d in diag else '—' for d in DIAGNOSTICS]
+    )
     lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += ['', 'Accuracies in %. teacher kNN: the restored teacher on clean labels (a monitor). memorised noisy: '
-            'share of the mislabelled training examples predicted as their noisy label. final: last logged '
-            'training value; node_diag_cos = mean cos(t_i, s_i), node_offdiag_rms = RMS of cos(t_i, s_j), j != i.']
+  lines += [
+      '',
+      'Accuracies in %. teacher kNN: the restored teacher on clean labels (a monitor). memorised noisy: '
+      'share of the mislabelled training examples predicted as their noisy label. final: last logged '
+      'training value; node_diag_cos = mean cos(t_i, s_i), node_offdiag_rms = RMS of cos(t_i, s_j), j != i.',
+  ]
   return '\n'.join(lines)
 
 
@@ -301,6 +396,7 @@ def k_figure(rows: list, path: str) -> None:
   """Best test accuracy against relation.K, one line per group of RMDNet runs that differ in more than K (e.g. the
   teacher), and each method-only baseline as a horizontal line."""
   import matplotlib  # noqa: PLC0415 (only this option needs it)
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # noqa: PLC0415
 
@@ -312,8 +408,11 @@ def k_figure(rows: list, path: str) -> None:
     common[key] = max(values, key=lambda v: sum(repr(v) == repr(o) for o in values))
 
   def label(r, skip):
-    return ', '.join(f'{k.split(".")[-1]}={_setting(v)}' for k, v in r['settings'].items()
-                     if k not in skip and repr(v) != repr(common[k]))
+    return ', '.join(
+        f'{k.split(".")[-1]}={_setting(v)}'
+        for k, v in r['settings'].items()
+        if k not in skip and repr(v) != repr(common[k])
+    )
 
   relation_keys = tuple(k for k in common if k.startswith('relation.'))
   reference_batch = int(common.get('rgrl.batch_size', 128))
@@ -356,9 +455,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('workdirs', nargs='+', help='work directories of rmdnet_jax.main runs (local globs expand)')
   parser.add_argument('--markdown', help='also write the markdown to this file')
   parser.add_argument('--csv', help='write the per-cell CSV to this file')
-  parser.add_argument('--per_run', action='store_true',
-                      help='one row per run (the settings in which runs differ, relation diagnostics) instead of '
-                           'the table over seeds')
+  parser.add_argument(
+      '--per_run',
+      action='store_true',
+      help='one row per run (the settings in which runs differ, relation diagnostics) instead of '
+      'the table over seeds',
+  )
   parser.add_argument('--k_figure', help='with --per_run: also plot best test accuracy against relation.K (PNG)')
   args = parser.parse_args(argv)
   if args.per_run:

@@ -5,6 +5,7 @@ and the relations it models between samples are what RGRL distils.
 
 `simsiam_step(state, batch, rng)` is a pure function; `parallel.pmap_step` maps it over devices.
 """
+
 from typing import Any, Mapping
 
 import jax
@@ -34,24 +35,36 @@ def simsiam_loss(p1, p2, z1, z2) -> jax.Array:
 def view_kwargs(config: ml_collections.ConfigDict, mean, std) -> dict:
   """Keyword arguments of `augment.simsiam_views` from `config.rm.augment`."""
   aug = config.rm.augment
-  return dict(mean=tuple(mean), std=tuple(std), crop_scale=(aug.crop_scale_min, 1.0),
-              brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation, hue=aug.hue,
-              jitter_prob=aug.jitter_prob, grayscale_prob=aug.grayscale_prob, flip_prob=aug.flip_prob)
+  return dict(
+      mean=tuple(mean),
+      std=tuple(std),
+      crop_scale=(aug.crop_scale_min, 1.0),
+      brightness=aug.brightness,
+      contrast=aug.contrast,
+      saturation=aug.saturation,
+      hue=aug.hue,
+      jitter_prob=aug.jitter_prob,
+      grayscale_prob=aug.grayscale_prob,
+      flip_prob=aug.flip_prob,
+  )
 
 
-def create_simsiam_state(rng: jax.Array, config: ml_collections.ConfigDict, image_shape,
-                         learning_rate_fn) -> train_state_lib.TrainState:
+def create_simsiam_state(
+    rng: jax.Array, config: ml_collections.ConfigDict, image_shape, learning_rate_fn
+) -> train_state_lib.TrainState:
   """Initialises the RM network and its optimizer (on the host's default device; see parallel.replicate)."""
   model = models.simsiam_net(config.model, axis_name=parallel.AXIS)
   init_model = models.simsiam_net(config.model, axis_name=None)  # init runs outside pmap
   variables = jax.jit(init_model.init, static_argnames='train')(
-      rng, jnp.zeros((2,) + tuple(image_shape), jnp.float32), train=False)
+      rng, jnp.zeros((2,) + tuple(image_shape), jnp.float32), train=False
+  )
   tx = train_state_lib.make_optimizer(config.rm, learning_rate_fn)
   return train_state_lib.create_train_state(model, variables, tx)
 
 
-def simsiam_step(state: train_state_lib.TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-                 view_kwargs: Mapping[str, Any]):
+def simsiam_step(
+    state: train_state_lib.TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *, view_kwargs: Mapping[str, Any]
+):
   """One SimSiam update on this device's part of the global batch (run under `parallel.pmap_step`).
 
   Args:

@@ -10,6 +10,7 @@ variance (features centred over the batch) on its top singular direction, and th
 orthogonal to every teacher embedding. Where the aligned student scores worse than sqrt(B), the node term's best
 reachable point is the orthogonal collapse, whatever the teacher's quality (README, "Evidence").
 """
+
 import json
 import math
 
@@ -22,9 +23,13 @@ import numpy as np
 from rmdnet_jax import data, fileio, pipeline, relation
 
 # (name, relation.teacher_layer, relation.center, relation.batch_center)
-FORMS = (('backbone', 'backbone', False, False), ('backbone+center', 'backbone', True, False),
-         ('backbone+batch_center', 'backbone', False, True), ('projector', 'projector', False, False),
-         ('projector+batch_center', 'projector', False, True))
+FORMS = (
+    ('backbone', 'backbone', False, False),
+    ('backbone+center', 'backbone', True, False),
+    ('backbone+batch_center', 'backbone', False, True),
+    ('projector', 'projector', False, False),
+    ('projector+batch_center', 'projector', False, True),
+)
 
 
 def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, batch: int) -> dict:
@@ -38,19 +43,26 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, b
     diag = relation.relation_diagnostics(t, t, **graphs)
     centred = t - t.mean(axis=0, keepdims=True)
     singular = np.linalg.svd(centred, compute_uv=False) if len(t) > 1 else np.ones(1)
-    out[name] = {'teacher_graph_mean': float(diag['teacher_graph_mean']),
-                 'top_direction_share': float(singular[0] ** 2 / max(np.sum(singular ** 2), 1e-30)),
-                 'aligned_node_loss': float(relation.node_matching_loss(t, t, **graphs)),
-                 'collapsed_node_loss': math.sqrt(len(images))}
+    out[name] = {
+        'teacher_graph_mean': float(diag['teacher_graph_mean']),
+        'top_direction_share': float(singular[0] ** 2 / max(np.sum(singular**2), 1e-30)),
+        'aligned_node_loss': float(relation.node_matching_loss(t, t, **graphs)),
+        'collapsed_node_loss': math.sqrt(len(images)),
+    }
   return out
 
 
 def format_table(results: dict) -> str:
-  rows = ['| teacher features | mean off-diagonal cos(t_i, t_j) | variance on the top direction | node term, '
-          'student = teacher | node term, orthogonal student (sqrt B) |', '|---|---|---|---|---|']
+  rows = [
+      '| teacher features | mean off-diagonal cos(t_i, t_j) | variance on the top direction | node term, '
+      'student = teacher | node term, orthogonal student (sqrt B) |',
+      '|---|---|---|---|---|',
+  ]
   for name, r in results.items():
-    rows.append(f"| {name} | {r['teacher_graph_mean']:.3f} | {100 * r['top_direction_share']:.0f}% | "
-                f"{r['aligned_node_loss']:.2f} | {r['collapsed_node_loss']:.2f} |")
+    rows.append(
+        f"| {name} | {r['teacher_graph_mean']:.3f} | {100 * r['top_direction_share']:.0f}% | "
+        f"{r['aligned_node_loss']:.2f} | {r['collapsed_node_loss']:.2f} |"
+    )
   return '\n'.join(rows)
 
 
@@ -60,8 +72,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
   # Defined only when this module is the program: the command-line modules (main, analysis) define flags of the
   # same names, and a process that imports them all (a test session) would refuse the second definition.
-  config_flags.DEFINE_config_file('config', None, 'Config file of the run whose teacher is measured.',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'Config file of the run whose teacher is measured.', lock_config=True)
   flags.DEFINE_integer('batch', 128, 'Images in the measured batch (the RGRL batch size is the natural choice).')
   flags.DEFINE_string('out', '', 'Write the measurements as JSON (and the table as .md beside it).')
   flags.mark_flags_as_required(['config'])

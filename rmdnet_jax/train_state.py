@@ -1,4 +1,5 @@
 """Train state and optimizer shared by both stages (SGD + momentum, coupled weight decay, cosine schedule)."""
+
 from typing import Any, Callable
 
 import optax
@@ -7,6 +8,7 @@ from flax.training import train_state
 
 class TrainState(train_state.TrainState):
   """flax TrainState plus BatchNorm running statistics."""
+
   batch_stats: Any
 
 
@@ -38,9 +40,11 @@ class StudentTrainState(TrainState):
   """The RGRL student: for two-network methods every leaf of params and batch_stats is stacked on a leading axis
   of size 2 (one SGD over the stacked tree equals one SGD per network: it is elementwise). `method_state` is the
   method's per-example state (ELR's targets, DivideMix's division), checkpointed with the networks."""
+
   method_state: Any
 
 
 def create_train_state(model, variables, tx) -> TrainState:
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables.get('batch_stats', {}), tx=tx)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'], batch_stats=variables.get('batch_stats', {}), tx=tx
+  )

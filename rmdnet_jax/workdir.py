@@ -15,6 +15,7 @@ rewrites the lock's heartbeat every HEARTBEAT_SECS, so a lock of another host th
 STALE_AFTER_SECS is taken over, and resuming a spot VM's run needs no hand work after that long (or deleting the
 lock, as the refusal says, at once).
 """
+
 import contextlib
 import json
 import os
@@ -60,25 +61,33 @@ def prepare(workdir: str) -> None:
     return
   path = os.path.abspath(workdir)
   if os.path.lexists(path) and not os.path.isdir(path):
-    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; pass a directory path (it is created '
-                       'when missing), or move the file away.')
+    raise WorkdirError(
+        f'--workdir={workdir} is a file, not a directory; pass a directory path (it is created '
+        'when missing), or move the file away.'
+    )
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     blocker = _first_existing_ancestor(path)
     if os.path.lexists(blocker) and not os.path.isdir(blocker):
-      raise WorkdirError(f'--workdir={workdir} cannot be created because {blocker} is a file, not a directory; pass '
-                         'a path under a directory.') from e
-    raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror or type(e).__name__} in {blocker}); '
-                       'pass a directory you can write to.') from e
+      raise WorkdirError(
+          f'--workdir={workdir} cannot be created because {blocker} is a file, not a directory; pass '
+          'a path under a directory.'
+      ) from e
+    raise WorkdirError(
+        f'--workdir={workdir} cannot be created ({e.strerror or type(e).__name__} in {blocker}); '
+        'pass a directory you can write to.'
+    ) from e
   probe = os.path.join(path, f'.write_test.{os.getpid()}')
   try:
     with open(probe, 'w') as f:
       f.write('')
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f'--workdir={workdir} is not writable ({e.strerror or type(e).__name__}); pass a directory '
-                       'you can write to, or fix its permissions.') from e
+    raise WorkdirError(
+        f'--workdir={workdir} is not writable ({e.strerror or type(e).__name__}); pass a directory '
+        'you can write to, or fix its permissions.'
+    ) from e
 
 
 def _process_start_time(pid: int) -> Optional[str]:
@@ -91,8 +100,13 @@ def _process_start_time(pid: int) -> Optional[str]:
 
 
 def _this_process() -> dict:
-  return {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-          'process_start': _process_start_time(os.getpid()), 'heartbeat': time.time()}
+  return {
+      'pid': os.getpid(),
+      'host': socket.gethostname(),
+      'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+      'process_start': _process_start_time(os.getpid()),
+      'heartbeat': time.time(),
+  }
 
 
 def _heartbeat_age(holder: dict) -> Optional[float]:
@@ -130,11 +144,16 @@ def _read(path: str) -> Optional[dict]:
 def _refusal(workdir: str, path: str, holder: dict) -> WorkdirError:
   age = _heartbeat_age(holder)
   seen = f', last heartbeat {age:.0f} s ago' if age is not None else ''
-  who = (f'process {holder.get("pid", "?")} on host {holder.get("host", "?")} (started {holder.get("started", "?")}'
-         f'{seen})' if holder else 'a run whose lock file cannot be read')
+  who = (
+      f'process {holder.get("pid", "?")} on host {holder.get("host", "?")} (started {holder.get("started", "?")}'
+      f'{seen})'
+      if holder
+      else 'a run whose lock file cannot be read'
+  )
   return WorkdirError(
       f'{workdir} is in use by {who}, so a second run would overwrite its files; wait for that run to end or use '
-      f'another --workdir, and if that run is gone (its host was lost), delete {path} and start again.')
+      f'another --workdir, and if that run is gone (its host was lost), delete {path} and start again.'
+  )
 
 
 def _acquire_local(workdir: str, path: str, me: dict) -> None:
@@ -161,8 +180,9 @@ def _acquire_local(workdir: str, path: str, me: dict) -> None:
         os.remove(aside)
         raise _refusal(workdir, path, moved or {})
       os.remove(aside)
-      logging.warning('Took over %s from process %s on %s, which is no longer running.', path, holder.get('pid'),
-                      holder.get('host'))
+      logging.warning(
+          'Took over %s from process %s on %s, which is no longer running.', path, holder.get('pid'), holder.get('host')
+      )
       continue
     with os.fdopen(fd, 'w') as f:
       f.write(json.dumps(me))

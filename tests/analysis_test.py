@@ -1,4 +1,5 @@
 """Case-study analysis: ROC AUC, per-sample losses, t-SNE helpers, and the CLI on two tiny finished runs."""
+
 import itertools
 import json
 import os
@@ -104,9 +105,13 @@ def test_select_points_caps_each_class():
 
 
 def test_learning_curves_keep_the_last_row_of_a_resumed_step():
-  rows = [{'step': 4, 'rgrl/test_accuracy': 0.1}, {'step': 4, 'rgrl/loss': 2.0},
-          {'step': 8, 'rgrl/test_accuracy': 0.2}, {'step': 8, 'rgrl/test_accuracy': 0.3},
-          {'step': 4, 'rm/knn_accuracy': 0.9}]
+  rows = [
+      {'step': 4, 'rgrl/test_accuracy': 0.1},
+      {'step': 4, 'rgrl/loss': 2.0},
+      {'step': 8, 'rgrl/test_accuracy': 0.2},
+      {'step': 8, 'rgrl/test_accuracy': 0.3},
+      {'step': 4, 'rm/knn_accuracy': 0.9},
+  ]
   curves = analysis.learning_curves(rows, steps_per_epoch=4)
   np.testing.assert_array_equal(curves['epoch'], [1.0, 2.0])
   np.testing.assert_array_equal(curves['test_accuracy'], [0.1, 0.3])
@@ -168,5 +173,4 @@ def test_unfinished_run_is_refused_with_one_sentence(finished_runs, tmp_path):
   # As if the run had been stopped before its first RGRL checkpoint.
   for entry in os.listdir(os.path.join(unfinished, 'rgrl')):
     shutil.rmtree(os.path.join(unfinished, 'rgrl', entry))
-  _one_sentence_error(lambda: analysis.analyse(rmdnet, unfinished, str(tmp_path / 'out')),
-                      'stopped at step 0 of 4')
+  _one_sentence_error(lambda: analysis.analyse(rmdnet, unfinished, str(tmp_path / 'out')), 'stopped at step 0 of 4')

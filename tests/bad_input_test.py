@@ -5,6 +5,7 @@ refused after a start (no config.json or labels are left behind to refuse the co
 command line itself for one case of each error class. The data files' own refusals are in tests/data_test.py and
 tests/cifar_n_test.py.
 """
+
 import json
 import os
 import socket
@@ -38,10 +39,20 @@ def refused(config, workdir, error=pipeline.WorkdirError, match=None) -> str:
 
 def main(*args, timeout=240):
   """`python -m rmdnet_jax.main ARGS` as a user types it (one device, tests/conftest.py's fast-compile flags)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
-  return subprocess.run([sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/tiny.py', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+  )
+  return subprocess.run(
+      [sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/tiny.py', *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def assert_user_error(result, *needles) -> str:
@@ -50,7 +61,7 @@ def assert_user_error(result, *needles) -> str:
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
   assert len(lines) == 1, result.stderr[-3000:]
-  sentence = lines[0][len('error: '):]
+  sentence = lines[0][len('error: ') :]
   assert_one_sentence(sentence)
   for needle in needles:
     assert needle in sentence, sentence
@@ -58,8 +69,15 @@ def assert_user_error(result, *needles) -> str:
 
 
 def lock_of(pid: int, host: str = None, **extra) -> str:
-  return json.dumps({'pid': pid, 'host': host or socket.gethostname(), 'started': '2026-01-01 00:00:00 UTC',
-                     'process_start': workdir_lib._process_start_time(pid), **extra})
+  return json.dumps(
+      {
+          'pid': pid,
+          'host': host or socket.gethostname(),
+          'started': '2026-01-01 00:00:00 UTC',
+          'process_start': workdir_lib._process_start_time(pid),
+          **extra,
+      }
+  )
 
 
 def dead_pid() -> int:
@@ -83,9 +101,16 @@ def test_cli_workdir_that_is_a_file(tmp_path):
 def test_cli_npz_that_is_not_a_zip_leaves_the_workdir_free(tmp_path):
   (tmp_path / 'data.npz').write_text('x_train,y_train\n')
   workdir = tmp_path / 'run'
-  assert_user_error(main(f'--workdir={workdir}', '--config.data.source=npz', '--config.data.name=cifar10',
-                         f'--config.data.npz_path={tmp_path / "data.npz"}'),
-                    'is not an .npz', 'prepare_data --dataset=cifar10 --npz=FILE')
+  assert_user_error(
+      main(
+          f'--workdir={workdir}',
+          '--config.data.source=npz',
+          '--config.data.name=cifar10',
+          f'--config.data.npz_path={tmp_path / "data.npz"}',
+      ),
+      'is not an .npz',
+      'prepare_data --dataset=cifar10 --npz=FILE',
+  )
   assert not [f for f in RUN_FILES if (workdir / f).exists()]
 
 
@@ -93,8 +118,11 @@ def test_cli_second_run_on_a_workdir_in_use(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'run.lock').write_text(lock_of(os.getpid()))  # this live process "runs" there
-  assert_user_error(main(f'--workdir={workdir}'), f'is in use by process {os.getpid()} on host '
-                    f'{socket.gethostname()}', f'delete {workdir / "run.lock"}')
+  assert_user_error(
+      main(f'--workdir={workdir}'),
+      f'is in use by process {os.getpid()} on host ' f'{socket.gethostname()}',
+      f'delete {workdir / "run.lock"}',
+  )
   assert json.loads((workdir / 'run.lock').read_text())['pid'] == os.getpid()  # not taken from the live run
   assert not (workdir / 'config.json').exists()
 
@@ -106,8 +134,11 @@ def test_cli_second_run_on_a_workdir_in_use(tmp_path):
 
 def test_workdir_under_a_file_is_refused(tmp_path):
   (tmp_path / 'file').write_text('')
-  message = refused(helpers.tiny_config(), tmp_path / 'file' / 'sub' / 'run',
-                    match='cannot be created because .*file is a file, not a directory')
+  message = refused(
+      helpers.tiny_config(),
+      tmp_path / 'file' / 'sub' / 'run',
+      match='cannot be created because .*file is a file, not a directory',
+  )
   assert 'pass a path under a directory' in message
 
 
@@ -117,8 +148,11 @@ def test_workdir_that_is_not_writable_is_refused():
   if os.path.exists('/sys/rmdnet_test_run'):
     pytest.skip('/sys accepts new entries here')
   refused(helpers.tiny_config(), '/sys', match='--workdir=/sys is not writable .*; pass a directory you can write')
-  refused(helpers.tiny_config(), '/sys/rmdnet_test_run',
-          match=r'cannot be created \(.* in /sys\); pass a directory you can write to')
+  refused(
+      helpers.tiny_config(),
+      '/sys/rmdnet_test_run',
+      match=r'cannot be created \(.* in /sys\); pass a directory you can write to',
+  )
 
 
 def test_refused_starts_leave_no_run_files(tmp_path):
@@ -126,18 +160,35 @@ def test_refused_starts_leave_no_run_files(tmp_path):
   command must not be refused as 'a different config'."""
   workdir = tmp_path / 'run'
   bad_npz = tmp_path / 'floats.npz'
-  good = dict(x_train=helpers.images(64), y_train=helpers.labels(64), x_test=helpers.images(32),
-              y_test=helpers.labels(32))
+  good = dict(
+      x_train=helpers.images(64), y_train=helpers.labels(64), x_test=helpers.images(32), y_test=helpers.labels(32)
+  )
   np.savez(bad_npz, **{**good, 'x_train': good['x_train'] / 255.0})
   np.savez(tmp_path / 'no_human_labels.npz', **good)
   attempts = [
-      (helpers.tiny_config(**{'data.source': 'tfds', 'data.name': 'cifar10', 'data.data_dir': str(tmp_path / 'no')}),
-       data.DataUnavailableError, 'prepare_data'),
-      (helpers.tiny_config(**{'data.source': 'npz', 'data.name': 'cifar10', 'data.npz_path': str(bad_npz)}),
-       data.DataUnavailableError, 'x_train is float64'),
-      (helpers.tiny_config(**{'data.source': 'npz', 'data.name': 'cifar10_n', 'noise.kind': 'human',
-                              'data.npz_path': str(tmp_path / 'no_human_labels.npz'), 'noise.human_label': 'aggre'}),
-       data.DataUnavailableError, 'none were loaded'),
+      (
+          helpers.tiny_config(**{'data.source': 'tfds', 'data.name': 'cifar10', 'data.data_dir': str(tmp_path / 'no')}),
+          data.DataUnavailableError,
+          'prepare_data',
+      ),
+      (
+          helpers.tiny_config(**{'data.source': 'npz', 'data.name': 'cifar10', 'data.npz_path': str(bad_npz)}),
+          data.DataUnavailableError,
+          'x_train is float64',
+      ),
+      (
+          helpers.tiny_config(
+              **{
+                  'data.source': 'npz',
+                  'data.name': 'cifar10_n',
+                  'noise.kind': 'human',
+                  'data.npz_path': str(tmp_path / 'no_human_labels.npz'),
+                  'noise.human_label': 'aggre',
+              }
+          ),
+          data.DataUnavailableError,
+          'none were loaded',
+      ),
       (helpers.tiny_config(stages='rgrl'), checkpoints.CheckpointError, None),  # no RM checkpoint to distil from
       (helpers.tiny_config(stages='teacher_knn'), checkpoints.CheckpointError, None),
   ]
@@ -157,7 +208,7 @@ def test_truncated_noisy_labels_are_one_sentence(tmp_path):
   good = str(tmp_path / 'good')
   pipeline.noisy_labels_for_run(config, dataset, good)
   raw = open(os.path.join(good, 'noisy_labels.npz'), 'rb').read()
-  for name, damaged in (('truncated', raw[:len(raw) // 2]), ('garbage', b'not an npz')):
+  for name, damaged in (('truncated', raw[: len(raw) // 2]), ('garbage', b'not an npz')):
     workdir = tmp_path / name
     workdir.mkdir()
     (workdir / 'noisy_labels.npz').write_bytes(damaged)
@@ -299,7 +350,10 @@ def test_metrics_rows_are_appended_not_rewritten(tmp_path):
   writer.write_scalars(2, {'a': 2.0})
   assert os.stat(path).st_ino == inode  # the same file, not a rewritten copy
   assert [(r['step'], sorted(r)) for r in metrics.read_jsonl(str(path))] == [
-      (1, ['a', 'step']), (1, ['b', 'step']), (2, ['a', 'step'])]
+      (1, ['a', 'step']),
+      (1, ['b', 'step']),
+      (2, ['a', 'step']),
+  ]
 
 
 def test_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):

@@ -9,6 +9,7 @@ Later runs of the same tiny RGRL step find it in the session's persistent compil
 The PyTorch peer's tests skip where torch is not installed (CI installs only requirements.txt; torch is in
 benchmarks/requirements.txt).
 """
+
 import json
 import sys
 
@@ -25,8 +26,9 @@ TINY_TIMING = ['--steps=1', '--repeats=1', '--warmup=1']
 
 
 def test_throughput_reports_the_rgrl_step(tmp_path):
-  record = throughput.main(TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--dtype=float32', '--bench=rgrl',
-                                                       f'--out={tmp_path}'])
+  record = throughput.main(
+      TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--dtype=float32', '--bench=rgrl', f'--out={tmp_path}']
+  )
   saved = json.loads((tmp_path / 'throughput.json').read_text())
   assert saved['results'] == json.loads(json.dumps(record['results']))
   assert [r['step'] for r in saved['results']] == ['rgrl']
@@ -42,9 +44,19 @@ def test_throughput_reports_the_rgrl_step(tmp_path):
 
 
 def test_relation_graph_reports_cost_and_step_share(tmp_path):
-  record = relation_graph.main(TINY_MODEL + TINY_TIMING + ['--batch_sizes=16,32,64', '--max_batch=32', '--dim=32',
-                                                           '--step_global_batch=16', '--rgrl_step_ms=50',
-                                                           '--peak_tflops=1', f'--out={tmp_path}'])
+  record = relation_graph.main(
+      TINY_MODEL
+      + TINY_TIMING
+      + [
+          '--batch_sizes=16,32,64',
+          '--max_batch=32',
+          '--dim=32',
+          '--step_global_batch=16',
+          '--rgrl_step_ms=50',
+          '--peak_tflops=1',
+          f'--out={tmp_path}',
+      ]
+  )
   saved = json.loads((tmp_path / 'relation_graph.json').read_text())
   assert [r['global_batch'] for r in saved['results']] == [16, 32]  # --max_batch drops 64
   for row in saved['results']:
@@ -81,9 +93,19 @@ def test_step_inputs_match_the_pipeline_call_signatures(monkeypatch):
 
 
 def test_throughput_profile_lists_the_slowest_ops(tmp_path):
-  record = throughput.main(TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--dtype=float32', '--bench=rgrl',
-                                                       f'--profile_dir={tmp_path / "trace"}', '--profile_steps=1',
-                                                       '--profile_top=5', f'--out={tmp_path}'])
+  record = throughput.main(
+      TINY_MODEL
+      + TINY_TIMING
+      + [
+          '--batch_per_device=2',
+          '--dtype=float32',
+          '--bench=rgrl',
+          f'--profile_dir={tmp_path / "trace"}',
+          '--profile_steps=1',
+          '--profile_top=5',
+          f'--out={tmp_path}',
+      ]
+  )
   row = record['results'][0]
   assert row['profile_dir'] == str(tmp_path / 'trace' / 'rgrl_float32_b2')
   assert 0 < len(row['top_ops']) <= 5
@@ -94,16 +116,26 @@ def test_throughput_profile_lists_the_slowest_ops(tmp_path):
 def test_compare_torch_without_torch_names_the_requirements_file(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, 'torch', None)  # what an environment without PyTorch looks like to imports
   with pytest.raises(SystemExit) as stop:
-    throughput.main(TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--bench=rgrl', '--compare-torch',
-                                                f'--out={tmp_path}'])
+    throughput.main(
+        TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--bench=rgrl', '--compare-torch', f'--out={tmp_path}']
+    )
   assert str(stop.value) == throughput.TORCH_MISSING
   assert 'pip install -r benchmarks/requirements.txt' in str(stop.value)
   assert not (tmp_path / 'throughput.json').exists()
 
 
 def test_epoch_time_times_two_epochs_through_the_loop(tmp_path):
-  record = epoch_time.main(TINY_MODEL + ['--train_size=48', '--rgrl_batch=16', '--stages=rgrl', '--epochs=2',
-                                         f'--workdir={tmp_path / "work"}', f'--out={tmp_path}'])
+  record = epoch_time.main(
+      TINY_MODEL
+      + [
+          '--train_size=48',
+          '--rgrl_batch=16',
+          '--stages=rgrl',
+          '--epochs=2',
+          f'--workdir={tmp_path / "work"}',
+          f'--out={tmp_path}',
+      ]
+  )
   saved = json.loads((tmp_path / 'epoch_time.json').read_text())
   [row] = saved['results']
   assert row['step'] == 'rgrl' and row['resident'] is True  # --resident defaults to on
@@ -112,8 +144,9 @@ def test_epoch_time_times_two_epochs_through_the_loop(tmp_path):
   assert row['compile_s'] > 0 and row['flops_per_step_per_chip'] > 0
   # The loop really ran: one log per epoch, in the stage's metrics file.
   assert len(row['loop_images_per_second']) == 2
-  logged = [json.loads(line) for line in (tmp_path / 'work' / 'rgrl_resident' / 'metrics.jsonl').read_text()
-            .splitlines()]
+  logged = [
+      json.loads(line) for line in (tmp_path / 'work' / 'rgrl_resident' / 'metrics.jsonl').read_text().splitlines()
+  ]
   assert [row['rgrl/epoch'] for row in logged if 'rgrl/epoch' in row] == [1.0, 2.0]
   assert record['settings']['resident'] == ['on']
   assert '| rgrl | resident | 16 | 3 |' in (tmp_path / 'epoch_time.md').read_text()
@@ -123,12 +156,16 @@ def test_epoch_time_times_two_epochs_through_the_loop(tmp_path):
 def torch_peer():
   pytest.importorskip('torch')
   from benchmarks import torch_peer as module  # imports torch
+
   return module
 
 
 def _jax_parameter_count(module, image_size=8, **kwargs):
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), np.zeros((2, image_size, image_size, 3),
-                                                                           np.float32), train=False, **kwargs))
+  shapes = jax.eval_shape(
+      lambda: module.init(
+          jax.random.key(0), np.zeros((2, image_size, image_size, 3), np.float32), train=False, **kwargs
+      )
+  )
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 
@@ -142,8 +179,7 @@ def test_torch_backbone_has_the_jax_parameter_count(torch_peer, name, expected):
 def test_torch_networks_have_the_jax_parameter_counts(torch_peer):
   config = throughput.make_config(throughput.build_parser().parse_args(TINY_MODEL), 'float32', 16)
   counts = torch_peer.parameter_counts(config)
-  assert counts['backbone'] == _jax_parameter_count(
-      models.make_backbone('resnet_tiny', 4, np.float32, None))
+  assert counts['backbone'] == _jax_parameter_count(models.make_backbone('resnet_tiny', 4, np.float32, None))
   assert counts['simsiam_net'] == _jax_parameter_count(models.simsiam_net(config.model))
   assert counts['student_net'] == _jax_parameter_count(models.student_net(config))
 
@@ -154,19 +190,25 @@ def test_torch_losses_match_the_jax_losses(torch_peer):
   t, s, p1, p2, z1, z2 = (rng.normal(size=(12, 6)).astype(np.float32) for _ in range(6))
   config = throughput.make_config(throughput.build_parser().parse_args(TINY_MODEL), 'float32', 16)
   node, edge = torch_peer.relation_losses(torch.tensor(t), torch.tensor(s), config.relation)
-  _, parts = relation.relation_distillation_loss(t, s, **{k: v for k, v in throughput.distill.relation_kwargs(
-      config).items()})
+  _, parts = relation.relation_distillation_loss(
+      t, s, **{k: v for k, v in throughput.distill.relation_kwargs(config).items()}
+  )
   np.testing.assert_allclose([float(node), float(edge)], [parts['node'], parts['edge']], rtol=1e-5)
-  np.testing.assert_allclose(float(torch_peer.simsiam_loss(*map(torch.tensor, (p1, p2, z1, z2)))),
-                             simsiam.simsiam_loss(p1, p2, z1, z2), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(torch_peer.simsiam_loss(*map(torch.tensor, (p1, p2, z1, z2)))),
+      simsiam.simsiam_loss(p1, p2, z1, z2),
+      rtol=1e-5,
+  )
 
 
 def test_torch_peer_times_the_three_steps(torch_peer, tmp_path):
-  record = torch_peer.main(TINY_MODEL + TINY_TIMING + ['--batch=4', '--dtype=float32,bfloat16', '--device=cpu',
-                                                       f'--out={tmp_path}'])
+  record = torch_peer.main(
+      TINY_MODEL + TINY_TIMING + ['--batch=4', '--dtype=float32,bfloat16', '--device=cpu', f'--out={tmp_path}']
+  )
   saved = json.loads((tmp_path / 'torch_peer.json').read_text())
   assert [(r['step'], r['dtype']) for r in saved['results']] == [
-      (step, dtype) for dtype in ('float32', 'bfloat16') for step in ('simsiam', 'rgrl', 'ce')]
+      (step, dtype) for dtype in ('float32', 'bfloat16') for step in ('simsiam', 'rgrl', 'ce')
+  ]
   for row in saved['results']:
     assert row['images_per_s'] > 0 and row['gflop_per_image'] > 0
   flops = {(r['step'], r['dtype']): r['flops_per_step'] for r in record['results']}
@@ -177,8 +219,18 @@ def test_torch_peer_times_the_three_steps(torch_peer, tmp_path):
 
 
 def test_compare_torch_adds_the_torch_columns(torch_peer, tmp_path):
-  record = throughput.main(TINY_MODEL + TINY_TIMING + ['--batch_per_device=2', '--dtype=float32', '--bench=rgrl',
-                                                       '--compare-torch', '--torch_device=cpu', f'--out={tmp_path}'])
+  record = throughput.main(
+      TINY_MODEL
+      + TINY_TIMING
+      + [
+          '--batch_per_device=2',
+          '--dtype=float32',
+          '--bench=rgrl',
+          '--compare-torch',
+          '--torch_device=cpu',
+          f'--out={tmp_path}',
+      ]
+  )
   [row] = record['results']
   assert row['torch_images_per_s'] > 0
   assert row['jax_over_torch'] == pytest.approx(row['images_per_s_per_chip'] / row['torch_images_per_s'])

@@ -1,5 +1,6 @@
 """Checkpoints: the state digest, and what a resume does with a damaged latest checkpoint (falls back to the newest
 intact one with a warning, or refuses with one sentence naming the directory to remove)."""
+
 import json
 import os
 import pathlib
@@ -45,7 +46,7 @@ def _files(directory, pattern):
 
 def _truncate_data(step_dir):
   for path in _files(step_dir / 'state', '**/d/*'):
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
 def _remove_manifest(step_dir):
@@ -76,8 +77,15 @@ def _other_bytes_that_load(step_dir):
   shutil.copytree(step_dir.parent / '2' / 'state', step_dir / 'state')
 
 
-DAMAGE = [_truncate_data, _remove_manifest, _garbage_state_metadata, _garbage_meta, _remove_meta,
-          _empty_step_directory, _other_bytes_that_load]
+DAMAGE = [
+    _truncate_data,
+    _remove_manifest,
+    _garbage_state_metadata,
+    _garbage_meta,
+    _remove_meta,
+    _empty_step_directory,
+    _other_bytes_that_load,
+]
 
 
 def test_digest_is_in_the_meta_and_matches_the_state(stage_dir):
@@ -110,8 +118,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(stage_dir, damage, mo
 def test_every_checkpoint_damaged_is_refused_naming_the_directory(stage_dir):
   for step in ('1', '2', '3'):
     _truncate_data(stage_dir / step)
-  with pytest.raises(checkpoints.CheckpointError, match='Every checkpoint in .*rm is damaged .*remove that '
-                                                         'directory'):
+  with pytest.raises(
+      checkpoints.CheckpointError, match='Every checkpoint in .*rm is damaged .*remove that ' 'directory'
+  ):
     checkpoints.restore_latest(checkpoints.manager(str(stage_dir)), _target(), META)
   assert sorted(os.listdir(stage_dir)) == ['1', '2', '3']  # nothing renamed when nothing could be used
 
@@ -124,6 +133,8 @@ def test_another_config_is_not_taken_for_damage(stage_dir):
 
 def test_damaged_teacher_is_refused_with_the_directory_to_remove(stage_dir):
   _other_bytes_that_load(stage_dir / '3')
-  with pytest.raises(checkpoints.CheckpointError,
-                     match=f'The RM checkpoint {stage_dir / "3"} is damaged .*digest.*remove that directory'):
+  with pytest.raises(
+      checkpoints.CheckpointError,
+      match=f'The RM checkpoint {stage_dir / "3"} is damaged .*digest.*remove that directory',
+  ):
     checkpoints.restore_teacher(str(stage_dir), _target(), META)

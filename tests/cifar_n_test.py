@@ -5,6 +5,7 @@ Path A runs under `tfds.testing.mock_data` and on fake data sources; path B on f
 ones are CC BY-NC and never in the repository). The real CIFAR-10 + CIFAR-10N of ../shared is used by the tests
 that skip where ../shared is absent.
 """
+
 import dataclasses
 import io
 import json
@@ -69,7 +70,7 @@ def label_file_arrays(num_indices: int, num_classes: int = 10, seed: int = 0) ->
   arrays = {'clean_label': clean}
   keys = C10N_KEYS if num_classes == 10 else ('noisy_label',)
   for key in keys:
-    wrong = rng.permutation(num_indices)[:round(data.PUBLISHED_NOISE_RATES[data.CIFAR_N_KEYS[key]] * num_indices)]
+    wrong = rng.permutation(num_indices)[: round(data.PUBLISHED_NOISE_RATES[data.CIFAR_N_KEYS[key]] * num_indices)]
     arrays[key] = clean.copy()
     arrays[key][wrong] = (clean[wrong] + rng.integers(1, num_classes, len(wrong))) % num_classes
   return arrays
@@ -79,8 +80,11 @@ def fake_records(split, numbers, *, num_classes=10, human=None, image_size=32):
   """Records of CIFAR index `numbers` in that order; with `human` ({tfds key: array by index}), as cifar*_n."""
   records = []
   for k in numbers:
-    record = {'id': f'{split}_{k:05d}'.encode(), 'image': np.full((image_size, image_size, 3), k % 256, np.uint8),
-              'label': np.int64(k % num_classes)}
+    record = {
+        'id': f'{split}_{k:05d}'.encode(),
+        'image': np.full((image_size, image_size, 3), k % 256, np.uint8),
+        'label': np.int64(k % num_classes),
+    }
     if num_classes == 100:
       record['coarse_label'] = np.int64(k % num_classes // 5)
     for key, column in (human or {}).items():
@@ -97,6 +101,7 @@ def tfds_key(name: str) -> str:
 def patch_sources(monkeypatch, splits_by_name: dict):
   def fake_data_source(name, *, split, data_dir, download):
     return FakeSource(splits_by_name[name][split])
+
   monkeypatch.setattr(tfds, 'data_source', fake_data_source)
 
 
@@ -112,8 +117,9 @@ def write_pt(path, arrays: dict, folder='archive'):
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('name, expected', [('cifar10_n', data.HUMAN_LABELS['cifar10']),
-                                            ('cifar100_n', data.HUMAN_LABELS['cifar100'])])
+@pytest.mark.parametrize(
+    'name, expected', [('cifar10_n', data.HUMAN_LABELS['cifar10']), ('cifar100_n', data.HUMAN_LABELS['cifar100'])]
+)
 def test_tfds_cifar_n_mock_gives_the_human_columns(monkeypatch, name, expected):
   num_classes = data.DATASETS[name]['num_classes']
   # Mock labels are uniformly random, not CIFAR-N's: no published noise rate applies to them.
@@ -124,7 +130,10 @@ def test_tfds_cifar_n_mock_gives_the_human_columns(monkeypatch, name, expected):
     records = [tfds.data_source(name, split='train')[i] for i in range(NUM_MOCK)]
   assert dataset.name == data.DATASETS[name]['base']
   assert (dataset.num_classes, dataset.mean, dataset.std) == (
-      num_classes, data.DATASETS[name]['mean'], data.DATASETS[name]['std'])
+      num_classes,
+      data.DATASETS[name]['mean'],
+      data.DATASETS[name]['std'],
+  )
   assert sorted(dataset.train_human_labels) == sorted(expected)
   # Records come out in id order (mock ids are random strings, so not CIFAR indices); the columns follow them.
   order = np.argsort([r['id'] for r in records], kind='stable')
@@ -159,13 +168,19 @@ def test_label_file_is_joined_by_id(monkeypatch, tmp_path, shuffled_ids, file_fo
   arrays = label_file_arrays(60)
   path = tmp_path / f'CIFAR-10_human.{file_format}'
   np.savez(path, **arrays) if file_format == 'npz' else write_pt(path, arrays)
-  patch_sources(monkeypatch, {'cifar10': {'train': fake_records('train', shuffled_ids),
-                                          'test': fake_records('test', range(8))}})
+  patch_sources(
+      monkeypatch, {'cifar10': {'train': fake_records('train', shuffled_ids), 'test': fake_records('test', range(8))}}
+  )
   dataset = data.load(tfds_config('cifar10', cifar_n_labels=str(path)))
   ids = np.sort(shuffled_ids)
   np.testing.assert_array_equal(dataset.train_ids, ids)
-  expected = {'aggre': 'aggre_label', 'worst': 'worse_label', 'random1': 'random_label1',
-              'random2': 'random_label2', 'random3': 'random_label3'}
+  expected = {
+      'aggre': 'aggre_label',
+      'worst': 'worse_label',
+      'random1': 'random_label1',
+      'random2': 'random_label2',
+      'random3': 'random_label3',
+  }
   assert sorted(dataset.train_human_labels) == sorted(expected)
   for label, key in expected.items():
     np.testing.assert_array_equal(dataset.train_human_labels[label], arrays[key][ids])
@@ -178,8 +193,15 @@ def test_cifar100_label_file_is_joined_by_id(monkeypatch, tmp_path, shuffled_ids
   arrays['clean_coarse_label'] = arrays['noisy_coarse_label'] = list(range(60))  # lists, as in the real .pt
   path = tmp_path / 'CIFAR-100_human.pt'
   write_pt(path, arrays, folder='CIFAR-100_human')
-  patch_sources(monkeypatch, {'cifar100': {'train': fake_records('train', shuffled_ids, num_classes=100),
-                                           'test': fake_records('test', range(8), num_classes=100)}})
+  patch_sources(
+      monkeypatch,
+      {
+          'cifar100': {
+              'train': fake_records('train', shuffled_ids, num_classes=100),
+              'test': fake_records('test', range(8), num_classes=100),
+          }
+      },
+  )
   dataset = data.load(tfds_config('cifar100', cifar_n_labels=str(path)))
   assert list(dataset.train_human_labels) == ['noisy']
   np.testing.assert_array_equal(dataset.train_human_labels['noisy'], arrays['noisy_label'][np.sort(shuffled_ids)])
@@ -193,10 +215,16 @@ def test_tfds_cifar_n_and_label_file_give_the_same_dataset(monkeypatch, tmp_path
   path = tmp_path / 'labels.npz'
   np.savez(path, **arrays)
   test = fake_records('test', range(8), num_classes=num_classes)
-  patch_sources(monkeypatch, {
-      name: {'train': fake_records('train', shuffled_ids, num_classes=num_classes), 'test': test},
-      f'{name}_n': {'train': fake_records('train', shuffled_ids, num_classes=num_classes, human=human),
-                    'test': fake_records('test', range(8), num_classes=num_classes, human=human)}})
+  patch_sources(
+      monkeypatch,
+      {
+          name: {'train': fake_records('train', shuffled_ids, num_classes=num_classes), 'test': test},
+          f'{name}_n': {
+              'train': fake_records('train', shuffled_ids, num_classes=num_classes, human=human),
+              'test': fake_records('test', range(8), num_classes=num_classes, human=human),
+          },
+      },
+  )
   path_a = data.load(tfds_config(f'{name}_n'))
   path_b = data.load(tfds_config(name, cifar_n_labels=str(path)))
   assert path_a.train_human_labels
@@ -204,8 +232,9 @@ def test_tfds_cifar_n_and_label_file_give_the_same_dataset(monkeypatch, tmp_path
   # ... and an .npz written by prepare_data from path A reads back the same (offline clusters).
   npz = tmp_path / 'c.npz'
   prepare_data.write_npz(path_a, str(npz))
-  helpers.assert_same_dataset(path_a, data.load(data_config(source='npz', name=f'{name}_n', num_classes=num_classes,
-                                                    npz_path=str(npz))))
+  helpers.assert_same_dataset(
+      path_a, data.load(data_config(source='npz', name=f'{name}_n', num_classes=num_classes, npz_path=str(npz)))
+  )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,20 +243,36 @@ def test_tfds_cifar_n_and_label_file_give_the_same_dataset(monkeypatch, tmp_path
 
 
 def tiny_human_config(**overrides):
-  return helpers.tiny_config(**{'data.source': 'tfds', 'data.name': 'cifar10_n', 'data.num_classes': 10,
-                                'noise.kind': 'human', 'noise.human_label': 'worst', 'stages': 'rgrl',
-                                'method.distill': False, 'rgrl.epochs': 1,
-                                # Predicting the train set at each evaluation costs compiles, and adds nothing here.
-                                'rgrl.track_memorization': False, **overrides})
+  return helpers.tiny_config(
+      **{
+          'data.source': 'tfds',
+          'data.name': 'cifar10_n',
+          'data.num_classes': 10,
+          'noise.kind': 'human',
+          'noise.human_label': 'worst',
+          'stages': 'rgrl',
+          'method.distill': False,
+          'rgrl.epochs': 1,
+          # Predicting the train set at each evaluation costs compiles, and adds nothing here.
+          'rgrl.track_memorization': False,
+          **overrides,
+      }
+  )
 
 
 def test_human_noise_run_saves_the_column_and_resume_reloads_it(monkeypatch, tmp_path):
   arrays = label_file_arrays(64)
   human = {k: v for k, v in arrays.items() if k != 'clean_label'}
   ids = np.random.default_rng(5).permutation(64)
-  patch_sources(monkeypatch, {'cifar10_n': {
-      'train': fake_records('train', ids, human=human, image_size=8),
-      'test': fake_records('test', range(32), human=human, image_size=8)}})
+  patch_sources(
+      monkeypatch,
+      {
+          'cifar10_n': {
+              'train': fake_records('train', ids, human=human, image_size=8),
+              'test': fake_records('test', range(32), human=human, image_size=8),
+          }
+      },
+  )
   config = tiny_human_config()
   workdir = str(tmp_path / 'run')
   results = pipeline.run(config, workdir)
@@ -236,8 +281,9 @@ def test_human_noise_run_saves_the_column_and_resume_reloads_it(monkeypatch, tmp
   np.testing.assert_array_equal(noisy.labels, arrays['worse_label'])  # ids 0..63 in id order
   rate = float(np.mean(arrays['worse_label'] != arrays['clean_label']))
   assert noisy.realized_rate == pytest.approx(rate) and results['noise_realized_rate'] == pytest.approx(rate)
-  np.testing.assert_allclose(noisy.transition,
-                             noise.empirical_transition(arrays['clean_label'], arrays['worse_label'], 10))
+  np.testing.assert_allclose(
+      noisy.transition, noise.empirical_transition(arrays['clean_label'], arrays['worse_label'], 10)
+  )
   assert (meta['kind'], meta['human_label'], meta['dataset']) == ('human', 'worst', 'cifar10')
   assert 'rate' not in meta and 'seed' not in meta  # they play no part in human noise
   assert json.load(open(os.path.join(workdir, 'results.json')))['rgrl_steps'] == 4
@@ -275,7 +321,7 @@ class PixelFreeSource:
 def real_cifar10n():
   labels = SHARED / 'data' / 'cifar-n' / 'cifar10n_labels.npz'
   if not (SHARED / 'data' / 'tfds' / 'cifar10').is_dir() or not labels.is_file():
-    pytest.skip('../shared/data (CIFAR-10 and CIFAR-N) is not present (only on the team\'s machines)')
+    pytest.skip("../shared/data (CIFAR-10 and CIFAR-N) is not present (only on the team's machines)")
   # Ids and labels are what is joined and tested here (tests/data_test.py reads the real pixels): without PNG
   # decoding the read takes half the time.
   real_data_source = tfds.data_source
@@ -328,8 +374,16 @@ def test_real_cifar100n_file_is_refused_for_cifar10(real_cifar10n):
 def small_dataset(ids=range(20), num_classes=10, is_index=True) -> data.Dataset:
   ids = np.asarray(list(ids), np.int64)
   images = np.zeros((len(ids), 2, 2, 3), np.uint8)
-  return data.Dataset(f'cifar{num_classes}', num_classes, images, ids % num_classes, images[:2],
-                      np.zeros(2, np.int64), ids, train_ids_are_cifar_indices=is_index)
+  return data.Dataset(
+      f'cifar{num_classes}',
+      num_classes,
+      images,
+      ids % num_classes,
+      images[:2],
+      np.zeros(2, np.int64),
+      ids,
+      train_ids_are_cifar_indices=is_index,
+  )
 
 
 def refusal(fn, *args, error=data.DataUnavailableError, match=None):
@@ -377,12 +431,22 @@ def test_label_file_with_shifted_noisy_column_is_refused(monkeypatch, tmp_path, 
   good, shifted = tmp_path / 'good.npz', tmp_path / 'shifted.npz'
   np.savez(good, **arrays)
   np.savez(shifted, **{**arrays, key: np.roll(arrays[key], 1)})  # clean_label is still right
-  patch_sources(monkeypatch, {'cifar10': {'train': fake_records('train', range(SHIFT_SIZE), image_size=2),
-                                          'test': fake_records('test', range(4), image_size=2)}})
+  patch_sources(
+      monkeypatch,
+      {
+          'cifar10': {
+              'train': fake_records('train', range(SHIFT_SIZE), image_size=2),
+              'test': fake_records('test', range(4), image_size=2),
+          }
+      },
+  )
   assert data.load(tfds_config('cifar10', cifar_n_labels=str(good))).train_human_labels
   label = data.CIFAR_N_KEYS[key]
-  message = refusal(data.load, tfds_config('cifar10', cifar_n_labels=str(shifted)),
-                    match=f'The CIFAR-N {label} labels of {shifted} differ from the cifar10 labels on')
+  message = refusal(
+      data.load,
+      tfds_config('cifar10', cifar_n_labels=str(shifted)),
+      match=f'The CIFAR-N {label} labels of {shifted} differ from the cifar10 labels on',
+  )
   assert f'published CIFAR-N {label} labels differ on {data.PUBLISHED_NOISE_RATES[label]:.2%}' in message
   assert 'pass the official CIFAR-10_human.pt' in message
 
@@ -391,24 +455,36 @@ def test_tfds_cifar_n_and_npz_with_shifted_column_are_refused(monkeypatch, tmp_p
   arrays = label_file_arrays(SHIFT_SIZE)
   human = {k: v for k, v in arrays.items() if k != 'clean_label'}
   human['random_label3'] = np.roll(human['random_label3'], 7)
-  patch_sources(monkeypatch, {'cifar10_n': {
-      'train': fake_records('train', range(SHIFT_SIZE), human=human, image_size=2),
-      'test': fake_records('test', range(4), human=human, image_size=2)}})
-  refusal(data.load, tfds_config('cifar10_n', data_dir='/fake'),
-          match='random3 labels of tfds dataset cifar10_n in /fake differ .* prepare it again')
+  patch_sources(
+      monkeypatch,
+      {
+          'cifar10_n': {
+              'train': fake_records('train', range(SHIFT_SIZE), human=human, image_size=2),
+              'test': fake_records('test', range(4), human=human, image_size=2),
+          }
+      },
+  )
+  refusal(
+      data.load,
+      tfds_config('cifar10_n', data_dir='/fake'),
+      match='random3 labels of tfds dataset cifar10_n in /fake differ .* prepare it again',
+  )
   with pytest.MonkeyPatch.context() as patch:  # write the npz that prepare_data would write from such a dataset
     patch.setattr(data, 'PUBLISHED_NOISE_RATES', {})
     dataset = data.load(tfds_config('cifar10_n', data_dir='/fake'))
   npz = tmp_path / 'c.npz'
   prepare_data.write_npz(dataset, str(npz))
-  refusal(data.load, data_config(source='npz', name='cifar10_n', npz_path=str(npz)),
-          match=f'random3 labels of {npz} differ .* write the .npz again')
+  refusal(
+      data.load,
+      data_config(source='npz', name='cifar10_n', npz_path=str(npz)),
+      match=f'random3 labels of {npz} differ .* write the .npz again',
+  )
 
 
 def test_real_cifar_n_files_have_the_published_rates(tmp_path):
   files = {'cifar10n_labels.npz': C10N_KEYS, 'cifar100n_labels.npz': ('noisy_label',)}
   if not all((SHARED / 'data' / 'cifar-n' / f).is_file() for f in files):
-    pytest.skip('../shared/data/cifar-n is not present (only on the team\'s machines)')
+    pytest.skip("../shared/data/cifar-n is not present (only on the team's machines)")
   for name, keys in files.items():
     with np.load(SHARED / 'data' / 'cifar-n' / name) as f:
       for key in keys:
@@ -426,6 +502,7 @@ def test_label_file_at_99_percent_agreement_is_accepted(tmp_path):
 
 
 class _Exploit:
+
   def __reduce__(self):
     return (os.system, ('echo pwned > /dev/null',))
 
@@ -438,6 +515,7 @@ def test_pt_files_that_are_not_arrays_are_refused(tmp_path):
   refusal(data.read_cifar_n_file, str(tmp_path / 'code.pt'), match='posix.system is not allowed|nt.system is not')
 
   class Pickler(pickle.Pickler):
+
     def persistent_id(self, obj):
       return ('storage', 'LongStorage', '0', 'cpu', 3) if isinstance(obj, tuple) else None
 
@@ -454,8 +532,12 @@ def test_pt_files_that_are_not_arrays_are_refused(tmp_path):
 def test_label_file_with_a_cifar_n_dataset_is_refused(tmp_path):
   np.savez(tmp_path / 'labels.npz', **label_file_arrays(60))
   with tfds.testing.mock_data(num_examples=NUM_MOCK):
-    refusal(data.load, tfds_config('cifar10_n', cifar_n_labels=str(tmp_path / 'labels.npz')), error=ValueError,
-            match='already carries CIFAR-N labels')
+    refusal(
+        data.load,
+        tfds_config('cifar10_n', cifar_n_labels=str(tmp_path / 'labels.npz')),
+        error=ValueError,
+        match='already carries CIFAR-N labels',
+    )
 
 
 def test_human_label_lookup_refusals():
@@ -484,10 +566,21 @@ def save_ordered_npy(path, contents: dict):
 
 
 def test_manual_files_missing_is_one_sentence(tmp_path):
-  message = refusal(prepare_data.check_manual_files, 'cifar10_n', str(tmp_path), error=prepare_data.PrepareError,
-                    match='needs CIFAR-N files that tfds cannot download')
-  for needed in ('side_info_cifar10N.csv', 'image_order_c10.npy', 'CIFAR-10_human_ordered.npy', str(tmp_path),
-                 'github.com/UCSC-REAL/cifar-10-100n', 'CC BY-NC 4.0'):
+  message = refusal(
+      prepare_data.check_manual_files,
+      'cifar10_n',
+      str(tmp_path),
+      error=prepare_data.PrepareError,
+      match='needs CIFAR-N files that tfds cannot download',
+  )
+  for needed in (
+      'side_info_cifar10N.csv',
+      'image_order_c10.npy',
+      'CIFAR-10_human_ordered.npy',
+      str(tmp_path),
+      'github.com/UCSC-REAL/cifar-10-100n',
+      'CC BY-NC 4.0',
+  ):
     assert needed in message
 
 
@@ -504,8 +597,11 @@ def test_ordered_npy_is_converted_into_the_csv_the_builder_reads(tmp_path, name)
   prepare_data.check_manual_files(name, str(tmp_path))
   # Parsed exactly as tfds' builder parses it (np.genfromtxt, header skipped, columns by position).
   table = np.genfromtxt(tmp_path / csv_name, delimiter=',', skip_header=1)
-  builder_columns = ({1: 'aggre_label', 2: 'worse_label', 3: 'random_label1', 4: 'random_label2',
-                      5: 'random_label3'} if name == 'cifar10_n' else {1: 'noise_label'})
+  builder_columns = (
+      {1: 'aggre_label', 2: 'worse_label', 3: 'random_label1', 4: 'random_label2', 5: 'random_label3'}
+      if name == 'cifar10_n'
+      else {1: 'noise_label'}
+  )
   for position, key in builder_columns.items():
     np.testing.assert_array_equal(table[:, position], contents[key])
 
@@ -514,17 +610,32 @@ def test_ordered_npy_that_is_not_a_dict_is_refused(tmp_path):
   save_ordered_npy(tmp_path / 'CIFAR-10_human_ordered.npy', [1, 2, 3])
   (tmp_path / 'side_info_cifar10N.csv').write_text('header\n')
   np.save(tmp_path / 'image_order_c10.npy', np.arange(3))
-  refusal(prepare_data.check_manual_files, 'cifar10_n', str(tmp_path), error=prepare_data.PrepareError,
-          match='not the dict of label arrays')
+  refusal(
+      prepare_data.check_manual_files,
+      'cifar10_n',
+      str(tmp_path),
+      error=prepare_data.PrepareError,
+      match='not the dict of label arrays',
+  )
   save_ordered_npy(tmp_path / 'CIFAR-10_human_ordered.npy', {'clean_label': [1], 'aggre_label': [1]})
-  refusal(prepare_data.check_manual_files, 'cifar10_n', str(tmp_path), error=prepare_data.PrepareError,
-          match="lacks \\['worse_label'")
+  refusal(
+      prepare_data.check_manual_files,
+      'cifar10_n',
+      str(tmp_path),
+      error=prepare_data.PrepareError,
+      match="lacks \\['worse_label'",
+  )
 
 
 def test_prepare_cifar_n_checks_manual_files_before_downloading(tmp_path, monkeypatch):
   monkeypatch.setattr(prepare_data.requests, 'head', lambda *a, **k: pytest.fail('probed before the files'))
-  message = refusal(prepare_data.prepare, 'cifar100_n', str(tmp_path / 'tfds'), error=prepare_data.PrepareError,
-                    match='needs CIFAR-N files')
+  message = refusal(
+      prepare_data.prepare,
+      'cifar100_n',
+      str(tmp_path / 'tfds'),
+      error=prepare_data.PrepareError,
+      match='needs CIFAR-N files',
+  )
   assert str(tmp_path / 'tfds' / 'downloads' / 'manual') in message
 
 
@@ -536,9 +647,13 @@ def test_prepare_cifar_n_checks_manual_files_before_downloading(tmp_path, monkey
 def make_human_run(root, name, *, dataset, human_label, seed, accuracy, rmdnet=False):
   workdir = root / name
   workdir.mkdir()
-  config = {'stages': 'rgrl', 'seed': seed, 'data': {'name': dataset},
-            'noise': {'kind': 'human', 'rate': 0.5, 'seed': 0, 'human_label': human_label},
-            'method': {'name': 'ce', 'distill': rmdnet}}
+  config = {
+      'stages': 'rgrl',
+      'seed': seed,
+      'data': {'name': dataset},
+      'noise': {'kind': 'human', 'rate': 0.5, 'seed': 0, 'human_label': human_label},
+      'method': {'name': 'ce', 'distill': rmdnet},
+  }
   (workdir / 'config.json').write_text(json.dumps(config))
   (workdir / 'results.json').write_text(json.dumps({'test_accuracy_best': accuracy, 'test_accuracy_last': accuracy}))
 

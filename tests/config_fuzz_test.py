@@ -13,6 +13,7 @@ huge ones, floats including NaN, infinities and out-of-range ones, strings inclu
   agreeing, both learning-rate schedules (finite, >= 0) and optimizers, the relation-loss arguments, the stages,
   both augmentations (abstractly), the random streams, synthetic data and the noisy labels.
 """
+
 import math
 import os
 import random
@@ -52,19 +53,71 @@ def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list:
 
 LEAF_KEYS = _leaf_keys(tiny.get_config())
 SECTION_KEYS = sorted({k.rpartition('.')[0] for k in LEAF_KEYS if '.' in k})
-UNKNOWN_KEYS = ('rgrl.epochz', 'model.depth', 'optimizer', 'relation.K.value', 'seed.bits', 'nosection.key',
-                'rm.augment.blur', 'data.name.split')
+UNKNOWN_KEYS = (
+    'rgrl.epochz',
+    'model.depth',
+    'optimizer',
+    'relation.K.value',
+    'seed.bits',
+    'nosection.key',
+    'rm.augment.blur',
+    'data.name.split',
+)
 # Every name some key accepts (so that random pairings sometimes validate) and names no key accepts.
-KNOWN_NAMES = sorted(set(data.SOURCES) | set(data.DATASETS) | set(noise.NOISE_KINDS) | set(noise.CIFAR100_GROUPINGS)
-                     | set(models.BACKBONES) | set(models.DTYPES) | set(relation.EDGE_KINDS)
-                     | set(relation.NODE_KINDS) | set(methods.METHODS) | set(config_checks.STAGES)
-                     | {'backbone', 'projector', 'linear', 'mlp', 'random', 'teacher', 'rm,rgrl', 'rgrl,rm',
-                        'rm,teacher_knn,rgrl'})
-UNKNOWN_NAMES = ('', ' ', ',', 'vit', 'uniform', 'l1', 'svhn', 'imagenet', 'float16', 'RM', 'rm,,rgrl',
-                 'rm;rgrl', 'resnet18 ', '../elsewhere', 'None', 'nan', 'é')
-INTS = (0, 1, -1, 2, 3, 7, 8, 9, 16, 32, 64, 100, 128, 257, 1000, -8, -1000, 2**31, 2**40, 2**63 - 1, -2**63)
-FLOATS = (0.0, -0.0, 1e-12, 0.1, 0.3, 0.5, 0.999, 1.0, 1.0000001, 1.5, 2.0, -0.3, -1.0, 1e9, -1e9, 1e308,
-          math.nan, math.inf, -math.inf)
+KNOWN_NAMES = sorted(
+    set(data.SOURCES)
+    | set(data.DATASETS)
+    | set(noise.NOISE_KINDS)
+    | set(noise.CIFAR100_GROUPINGS)
+    | set(models.BACKBONES)
+    | set(models.DTYPES)
+    | set(relation.EDGE_KINDS)
+    | set(relation.NODE_KINDS)
+    | set(methods.METHODS)
+    | set(config_checks.STAGES)
+    | {'backbone', 'projector', 'linear', 'mlp', 'random', 'teacher', 'rm,rgrl', 'rgrl,rm', 'rm,teacher_knn,rgrl'}
+)
+UNKNOWN_NAMES = (
+    '',
+    ' ',
+    ',',
+    'vit',
+    'uniform',
+    'l1',
+    'svhn',
+    'imagenet',
+    'float16',
+    'RM',
+    'rm,,rgrl',
+    'rm;rgrl',
+    'resnet18 ',
+    '../elsewhere',
+    'None',
+    'nan',
+    'é',
+)
+INTS = (0, 1, -1, 2, 3, 7, 8, 9, 16, 32, 64, 100, 128, 257, 1000, -8, -1000, 2**31, 2**40, 2**63 - 1, -(2**63))
+FLOATS = (
+    0.0,
+    -0.0,
+    1e-12,
+    0.1,
+    0.3,
+    0.5,
+    0.999,
+    1.0,
+    1.0000001,
+    1.5,
+    2.0,
+    -0.3,
+    -1.0,
+    1e9,
+    -1e9,
+    1e308,
+    math.nan,
+    math.inf,
+    -math.inf,
+)
 
 
 def _random_value(rng: random.Random, current):
@@ -125,8 +178,20 @@ def _cached(key, fn):
 
 def _check_networks(config) -> None:
   m, s, r = config.model, config.student, config.relation
-  arch = ('nets', m.name, m.width, m.projector_dim, m.projector_layers, m.predictor_dim, m.dtype, s.name, s.width,
-          config.data.num_classes, r.teacher_layer, r.projection_head)
+  arch = (
+      'nets',
+      m.name,
+      m.width,
+      m.projector_dim,
+      m.projector_layers,
+      m.predictor_dim,
+      m.dtype,
+      s.name,
+      s.width,
+      config.data.num_classes,
+      r.teacher_layer,
+      r.projection_head,
+  )
   rng, images = jax.random.key(0), jnp.zeros((2,) + IMAGE_SHAPE, jnp.float32)
 
   def shapes():
@@ -149,10 +214,14 @@ def _check_augmentations(config) -> None:
   images = jax.ShapeDtypeStruct((2,) + IMAGE_SHAPE, jnp.uint8)
   rgrl_kwargs = distill.view_kwargs(config, mean, std)
   rm_kwargs = simsiam.view_kwargs(config, mean, std)
-  _cached(('rgrl_view', tuple(sorted(rgrl_kwargs.items()))),
-          lambda: jax.eval_shape(lambda x: augment.pad_crop_flip(keys, x, **rgrl_kwargs), images))
-  _cached(('rm_views', tuple(sorted(rm_kwargs.items()))),
-          lambda: jax.eval_shape(lambda x: augment.simsiam_views(keys, x, **rm_kwargs), images))
+  _cached(
+      ('rgrl_view', tuple(sorted(rgrl_kwargs.items()))),
+      lambda: jax.eval_shape(lambda x: augment.pad_crop_flip(keys, x, **rgrl_kwargs), images),
+  )
+  _cached(
+      ('rm_views', tuple(sorted(rm_kwargs.items()))),
+      lambda: jax.eval_shape(lambda x: augment.simsiam_views(keys, x, **rm_kwargs), images),
+  )
 
 
 def _check_data_and_noise(config) -> None:
@@ -163,17 +232,23 @@ def _check_data_and_noise(config) -> None:
   np.random.default_rng(n.seed)
   if d.source != 'synthetic':
     return  # tfds / npz need files; their loading has its own tests
-  image_bytes = d.synthetic_image_size ** 2 * 3
+  image_bytes = d.synthetic_image_size**2 * 3
   if (d.synthetic_train_size + d.synthetic_test_size) * image_bytes > MAX_SYNTHETIC_BYTES:
     return
   dataset = data.load(d)
-  assert len(dataset.test_images) > 0 and len(dataset.train_images) >= max(config.rm.batch_size,
-                                                                            config.rgrl.batch_size)
+  assert len(dataset.test_images) > 0 and len(dataset.train_images) >= max(config.rm.batch_size, config.rgrl.batch_size)
   if d.num_classes <= MAX_NOISE_CLASSES:
-    noise.make_noisy_labels(dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes,
-                            seed=n.seed, coarse_labels=dataset.train_coarse_labels,
-                            images=dataset.train_images if n.kind == 'instance' else None,
-                            symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping)
+    noise.make_noisy_labels(
+        dataset.train_labels,
+        kind=n.kind,
+        rate=n.rate,
+        num_classes=dataset.num_classes,
+        seed=n.seed,
+        coarse_labels=dataset.train_coarse_labels,
+        images=dataset.train_images if n.kind == 'instance' else None,
+        symmetric_from_all=n.symmetric_from_all,
+        cifar100_grouping=n.cifar100_grouping,
+    )
 
 
 def _check_construction(config) -> None:
@@ -236,8 +311,9 @@ def _parse_cli(*overrides: str) -> ml_collections.ConfigDict:
   """The config rmdnet_jax.main would get from `--config=configs/tiny.py OVERRIDES`, parsed in-process."""
   argv = ['prog', f'--config={TINY_CONFIG_FILE}', *overrides]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'Config file.', flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file.', flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -245,16 +321,26 @@ def _parse_cli(*overrides: str) -> ml_collections.ConfigDict:
 CLI_CLEAN_ERRORS = (flags.Error, KeyError, AttributeError)
 
 
-@pytest.mark.parametrize('override', ['--config.rgrl.epochz=3', '--config.nosection.key=1', '--config.seed.bits=1',
-                                      '--config.model.depth=18'])
+@pytest.mark.parametrize(
+    'override',
+    ['--config.rgrl.epochz=3', '--config.nosection.key=1', '--config.seed.bits=1', '--config.model.depth=18'],
+)
 def test_cli_refuses_unknown_keys(override):
   with pytest.raises((KeyError, AttributeError)):
     _parse_cli(override)
 
 
-@pytest.mark.parametrize('override', ['--config.rgrl.epochs=abc', '--config.rgrl.epochs=1.5',
-                                      '--config.rgrl.epochs=True', '--config.noise.rate=high',
-                                      '--config.method.distill=maybe', '--config.rgrl=1'])
+@pytest.mark.parametrize(
+    'override',
+    [
+        '--config.rgrl.epochs=abc',
+        '--config.rgrl.epochs=1.5',
+        '--config.rgrl.epochs=True',
+        '--config.noise.rate=high',
+        '--config.method.distill=maybe',
+        '--config.rgrl=1',
+    ],
+)
 def test_cli_refuses_wrong_types(override):
   with pytest.raises(flags.IllegalFlagValueError):
     _parse_cli(override)

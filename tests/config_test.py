@@ -1,4 +1,5 @@
 """Config validation (one clear sentence per rule), the CLI's override handling, and the config files."""
+
 import os
 import subprocess
 import sys
@@ -12,41 +13,52 @@ from tests import helpers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('get_config', [default.get_config, cifar10_rmdnet.get_config, cifar100_rmdnet.get_config,
-                                        simsiam_cifar10.get_config, tiny.get_config])
+@pytest.mark.parametrize(
+    'get_config',
+    [
+        default.get_config,
+        cifar10_rmdnet.get_config,
+        cifar100_rmdnet.get_config,
+        simsiam_cifar10.get_config,
+        tiny.get_config,
+    ],
+)
 def test_shipped_configs_are_valid(get_config):
   config_checks.validate(get_config(), num_devices=8)
 
 
-@pytest.mark.parametrize('key, value, message', [
-    ('noise.rate', 1.5, 'outside \\[0, 1\\]'),
-    ('noise.rate', -0.1, 'outside \\[0, 1\\]'),
-    ('noise.rate', float('nan'), 'outside \\[0, 1\\]'),
-    ('noise.kind', 'uniform', 'noise.kind'),
-    ('rm.batch_size', 12, 'multiple of the 8 devices'),
-    ('rgrl.batch_size', 0, 'multiple of the 8 devices'),
-    ('relation.K', -1.0, 'relation.K'),
-    ('relation.edge_weight', -0.3, 'must be >= 0'),
-    ('relation.edge_kind', 'l1', 'relation.edge_kind'),
-    ('relation.node_kind', 'l1', 'relation.node_kind'),
-    ('relation.edge_topk', 200, 'edge_topk'),
-    ('relation.temperature', 0.0, 'temperature'),
-    ('relation.teacher_layer', 'head', 'teacher_layer'),
-    ('relation.projection_head', 'conv', 'projection_head'),
-    ('relation.student_init', 'imagenet', 'student_init'),
-    ('method.name', 'mixup', 'method.name'),
-    ('stages', 'rm,finetune', 'Unknown stage'),
-    ('stages', '', 'stages is empty'),
-    ('data.source', 'web', 'data.source'),
-    ('data.name', 'svhn', 'data.name'),
-    ('data.num_classes', 100, 'has 10 classes'),
-    ('model.name', 'vit', 'model.name'),
-    ('model.dtype', 'float16', 'model.dtype'),
-    ('rm.epochs', -1, 'epochs'),
-    ('rgrl.momentum', 1.0, 'momentum'),
-    ('rm.learning_rate', 0.0, 'learning_rate'),
-    ('rgrl.learning_rate', 1e308, 'overflows the float32 schedule'),
-])
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('noise.rate', 1.5, 'outside \\[0, 1\\]'),
+        ('noise.rate', -0.1, 'outside \\[0, 1\\]'),
+        ('noise.rate', float('nan'), 'outside \\[0, 1\\]'),
+        ('noise.kind', 'uniform', 'noise.kind'),
+        ('rm.batch_size', 12, 'multiple of the 8 devices'),
+        ('rgrl.batch_size', 0, 'multiple of the 8 devices'),
+        ('relation.K', -1.0, 'relation.K'),
+        ('relation.edge_weight', -0.3, 'must be >= 0'),
+        ('relation.edge_kind', 'l1', 'relation.edge_kind'),
+        ('relation.node_kind', 'l1', 'relation.node_kind'),
+        ('relation.edge_topk', 200, 'edge_topk'),
+        ('relation.temperature', 0.0, 'temperature'),
+        ('relation.teacher_layer', 'head', 'teacher_layer'),
+        ('relation.projection_head', 'conv', 'projection_head'),
+        ('relation.student_init', 'imagenet', 'student_init'),
+        ('method.name', 'mixup', 'method.name'),
+        ('stages', 'rm,finetune', 'Unknown stage'),
+        ('stages', '', 'stages is empty'),
+        ('data.source', 'web', 'data.source'),
+        ('data.name', 'svhn', 'data.name'),
+        ('data.num_classes', 100, 'has 10 classes'),
+        ('model.name', 'vit', 'model.name'),
+        ('model.dtype', 'float16', 'model.dtype'),
+        ('rm.epochs', -1, 'epochs'),
+        ('rgrl.momentum', 1.0, 'momentum'),
+        ('rm.learning_rate', 0.0, 'learning_rate'),
+        ('rgrl.learning_rate', 1e308, 'overflows the float32 schedule'),
+    ],
+)
 def test_each_rule_rejects_with_one_sentence(key, value, message):
   config = default.get_config()
   section, _, leaf = key.rpartition('.')
@@ -64,22 +76,41 @@ def test_asymmetric_noise_needs_a_known_dataset():
     config_checks.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.source': 'synthetic'}, 'synthetic data does not have'),
-    ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.name': 'cifar10_n'}, 'already carries the CIFAR-N labels'),
-    ({'data.cifar_n_labels': 'CIFAR-10_human.csv'}, 'must name a .pt or .npz file'),
-    ({'noise.human_label': 'majority'}, "noise.human_label='majority' is not one of aggre, worst"),
-    ({'noise.kind': 'human', 'noise.human_label': 'aggre'}, 'noise.kind=human needs CIFAR-N labels; use '
-     '--config.data.name=cifar10_n \\(or cifar100_n\\) or --config.data.cifar_n_labels=FILE'),
-    ({'noise.kind': 'human', 'noise.human_label': 'aggre', 'data.source': 'synthetic',
-      'data.cifar_n_labels': 'x.npz'}, 'synthetic data does not have'),
-    ({'noise.kind': 'human', 'data.name': 'cifar10_n'}, "needs noise.human_label in aggre, worst, random1, "
-     "random2, random3, not ''"),
-    ({'noise.kind': 'human', 'noise.human_label': 'aggre', 'data.name': 'cifar100_n', 'data.num_classes': 100},
-     'on cifar100 needs noise.human_label in noisy'),
-    ({'noise.kind': 'human', 'noise.human_label': 'noisy', 'data.cifar_n_labels': 'CIFAR-10_human.pt'},
-     'on cifar10 needs noise.human_label in aggre'),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.source': 'synthetic'}, 'synthetic data does not have'),
+        ({'data.cifar_n_labels': 'CIFAR-10_human.pt', 'data.name': 'cifar10_n'}, 'already carries the CIFAR-N labels'),
+        ({'data.cifar_n_labels': 'CIFAR-10_human.csv'}, 'must name a .pt or .npz file'),
+        ({'noise.human_label': 'majority'}, "noise.human_label='majority' is not one of aggre, worst"),
+        (
+            {'noise.kind': 'human', 'noise.human_label': 'aggre'},
+            'noise.kind=human needs CIFAR-N labels; use '
+            '--config.data.name=cifar10_n \\(or cifar100_n\\) or --config.data.cifar_n_labels=FILE',
+        ),
+        (
+            {
+                'noise.kind': 'human',
+                'noise.human_label': 'aggre',
+                'data.source': 'synthetic',
+                'data.cifar_n_labels': 'x.npz',
+            },
+            'synthetic data does not have',
+        ),
+        (
+            {'noise.kind': 'human', 'data.name': 'cifar10_n'},
+            'needs noise.human_label in aggre, worst, random1, ' "random2, random3, not ''",
+        ),
+        (
+            {'noise.kind': 'human', 'noise.human_label': 'aggre', 'data.name': 'cifar100_n', 'data.num_classes': 100},
+            'on cifar100 needs noise.human_label in noisy',
+        ),
+        (
+            {'noise.kind': 'human', 'noise.human_label': 'noisy', 'data.cifar_n_labels': 'CIFAR-10_human.pt'},
+            'on cifar10 needs noise.human_label in aggre',
+        ),
+    ],
+)
 def test_cifar_n_rules_reject_with_one_sentence(overrides, message):
   config = default.get_config()
   for key, value in overrides.items():
@@ -91,14 +122,24 @@ def test_cifar_n_rules_reject_with_one_sentence(overrides, message):
   assert '\n' not in text and text.count('. ') <= text.count('e.g. ')
 
 
-@pytest.mark.parametrize('overrides', [
-    {'data.name': 'cifar10_n', 'noise.kind': 'human', 'noise.human_label': 'worst', 'noise.rate': 0.0},
-    {'data.name': 'cifar100_n', 'data.num_classes': 100, 'noise.kind': 'human', 'noise.human_label': 'noisy'},
-    {'data.cifar_n_labels': '/data/CIFAR-10_human.pt', 'noise.kind': 'human', 'noise.human_label': 'random2'},
-    {'data.cifar_n_labels': 'gs://bucket/cifar100n.npz', 'data.name': 'cifar100', 'data.num_classes': 100,
-     'data.source': 'npz', 'data.npz_path': 'c100.npz', 'noise.kind': 'human', 'noise.human_label': 'noisy'},
-    {'data.name': 'cifar10_n'},  # CIFAR-N images with synthetic noise: the columns are just not used
-])
+@pytest.mark.parametrize(
+    'overrides',
+    [
+        {'data.name': 'cifar10_n', 'noise.kind': 'human', 'noise.human_label': 'worst', 'noise.rate': 0.0},
+        {'data.name': 'cifar100_n', 'data.num_classes': 100, 'noise.kind': 'human', 'noise.human_label': 'noisy'},
+        {'data.cifar_n_labels': '/data/CIFAR-10_human.pt', 'noise.kind': 'human', 'noise.human_label': 'random2'},
+        {
+            'data.cifar_n_labels': 'gs://bucket/cifar100n.npz',
+            'data.name': 'cifar100',
+            'data.num_classes': 100,
+            'data.source': 'npz',
+            'data.npz_path': 'c100.npz',
+            'noise.kind': 'human',
+            'noise.human_label': 'noisy',
+        },
+        {'data.name': 'cifar10_n'},  # CIFAR-N images with synthetic noise: the columns are just not used
+    ],
+)
 def test_cifar_n_configs_validate(overrides):
   config = default.get_config()
   for key, value in overrides.items():
@@ -127,10 +168,20 @@ def test_ce_baseline_differs_from_rmdnet_only_in_the_switch():
 
 def _main(*args, timeout=240):
   # One device, and the same fast-compile flags as tests/conftest.py.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
-  return subprocess.run([sys.executable, '-m', 'rmdnet_jax.main', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+  )
+  return subprocess.run(
+      [sys.executable, '-m', 'rmdnet_jax.main', *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def test_cli_rejects_unknown_key(tmp_path):
@@ -154,8 +205,13 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path):
 
 
 def test_cli_tiny_run_writes_checkpoint_metrics_and_summary(tmp_path):
-  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.stages=rm',
-                 '--config.rm.epochs=1', '--config.data.synthetic_image_size=8')
+  result = _main(
+      '--config=configs/tiny.py',
+      f'--workdir={tmp_path}',
+      '--config.stages=rm',
+      '--config.rm.epochs=1',
+      '--config.data.synthetic_image_size=8',
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.isdir(tmp_path / 'rm' / '4')
   assert 'rm/loss' in open(tmp_path / 'metrics.jsonl').read()

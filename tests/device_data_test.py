@@ -1,5 +1,6 @@
 """Resident training data: a step fed indices and gathering on the device sees, bit for bit, the batches the host
 would have fed it, on 8 (fake CPU) devices."""
+
 import jax
 import numpy as np
 
@@ -10,8 +11,14 @@ NUM_EXAMPLES, GLOBAL_BATCH, STEPS = 48, 16, 2
 
 
 def _batch_kwargs(num_steps=STEPS):
-  return dict(start_step=0, num_steps=num_steps, global_batch_size=GLOBAL_BATCH, seed=3, stream=1,
-              host_slice=slice(0, GLOBAL_BATCH))
+  return dict(
+      start_step=0,
+      num_steps=num_steps,
+      global_batch_size=GLOBAL_BATCH,
+      seed=3,
+      stream=1,
+      host_slice=slice(0, GLOBAL_BATCH),
+  )
 
 
 def _dataset():
@@ -41,8 +48,13 @@ def _compare(step_fn, state, teacher_args, arrays, data_argnum):
   host = _run(step_fn, state, teacher_args, data.host_batches(arrays, **_batch_kwargs()), (data_argnum,))
   resident = device_data.put_resident(arrays)
   wrapped = device_data.with_resident_data(step_fn, data_argnum=data_argnum)
-  on_device = _run(wrapped, state, teacher_args + (resident,),
-                   device_data.index_batches(NUM_EXAMPLES, **_batch_kwargs()), (data_argnum + 1,))
+  on_device = _run(
+      wrapped,
+      state,
+      teacher_args + (resident,),
+      device_data.index_batches(NUM_EXAMPLES, **_batch_kwargs()),
+      (data_argnum + 1,),
+  )
   return host, on_device
 
 

@@ -1,5 +1,6 @@
 """RGRL stage: the distillation step on 8 devices equals 1 device, K=0 equals the plain method step, and the
 objective equals CE + K * (w_node * node + w_edge * edge) computed by hand on the global batch."""
+
 import functools
 
 import jax
@@ -21,20 +22,21 @@ def _config(**overrides):
 def _teacher(config):
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, 4)
   rm_state = simsiam.create_simsiam_state(jax.random.key(11), config, helpers.IMAGE_SHAPE, lr_fn)
-  return helpers.to_host(distill.teacher_variables({'params': rm_state.params,
-                                                    'batch_stats': rm_state.batch_stats}))
+  return helpers.to_host(distill.teacher_variables({'params': rm_state.params, 'batch_stats': rm_state.batch_stats}))
 
 
 def _setup(config, distill_on=True):
   teacher = _teacher(config)
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, 4)
-  state = helpers.to_host(distill.create_distill_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn,
-                                                       teacher))
+  state = helpers.to_host(distill.create_distill_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn, teacher))
   step = functools.partial(
-      distill.distill_step, teacher_apply=distill.teacher_apply_fn(config) if distill_on else None,
-      method=methods.make_method(config.method), K=config.relation.K,
+      distill.distill_step,
+      teacher_apply=distill.teacher_apply_fn(config) if distill_on else None,
+      method=methods.make_method(config.method),
+      K=config.relation.K,
       relation_kwargs=distill.relation_kwargs(config),
-      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD))
+      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+  )
   return state, teacher, step
 
 
@@ -80,11 +82,13 @@ def test_distill_loss_equals_hand_computed_objective():
   # Rebuild the same view: keys from global positions, as parallel.per_example_keys does on one device.
   rng = jax.random.fold_in(jax.random.key(5), 0)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(16))
-  views = augment.pad_crop_flip(keys, batch['images'], **distill.view_kwargs(config, augment.CIFAR10_MEAN,
-                                                                             augment.CIFAR10_STD))
+  views = augment.pad_crop_flip(
+      keys, batch['images'], **distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+  )
   t = distill.teacher_apply_fn(config)(teacher, views)
-  out = distill.models.student_net(config).apply({'params': state.params, 'batch_stats': state.batch_stats},
-                                                 views, train=True, mutable=['batch_stats'])[0]
+  out = distill.models.student_net(config).apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, views, train=True, mutable=['batch_stats']
+  )[0]
   ce = optax.softmax_cross_entropy_with_integer_labels(out['logits'], batch['labels']).mean()
   node = relation.node_matching_loss(t, out['embedding'])
   edge = relation.edge_matching_loss(t, out['embedding'])

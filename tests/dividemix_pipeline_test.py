@@ -1,5 +1,6 @@
 """DivideMix through the pipeline: warm-up, then the per-epoch GMM division (an epoch hook on the host) stored in the
 train state and so in its checkpoint (which resume restores with the rest of the state, tests/pipeline_test.py)."""
+
 import json
 import os
 
@@ -11,10 +12,18 @@ from tests import helpers
 
 
 def test_dividemix_run_divides_after_warmup_into_the_checkpointed_state(tmp_path):
-  config = helpers.tiny_config(**{
-      'stages': 'rgrl', 'method.name': 'dividemix', 'method.distill': False, 'rgrl.epochs': 2,
-      'method.dividemix_warmup_epochs': 1, 'method.dividemix_rampup_epochs': 1,
-      'data.synthetic_train_size': 64, 'rgrl.track_memorization': False})
+  config = helpers.tiny_config(
+      **{
+          'stages': 'rgrl',
+          'method.name': 'dividemix',
+          'method.distill': False,
+          'rgrl.epochs': 2,
+          'method.dividemix_warmup_epochs': 1,
+          'method.dividemix_rampup_epochs': 1,
+          'data.synthetic_train_size': 64,
+          'rgrl.track_memorization': False,
+      }
+  )
   workdir = str(tmp_path)
   results = pipeline.run(config, workdir)
   assert results['rgrl_steps'] == 8 and 0.0 <= results['test_accuracy_last'] <= 1.0

@@ -1,4 +1,5 @@
 """Small-file I/O of a run: atomic local writes, and no local directory made for a bucket path."""
+
 import os
 
 from rmdnet_jax import fileio, metrics

@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny config and random uint8 batches."""
+
 import jax
 import numpy as np
 
@@ -64,7 +65,12 @@ def assert_same_dataset(a, b):
     assert a.train_human_labels[key].dtype == b.train_human_labels[key].dtype == np.int64
     np.testing.assert_array_equal(a.train_human_labels[key], b.train_human_labels[key], err_msg=key)
   assert (a.name, a.num_classes, a.mean, a.std, a.train_ids_are_cifar_indices) == (
-      b.name, b.num_classes, b.mean, b.std, b.train_ids_are_cifar_indices)
+      b.name,
+      b.num_classes,
+      b.mean,
+      b.std,
+      b.train_ids_are_cifar_indices,
+  )
 
 
 def run_rgrl_steps(step, state, teacher, batch, num_devices, steps=2):

@@ -1,4 +1,5 @@
 """benchmarks.import_time: a fresh process per repeat, the median, and whether TensorFlow came in."""
+
 import json
 
 from benchmarks import import_time

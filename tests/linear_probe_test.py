@@ -1,5 +1,6 @@
 """The linear probe of frozen features (rmdnet_jax.linear_probe): a plain softmax regression, checked against
 scikit-learn's, and blind to labels that carry no signal. tests/no_tensorflow_test.py runs the stage end to end."""
+
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ def clusters(n, num_classes=10, dim=32, seed=0, spread=0.5):
 
 def test_probe_matches_logistic_regression_on_gaussian_clusters():
   from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
   x, y = clusters(3000)
   xt, yt = clusters(1000, seed=1)
   probe = linear_probe.accuracy(x, y, xt, yt, num_classes=10, epochs=20, batch_size=256)

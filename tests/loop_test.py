@@ -1,4 +1,5 @@
 """The training loop's bookkeeping, with a fake step (no model): logging, checkpoints, NaN guard, SIGTERM."""
+
 import os
 import signal
 
@@ -11,6 +12,7 @@ from rmdnet_jax import checkpoints, loop, metrics
 
 
 class RecordingWriter:
+
   def __init__(self):
     self.rows = []
 
@@ -32,22 +34,36 @@ def _fake_step(nan_at=None, sigterm_at=None, inf_params_at=None, huge_loss_at=No
     if n == inf_params_at:  # the update overflowed while the loss it came from was still finite
       w = w.at[0].set(jnp.inf)
     return {'count': state['count'] + 1, 'w': w}, {'loss': loss}
+
   return step
 
 
 def _train(tmp_path, step_fn, num_steps=6, **schedule):
   mngr = checkpoints.manager(str(tmp_path / 'stage'))
   writer = RecordingWriter()
-  sched = loop.StageSchedule(num_steps=num_steps, steps_per_epoch=2,
-                             **{'log_every_steps': 2, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
-                                **schedule})
+  sched = loop.StageSchedule(
+      num_steps=num_steps,
+      steps_per_epoch=2,
+      **{'log_every_steps': 2, 'eval_every_steps': 0, 'checkpoint_every_steps': 2, **schedule},
+  )
   state = {'count': jnp.int32(0), 'w': jnp.zeros(3)}
   batches = iter([jnp.ones(3)] * num_steps)
   try:
-    final = loop.train(stage='s', state=state, step_fn=step_fn, batches=batches, rng=jax.random.key(0),
-                       start_step=0, schedule=sched, mngr=mngr, meta={'stage': 's'}, writer=writer,
-                       learning_rate_fn=lambda s: 0.1, global_batch_size=4,
-                       eval_fn=lambda st: {'acc': 0.5})
+    final = loop.train(
+        stage='s',
+        state=state,
+        step_fn=step_fn,
+        batches=batches,
+        rng=jax.random.key(0),
+        start_step=0,
+        schedule=sched,
+        mngr=mngr,
+        meta={'stage': 's'},
+        writer=writer,
+        learning_rate_fn=lambda s: 0.1,
+        global_batch_size=4,
+        eval_fn=lambda st: {'acc': 0.5},
+    )
   finally:
     mngr.wait_until_finished()
   return final, mngr, writer
@@ -79,8 +95,10 @@ def test_non_finite_loss_is_caught_before_a_checkpoint_between_logs(tmp_path):
 
 
 def test_non_finite_parameters_with_a_finite_loss_are_never_checkpointed(tmp_path):
-  with pytest.raises(loop.NonFiniteLossError,
-                     match='non-finite parameters between steps 2 and 4; the last good checkpoint \\(step 2\\)'):
+  with pytest.raises(
+      loop.NonFiniteLossError,
+      match='non-finite parameters between steps 2 and 4; the last good checkpoint \\(step 2\\)',
+  ):
     _train(tmp_path, _fake_step(inf_params_at=2), log_every_steps=4)
   assert checkpoints.manager(str(tmp_path / 'stage')).all_steps() == [2]
 

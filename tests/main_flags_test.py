@@ -1,5 +1,6 @@
 """The command line as a user meets it (subprocesses of `python -m rmdnet_jax.main`): a bad --config flag is one
 sentence, and a diverging run stops with one sentence once its pending checkpoint is written."""
+
 import os
 import pathlib
 import subprocess
@@ -11,8 +12,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _main(*args, timeout=300):
-  return subprocess.run([sys.executable, '-m', 'rmdnet_jax.main', *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=dict(os.environ))
+  return subprocess.run(
+      [sys.executable, '-m', 'rmdnet_jax.main', *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      env=dict(os.environ),
+  )
 
 
 def _assert_one_sentence(proc, *words):
@@ -25,11 +32,14 @@ def _assert_one_sentence(proc, *words):
   return error_lines[0]
 
 
-@pytest.mark.parametrize('args, words', [
-    (['--config=configs/tiny.py', '--config.no_such=1'], ["--config.no_such", "no key 'no_such'", 'default.py']),
-    (['--config=configs/tiny.py', '--config.rgrl.no_such=1'], ['--config.rgrl.no_such', "no key 'no_such'"]),
-    (['--config=configs/nope.py'], ['--config=configs/nope.py names no config file', 'configs/tiny.py']),
-])
+@pytest.mark.parametrize(
+    'args, words',
+    [
+        (['--config=configs/tiny.py', '--config.no_such=1'], ['--config.no_such', "no key 'no_such'", 'default.py']),
+        (['--config=configs/tiny.py', '--config.rgrl.no_such=1'], ['--config.rgrl.no_such', "no key 'no_such'"]),
+        (['--config=configs/nope.py'], ['--config=configs/nope.py names no config file', 'configs/tiny.py']),
+    ],
+)
 def test_bad_config_flag_is_one_sentence(tmp_path, args, words):
   proc = _main(*args, f'--workdir={tmp_path}/w', timeout=120)
   _assert_one_sentence(proc, *words)
@@ -41,8 +51,14 @@ def test_diverging_run_stops_with_one_sentence_and_no_half_written_checkpoint(tm
   # An absurd learning rate: the first update overflows the parameters. RGRL alone (the CE baseline needs no
   # teacher) is the stage where this used to exit while Orbax was still writing step 1.
   workdir = tmp_path / 'w'
-  proc = _main('--config=configs/tiny.py', f'--workdir={workdir}', '--config.stages=rgrl',
-               '--config.method.distill=False', '--config.rgrl.learning_rate=1.5e38', '--config.rgrl.batch_size=256')
+  proc = _main(
+      '--config=configs/tiny.py',
+      f'--workdir={workdir}',
+      '--config.stages=rgrl',
+      '--config.method.distill=False',
+      '--config.rgrl.learning_rate=1.5e38',
+      '--config.rgrl.batch_size=256',
+  )
   line = _assert_one_sentence(proc, 'rgrl: non-finite', 'Lower the learning rate')
   assert 'step 0)' not in line
   assert 'cannot schedule new futures' not in proc.stderr

@@ -1,4 +1,5 @@
 """Noisy-label method losses against float64 numpy references, their limits, gradients and config wiring."""
+
 import jax
 import ml_collections
 import jax.numpy as jnp
@@ -57,8 +58,7 @@ def test_gce_matches_numpy(x64, q):
 @pytest.mark.parametrize('alpha, beta, log_zero', [(0.1, 1.0, -4.0), (6.0, 1.0, -4.0), (1.0, 0.5, -2.0)])
 def test_sce_matches_numpy(x64, alpha, beta, log_zero):
   logits, labels = batch(1)
-  got = sce.symmetric_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), alpha=alpha, beta=beta,
-                                    log_zero=log_zero)
+  got = sce.symmetric_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), alpha=alpha, beta=beta, log_zero=log_zero)
   np.testing.assert_allclose(got, sce_ref(logits, labels, alpha, beta, log_zero), rtol=1e-12)
 
 
@@ -66,8 +66,10 @@ def test_gce_approaches_ce_as_q_goes_to_zero(x64):
   logits, labels = batch(2)
   target = ce_ref(logits, labels)
   # (1 - p^q)/q = -log p - q (log p)^2 / 2 + O(q^2): the gap shrinks linearly in q.
-  gaps = [abs(float(gce.generalized_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), q=q)) - target)
-          for q in (1e-2, 1e-4, 1e-6)]
+  gaps = [
+      abs(float(gce.generalized_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), q=q)) - target)
+      for q in (1e-2, 1e-4, 1e-6)
+  ]
   assert gaps[0] > gaps[1] > gaps[2]
   assert gaps[2] < 1e-5 * target
 
@@ -87,8 +89,17 @@ def mean_loss(method_config):
   method = methods.make_method(method_config)
 
   def loss(logits, labels):
-    inputs = base.LossInputs(logits=(logits,), labels=labels, index=None, method_state={}, progress=None,
-                             rng=None, view=None, second_view=None, forward=None)
+    inputs = base.LossInputs(
+        logits=(logits,),
+        labels=labels,
+        index=None,
+        method_state={},
+        progress=None,
+        rng=None,
+        view=None,
+        second_view=None,
+        forward=None,
+    )
     return method.loss(inputs).losses[0]
 
   return loss
@@ -114,14 +125,17 @@ def test_make_method_binds_the_config_hyperparameters(x64):
   logits, labels = batch(5)
   config = default.get_config().method
   config.name, config.gce_q = 'gce', 0.3
-  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
-                             gce_ref(logits, labels, 0.3), rtol=1e-12)
+  np.testing.assert_allclose(
+      mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), gce_ref(logits, labels, 0.3), rtol=1e-12
+  )
   config.name, config.sce_alpha, config.sce_beta, config.sce_log_zero = 'sce', 2.0, 0.5, -3.0
-  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
-                             sce_ref(logits, labels, 2.0, 0.5, -3.0), rtol=1e-12)
+  np.testing.assert_allclose(
+      mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), sce_ref(logits, labels, 2.0, 0.5, -3.0), rtol=1e-12
+  )
   config.name = 'ce'
-  np.testing.assert_allclose(mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)),
-                             ce_ref(logits, labels), rtol=1e-12)
+  np.testing.assert_allclose(
+      mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), ce_ref(logits, labels), rtol=1e-12
+  )
   assert methods.get_method('ce').loss.mean_loss is ce.cross_entropy
 
 
@@ -140,26 +154,29 @@ def test_bind_refuses_a_hyperparameter_no_function_takes():
     broken.bind(default.get_config().method)
 
 
-@pytest.mark.parametrize('key, value, message', [
-    ('gce_q', 0.0, 'method.gce_q'),
-    ('gce_q', 1.5, 'method.gce_q'),
-    ('gce_q', float('nan'), 'method.gce_q'),
-    ('sce_alpha', -0.1, 'method.sce_alpha'),
-    ('sce_beta', -1.0, 'method.sce_beta'),
-    ('forget_rate', 1.0, 'method.forget_rate'),
-    ('forget_gradual_epochs', -1, 'method.forget_gradual_epochs'),
-    ('forget_exponent', 0.0, 'method.forget_exponent'),
-    ('jocor_lambda', 1.5, 'method.jocor_lambda'),
-    ('elr_lambda', -1.0, 'method.elr_lambda'),
-    ('elr_beta', 1.0, 'method.elr_beta'),
-    ('dividemix_warmup_epochs', -1, 'method.dividemix_warmup_epochs'),
-    ('dividemix_rampup_epochs', 0, 'method.dividemix_rampup_epochs'),
-    ('dividemix_p_threshold', 1.5, 'method.dividemix_p_threshold'),
-    ('dividemix_temperature', 0.0, 'method.dividemix_p_threshold'),
-    ('dividemix_lambda_u', float('inf'), 'method.dividemix_lambda_u'),
-    ('dividemix_gmm_iterations', 0, 'method.dividemix_gmm_iterations'),
-    ('dividemix_gmm_reg_covar', 0.0, 'method.dividemix_gmm_iterations'),
-])
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('gce_q', 0.0, 'method.gce_q'),
+        ('gce_q', 1.5, 'method.gce_q'),
+        ('gce_q', float('nan'), 'method.gce_q'),
+        ('sce_alpha', -0.1, 'method.sce_alpha'),
+        ('sce_beta', -1.0, 'method.sce_beta'),
+        ('forget_rate', 1.0, 'method.forget_rate'),
+        ('forget_gradual_epochs', -1, 'method.forget_gradual_epochs'),
+        ('forget_exponent', 0.0, 'method.forget_exponent'),
+        ('jocor_lambda', 1.5, 'method.jocor_lambda'),
+        ('elr_lambda', -1.0, 'method.elr_lambda'),
+        ('elr_beta', 1.0, 'method.elr_beta'),
+        ('dividemix_warmup_epochs', -1, 'method.dividemix_warmup_epochs'),
+        ('dividemix_rampup_epochs', 0, 'method.dividemix_rampup_epochs'),
+        ('dividemix_p_threshold', 1.5, 'method.dividemix_p_threshold'),
+        ('dividemix_temperature', 0.0, 'method.dividemix_p_threshold'),
+        ('dividemix_lambda_u', float('inf'), 'method.dividemix_lambda_u'),
+        ('dividemix_gmm_iterations', 0, 'method.dividemix_gmm_iterations'),
+        ('dividemix_gmm_reg_covar', 0.0, 'method.dividemix_gmm_iterations'),
+    ],
+)
 def test_config_checks_reject_bad_hyperparameters(key, value, message):
   config = default.get_config()
   config.method[key] = value

@@ -1,4 +1,5 @@
 """The kNN monitor against a plain numpy implementation."""
+
 import numpy as np
 
 from rmdnet_jax import metrics

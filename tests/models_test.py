@@ -1,4 +1,5 @@
 """Model shapes and sizes: the CIFAR ResNet-18 has the well-known 11.17M parameters."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

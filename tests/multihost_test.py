@@ -9,6 +9,7 @@ distributed service on a free local port, gloo collectives), against the same ru
 
 The runs are shared between the tests (module fixtures): 1 + 2 + 2 + 1 + 1 + 2 process launches in all.
 """
+
 import json
 import os
 import pathlib
@@ -34,11 +35,24 @@ TIMEOUT_S = 600
 # (12 steps, long enough to be interrupted), RGRL 1 epoch (4 steps); a log row every step, checkpoints only at the
 # end of a stage (and on SIGTERM), evaluation only at the end.
 OVERRIDES = {
-    'data.synthetic_train_size': 64, 'data.synthetic_test_size': 32, 'data.synthetic_image_size': 8,
-    'model.width': 4, 'student.width': 4, 'model.projector_dim': 16, 'model.predictor_dim': 32,
-    'rm.batch_size': 16, 'rgrl.batch_size': 16, 'rm.epochs': 3, 'rgrl.epochs': 1, 'rm.knn_k': 5,
-    'eval_batch_size': 32, 'log_every_steps': 1, 'rm.checkpoint_every_epochs': 0,
-    'rgrl.checkpoint_every_epochs': 0, 'rm.eval_every_epochs': 0, 'rgrl.eval_every_epochs': 0,
+    'data.synthetic_train_size': 64,
+    'data.synthetic_test_size': 32,
+    'data.synthetic_image_size': 8,
+    'model.width': 4,
+    'student.width': 4,
+    'model.projector_dim': 16,
+    'model.predictor_dim': 32,
+    'rm.batch_size': 16,
+    'rgrl.batch_size': 16,
+    'rm.epochs': 3,
+    'rgrl.epochs': 1,
+    'rm.knn_k': 5,
+    'eval_batch_size': 32,
+    'log_every_steps': 1,
+    'rm.checkpoint_every_epochs': 0,
+    'rgrl.checkpoint_every_epochs': 0,
+    'rm.eval_every_epochs': 0,
+    'rgrl.eval_every_epochs': 0,
     'rgrl.track_memorization': False,
 }
 RM_STEPS, RGRL_STEPS = 12, 4
@@ -63,20 +77,27 @@ class Job:
     port = _free_port()
     for rank in range(num_processes):
       env = dict(os.environ)
-      env.update({
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes} {conftest.TEST_XLA_FLAGS}',
-          'JAX_PLATFORMS': 'cpu', 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
-          # One cache per process count, so that reruns compile nothing. JAX writes it from process 0 only; process
-          # 1 reads it too, or it would compile while process 0 (a cache hit) waits in the first collective, and
-          # gloo gives up on a peer after 30 s.
-          'JAX_COMPILATION_CACHE_DIR': str(tmp / f'xla_cache_{num_processes}_processes'),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      })
+      env.update(
+          {
+              'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes} {conftest.TEST_XLA_FLAGS}',
+              'JAX_PLATFORMS': 'cpu',
+              'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
+              # One cache per process count, so that reruns compile nothing. JAX writes it from process 0 only; process
+              # 1 reads it too, or it would compile while process 0 (a cache hit) waits in the first collective, and
+              # gloo gives up on a peer after 30 s.
+              'JAX_COMPILATION_CACHE_DIR': str(tmp / f'xla_cache_{num_processes}_processes'),
+              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          }
+      )
       argv = [sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/tiny.py', f'--workdir={self.workdir}']
       argv += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
       if num_processes > 1:
-        argv += ['--multihost', f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
-                 f'--process_id={rank}']
+        argv += [
+            '--multihost',
+            f'--coordinator_address=localhost:{port}',
+            f'--num_processes={num_processes}',
+            f'--process_id={rank}',
+        ]
       log = tmp / f'{name}_process{rank}.log'
       self.logs.append(log)
       with open(log, 'w') as f:
@@ -105,8 +126,9 @@ class Job:
 
 
 def _rows(workdir, key):
-  return {row['step']: row[key] for row in pipeline.metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-          if key in row}
+  return {
+      row['step']: row[key] for row in pipeline.metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if key in row
+  }
 
 
 def _steps(stage_dir):
@@ -130,8 +152,9 @@ def _assert_same_run(workdir, reference):
   for key, steps in (('rm/loss', RM_STEPS), ('rgrl/loss', RGRL_STEPS), ('rgrl/node', RGRL_STEPS)):
     got, want = _rows(workdir, key), _rows(reference, key)
     assert sorted(got) == sorted(want) == list(range(1, steps + 1)), key
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-4,
-                               atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(
+        [got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-4, atol=1e-5, err_msg=key
+    )
   for stage in ('rm', 'rgrl'):
     a, b = _final_state(workdir, stage), _final_state(reference, stage)
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -232,8 +255,9 @@ def test_one_process_reads_a_two_process_workdir(resumed, reference):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
   writer = _NullWriter()
   accuracy = pipeline.teacher_knn_stage(config, dataset, resumed, writer)['teacher_knn_accuracy']
-  assert accuracy == pytest.approx(pipeline.teacher_knn_stage(config, dataset, reference, writer)
-                                   ['teacher_knn_accuracy'], abs=1e-6)
+  assert accuracy == pytest.approx(
+      pipeline.teacher_knn_stage(config, dataset, reference, writer)['teacher_knn_accuracy'], abs=1e-6
+  )
   variables, _, steps = analysis.restore_student(config, dataset, resumed)
   assert steps == RGRL_STEPS
   for x, y in zip(jax.tree.leaves(variables['params']), jax.tree.leaves(_final_state(resumed, 'rgrl')['params'])):
@@ -241,5 +265,6 @@ def test_one_process_reads_a_two_process_workdir(resumed, reference):
 
 
 class _NullWriter:
+
   def write_scalars(self, step, scalars):
     pass

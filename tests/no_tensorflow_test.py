@@ -5,6 +5,7 @@ subprocess where TensorFlow is hidden from every importer (as when it is not ins
 stage and Weights & Biases in offline mode on. Its TensorBoard events are read back with tensorboard's own reader;
 tests/wandb_test.py checks the W&B files it wrote.
 """
+
 import json
 import os
 import pathlib
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Hides TensorFlow as an uninstalled package is hidden: find_spec returns None and `import tensorflow` raises
 # ModuleNotFoundError, for every finder on sys.meta_path. Then runs `python -m rmdnet_jax.main` with the argv.
-HIDE_TENSORFLOW_AND_RUN = '''
+HIDE_TENSORFLOW_AND_RUN = """
 import runpy, sys
 
 class HideTensorFlow:
@@ -41,26 +42,42 @@ except ModuleNotFoundError:
   pass
 sys.argv = ['rmdnet_jax.main'] + sys.argv[1:]
 runpy.run_module('rmdnet_jax.main', run_name='__main__', alter_sys=True)
-'''
+"""
 
-TINY = ['--config=configs/tiny.py', '--config.data.synthetic_image_size=8', '--config.data.synthetic_train_size=64',
-        '--config.data.synthetic_test_size=32', '--config.model.width=4', '--config.student.width=4',
-        '--config.model.projector_dim=16', '--config.model.predictor_dim=32', '--config.rm.batch_size=16',
-        '--config.rgrl.batch_size=16', '--config.rm.epochs=1', '--config.rgrl.epochs=1', '--config.rm.knn_k=5',
-        '--config.eval_batch_size=32']
+TINY = [
+    '--config=configs/tiny.py',
+    '--config.data.synthetic_image_size=8',
+    '--config.data.synthetic_train_size=64',
+    '--config.data.synthetic_test_size=32',
+    '--config.model.width=4',
+    '--config.student.width=4',
+    '--config.model.projector_dim=16',
+    '--config.model.predictor_dim=32',
+    '--config.rm.batch_size=16',
+    '--config.rgrl.batch_size=16',
+    '--config.rm.epochs=1',
+    '--config.rgrl.epochs=1',
+    '--config.rm.knn_k=5',
+    '--config.eval_batch_size=32',
+]
 
 
 def subprocess_env(tmp):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # conftest's 8 fake devices: not needed here
-  env.update({
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
-      'JAX_COMPILATION_CACHE_DIR': os.environ.get(
-          'RMDNET_TEST_COMPILATION_CACHE', os.path.join(tempfile.gettempdir(), 'rmdnet_jax_test_xla_cache')),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.2',
-      'WANDB_SILENT': 'true', 'WANDB_CONFIG_DIR': str(tmp / 'wandb_config'), 'WANDB_CACHE_DIR': str(tmp / 'wandb_cache'),
-      'WANDB_DATA_DIR': str(tmp / 'wandb_data'),
-  })
+  env.update(
+      {
+          'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+          'JAX_COMPILATION_CACHE_DIR': os.environ.get(
+              'RMDNET_TEST_COMPILATION_CACHE', os.path.join(tempfile.gettempdir(), 'rmdnet_jax_test_xla_cache')
+          ),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.2',
+          'WANDB_SILENT': 'true',
+          'WANDB_CONFIG_DIR': str(tmp / 'wandb_config'),
+          'WANDB_CACHE_DIR': str(tmp / 'wandb_cache'),
+          'WANDB_DATA_DIR': str(tmp / 'wandb_data'),
+      }
+  )
   return env
 
 
@@ -70,20 +87,39 @@ def run_without_tensorflow(tmp_path_factory):
   pytest.importorskip('wandb')
   tmp = tmp_path_factory.mktemp('no_tf')
   workdir = tmp / 'run'
-  argv = TINY + [f'--workdir={workdir}', '--config.stages=rm,linear_probe,rgrl', '--config.linear_probe.epochs=5',
-                 '--config.logging.wandb_project=rmdnet-test', '--config.logging.wandb_mode=offline']
-  result = subprocess.run([sys.executable, '-c', HIDE_TENSORFLOW_AND_RUN, *argv], cwd=ROOT,
-                          env=subprocess_env(tmp), capture_output=True, text=True, timeout=400)
+  argv = TINY + [
+      f'--workdir={workdir}',
+      '--config.stages=rm,linear_probe,rgrl',
+      '--config.linear_probe.epochs=5',
+      '--config.logging.wandb_project=rmdnet-test',
+      '--config.logging.wandb_mode=offline',
+  ]
+  result = subprocess.run(
+      [sys.executable, '-c', HIDE_TENSORFLOW_AND_RUN, *argv],
+      cwd=ROOT,
+      env=subprocess_env(tmp),
+      capture_output=True,
+      text=True,
+      timeout=400,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result
 
 
 def test_training_modules_do_not_import_tensorflow():
-  code = ('import sys\n'
-          'import rmdnet_jax.main, rmdnet_jax.pipeline, rmdnet_jax.analysis, rmdnet_jax.results, rmdnet_jax.cli\n'
-          'print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")))')
-  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  code = (
+      'import sys\n'
+      'import rmdnet_jax.main, rmdnet_jax.pipeline, rmdnet_jax.analysis, rmdnet_jax.results, rmdnet_jax.cli\n'
+      'print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")))'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=240,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == '[]'
 
@@ -92,6 +128,7 @@ def test_gs_paths_go_through_fsspec_not_tensorflow():
   from etils import epath  # noqa: PLC0415
   import fsspec  # noqa: PLC0415
   from rmdnet_jax import fileio  # noqa: F401,PLC0415  (sets EPATH_USE_TF=false unless the user set it)
+
   if os.environ.get('EPATH_USE_TF', 'false').lower() not in ('false', 'no', 'f', '0'):
     pytest.skip('EPATH_USE_TF is set in this environment')
   backend = epath.Path('gs://some-bucket/run/config.json')._backend  # pylint: disable=protected-access
@@ -101,12 +138,19 @@ def test_gs_paths_go_through_fsspec_not_tensorflow():
 
 def test_tiny_run_without_tensorflow_writes_tensorboard_events(run_without_tensorflow):
   from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+
   workdir, _ = run_without_tensorflow
   accumulator = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'))
   accumulator.Reload()
   scalars = accumulator.Tags()['scalars']
-  for tag in ('rm/loss', 'rm/knn_accuracy', 'rgrl/loss', 'rgrl/test_accuracy', 'teacher/linear_probe_accuracy',
-              'teacher/knn_accuracy'):
+  for tag in (
+      'rm/loss',
+      'rm/knn_accuracy',
+      'rgrl/loss',
+      'rgrl/test_accuracy',
+      'teacher/linear_probe_accuracy',
+      'teacher/knn_accuracy',
+  ):
     assert tag in scalars, (tag, scalars)
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   last_rgrl_loss = [r['rgrl/loss'] for r in rows if 'rgrl/loss' in r][-1]
@@ -128,10 +172,12 @@ def test_tiny_run_without_a_terminal_logs_progress_lines(run_without_tensorflow)
   _, result = run_without_tensorflow
   lines = [line for line in result.stderr.splitlines() if 'progress.py' in line]
   # The first step's line (after the compile) and the stage's last line, for each stage.
-  assert any('rm: epoch 1.0/1, step 4/4 (100.0%)' in line and 'images/s' in line and 'ETA 0:00' in line
-             for line in lines), lines
-  assert any('rgrl: epoch 1.0/1, step 4/4 (100.0%)' in line and 'loss ' in line and 'loss n/a' not in line
-             for line in lines), lines
+  assert any(
+      'rm: epoch 1.0/1, step 4/4 (100.0%)' in line and 'images/s' in line and 'ETA 0:00' in line for line in lines
+  ), lines
+  assert any(
+      'rgrl: epoch 1.0/1, step 4/4 (100.0%)' in line and 'loss ' in line and 'loss n/a' not in line for line in lines
+  ), lines
 
 
 def test_tiny_run_logs_to_wandb_offline(run_without_tensorflow):
@@ -141,9 +187,16 @@ def test_tiny_run_logs_to_wandb_offline(run_without_tensorflow):
   runs = list((workdir / 'wandb').glob(f'offline-run-*-{run_id}'))
   assert len(runs) == 1, list((workdir / 'wandb').iterdir())
   records = b''.join(p.read_bytes() for p in runs[0].glob('run-*.wandb'))
-  for name in (b'rm/loss', b'rgrl/test_accuracy', b'teacher/linear_probe_accuracy', b'rgrl/step',  # scalars
-               b'relation.K', b'noise.rate',                                                       # the config
-               b'test_accuracy_last', b'teacher_linear_probe_accuracy'):                           # the summary
+  for name in (
+      b'rm/loss',
+      b'rgrl/test_accuracy',
+      b'teacher/linear_probe_accuracy',
+      b'rgrl/step',  # scalars
+      b'relation.K',
+      b'noise.rate',  # the config
+      b'test_accuracy_last',
+      b'teacher_linear_probe_accuracy',
+  ):  # the summary
     assert name in records, name
 
 
@@ -152,6 +205,7 @@ def test_tensorboard_events_in_a_bucket_are_uploaded_whole_through_fileio(tmp_pa
   file, which tensorboard's reader loads. The bucket is faked by catching fileio.write_bytes."""
   from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
   from rmdnet_jax import fileio, metrics  # noqa: PLC0415
+
   uploads = {}
   monkeypatch.setattr(fileio, 'write_bytes', lambda path, data: uploads.__setitem__(path, data))
   writer = metrics.TensorBoardWriter('gs://bucket/run/tensorboard', remote_flush_secs=3600.0)

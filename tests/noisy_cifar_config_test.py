@@ -1,4 +1,5 @@
 """configs/noisy_cifar.py: parameter strings -> configs, refusals with one sentence, and the CLI path."""
+
 import os
 import subprocess
 import sys
@@ -25,25 +26,34 @@ def test_full_string_sets_every_key():
   config_checks.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize('token, kind, rate', [
-    ('sym20', 'symmetric', 0.2), ('sym90', 'symmetric', 0.9), ('pair45', 'pairflip', 0.45),
-    ('inst40', 'instance', 0.4), ('none', 'none', 0.0),
-])
+@pytest.mark.parametrize(
+    'token, kind, rate',
+    [
+        ('sym20', 'symmetric', 0.2),
+        ('sym90', 'symmetric', 0.9),
+        ('pair45', 'pairflip', 0.45),
+        ('inst40', 'instance', 0.4),
+        ('none', 'none', 0.0),
+    ],
+)
 def test_noise_tokens(token, kind, rate):
   config = noisy_cifar.get_config(f'noise={token}')
   assert (config.noise.kind, config.noise.rate) == (kind, rate)
   config_checks.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize('arg, name, num_classes, human_label', [
-    ('noise=c10n_aggre', 'cifar10_n', 10, 'aggre'),
-    ('dataset=cifar10,noise=c10n_worst', 'cifar10_n', 10, 'worst'),
-    ('noise=c10n_random1', 'cifar10_n', 10, 'random1'),
-    ('noise=c10n_random2', 'cifar10_n', 10, 'random2'),
-    ('noise=c10n_random3,method=gce,rmdnet=false,seed=4', 'cifar10_n', 10, 'random3'),
-    ('noise=c100n_noisy', 'cifar100_n', 100, 'noisy'),  # the dataset follows the noise when not given
-    ('dataset=cifar100,noise=c100n_noisy', 'cifar100_n', 100, 'noisy'),
-])
+@pytest.mark.parametrize(
+    'arg, name, num_classes, human_label',
+    [
+        ('noise=c10n_aggre', 'cifar10_n', 10, 'aggre'),
+        ('dataset=cifar10,noise=c10n_worst', 'cifar10_n', 10, 'worst'),
+        ('noise=c10n_random1', 'cifar10_n', 10, 'random1'),
+        ('noise=c10n_random2', 'cifar10_n', 10, 'random2'),
+        ('noise=c10n_random3,method=gce,rmdnet=false,seed=4', 'cifar10_n', 10, 'random3'),
+        ('noise=c100n_noisy', 'cifar100_n', 100, 'noisy'),  # the dataset follows the noise when not given
+        ('dataset=cifar100,noise=c100n_noisy', 'cifar100_n', 100, 'noisy'),
+    ],
+)
 def test_cifar_n_noise_tokens(arg, name, num_classes, human_label):
   config = noisy_cifar.get_config(arg)
   assert (config.data.name, config.data.num_classes) == (name, num_classes)
@@ -57,12 +67,21 @@ def test_cifar_n_noise_tokens(arg, name, num_classes, human_label):
   assert config.data.to_dict() == expected.data.to_dict()
 
 
-@pytest.mark.parametrize('arg, message', [
-    ('dataset=cifar100,noise=c10n_aggre', 'noise=c10n_aggre is CIFAR-10N, which belongs to dataset=cifar10, not '
-     'dataset=cifar100; use dataset=cifar10 or drop the dataset key.'),
-    ('dataset=cifar10,noise=c100n_noisy', 'noise=c100n_noisy is CIFAR-100N, which belongs to dataset=cifar100, '
-     'not dataset=cifar10; use dataset=cifar100 or drop the dataset key.'),
-])
+@pytest.mark.parametrize(
+    'arg, message',
+    [
+        (
+            'dataset=cifar100,noise=c10n_aggre',
+            'noise=c10n_aggre is CIFAR-10N, which belongs to dataset=cifar10, not '
+            'dataset=cifar100; use dataset=cifar10 or drop the dataset key.',
+        ),
+        (
+            'dataset=cifar10,noise=c100n_noisy',
+            'noise=c100n_noisy is CIFAR-100N, which belongs to dataset=cifar100, '
+            'not dataset=cifar10; use dataset=cifar100 or drop the dataset key.',
+        ),
+    ],
+)
 def test_mismatched_cifar_n_dataset_is_refused_with_one_sentence(arg, message):
   with pytest.raises(ValueError) as info:
     noisy_cifar.get_config(arg)
@@ -84,17 +103,23 @@ def test_only_the_named_keys_change():
   assert config.to_dict() == expected.to_dict()
 
 
-@pytest.mark.parametrize('arg, message', [
-    ('bogus=1', 'KEY one of dataset, noise, method, rmdnet, seed'),
-    ('dataset', 'KEY one of dataset'),
-    ('dataset=svhn', 'choose one of cifar10, cifar100'),
-    ('noise=sym30', 'choose one of sym20, sym50, sym80, sym90, asym40, pair45, inst20, inst40, none, c10n_aggre, '
-     'c10n_worst, c10n_random1, c10n_random2, c10n_random3, c100n_noisy'),
-    ('method=mixup', 'choose one of ' + ', '.join(sorted(methods.METHODS))),
-    ('rmdnet=yes', 'choose one of true, false'),
-    ('seed=1.5', 'give an integer'),
-    ('seed=1,seed=2', 'given twice'),
-])
+@pytest.mark.parametrize(
+    'arg, message',
+    [
+        ('bogus=1', 'KEY one of dataset, noise, method, rmdnet, seed'),
+        ('dataset', 'KEY one of dataset'),
+        ('dataset=svhn', 'choose one of cifar10, cifar100'),
+        (
+            'noise=sym30',
+            'choose one of sym20, sym50, sym80, sym90, asym40, pair45, inst20, inst40, none, c10n_aggre, '
+            'c10n_worst, c10n_random1, c10n_random2, c10n_random3, c100n_noisy',
+        ),
+        ('method=mixup', 'choose one of ' + ', '.join(sorted(methods.METHODS))),
+        ('rmdnet=yes', 'choose one of true, false'),
+        ('seed=1.5', 'give an integer'),
+        ('seed=1,seed=2', 'given twice'),
+    ],
+)
 def test_bad_strings_are_refused_with_one_sentence(arg, message):
   with pytest.raises(ValueError, match=message) as info:
     noisy_cifar.get_config(arg)
@@ -104,26 +129,52 @@ def test_bad_strings_are_refused_with_one_sentence(arg, message):
 def test_cli_refuses_an_unknown_key_before_any_work(tmp_path):
   workdir = tmp_path / 'run'
   result = subprocess.run(
-      [sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/noisy_cifar.py:dataset=cifar10,noise=sym80,bogus=1',
-       f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+      [
+          sys.executable,
+          '-m',
+          'rmdnet_jax.main',
+          '--config=configs/noisy_cifar.py:dataset=cifar10,noise=sym80,bogus=1',
+          f'--workdir={workdir}',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
   assert result.returncode != 0
   assert "noisy_cifar: 'bogus=1' is not KEY=VALUE with KEY one of dataset, noise, method, rmdnet, seed" in (
-      result.stderr)
+      result.stderr
+  )
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize('arg, expected', [
-    ('dataset=cifar10,noise=pair45,method=coteaching', {'forget_rate': 0.45, 'dividemix_lambda_u': 25.0}),
-    ('dataset=cifar10,noise=sym90,method=dividemix', {'forget_rate': 0.9, 'dividemix_lambda_u': 50.0,
-                                                      'dividemix_warmup_epochs': 10}),
-    ('dataset=cifar10,noise=asym40,method=dividemix', {'dividemix_lambda_u': 0.0,
-                                                       'dividemix_confidence_penalty': True}),
-    ('dataset=cifar100,noise=sym50,method=elr', {'elr_lambda': 7.0, 'elr_beta': 0.9, 'sce_alpha': 6.0,
-                                                 'dividemix_lambda_u': 150.0, 'dividemix_warmup_epochs': 30}),
-    ('noise=c10n_worst,method=jocor', {'forget_rate': 0.4021}),
-    ('noise=c100n_noisy,method=coteaching', {'forget_rate': 0.4020, 'elr_lambda': 7.0}),
-])
+@pytest.mark.parametrize(
+    'arg, expected',
+    [
+        ('dataset=cifar10,noise=pair45,method=coteaching', {'forget_rate': 0.45, 'dividemix_lambda_u': 25.0}),
+        (
+            'dataset=cifar10,noise=sym90,method=dividemix',
+            {'forget_rate': 0.9, 'dividemix_lambda_u': 50.0, 'dividemix_warmup_epochs': 10},
+        ),
+        (
+            'dataset=cifar10,noise=asym40,method=dividemix',
+            {'dividemix_lambda_u': 0.0, 'dividemix_confidence_penalty': True},
+        ),
+        (
+            'dataset=cifar100,noise=sym50,method=elr',
+            {
+                'elr_lambda': 7.0,
+                'elr_beta': 0.9,
+                'sce_alpha': 6.0,
+                'dividemix_lambda_u': 150.0,
+                'dividemix_warmup_epochs': 30,
+            },
+        ),
+        ('noise=c10n_worst,method=jocor', {'forget_rate': 0.4021}),
+        ('noise=c100n_noisy,method=coteaching', {'forget_rate': 0.4020, 'elr_lambda': 7.0}),
+    ],
+)
 def test_cells_get_the_methods_published_settings(arg, expected):
   config = noisy_cifar.get_config(arg)
   for key, value in expected.items():

@@ -2,6 +2,7 @@
 through the pmapped interface on 1 and on 8 devices), their selection logic on constructed cases with a known
 answer (small-loss ranking, forget-rate schedule, GMM split), and each method's whole RGRL step on 8 devices
 equal to 1 device."""
+
 import functools
 
 import jax
@@ -51,23 +52,48 @@ def method_for(name, **overrides):
   return methods.make_method(config)
 
 
-def run_loss(method, logits, labels, *, num_devices, index=None, method_state=None, progress=0.0, rng_seed=3,
-             view=None, view_2=None, forward=None):
+def run_loss(
+    method,
+    logits,
+    labels,
+    *,
+    num_devices,
+    index=None,
+    method_state=None,
+    progress=0.0,
+    rng_seed=3,
+    view=None,
+    view_2=None,
+    forward=None,
+):
   """The method's global loss (device mean of the shares), new state and metrics on `num_devices` devices."""
   n = len(labels)
   index = np.arange(n) if index is None else index
   view = np.zeros((n, 2, 2, 3)) if view is None else view
   view_2 = np.zeros_like(view) if view_2 is None else view_2
-  sharded = jax.tree.map(lambda x: jnp.asarray(x).reshape((num_devices, -1) + x.shape[1:]),
-                         (tuple(logits), labels, index, view, view_2))
+  sharded = jax.tree.map(
+      lambda x: jnp.asarray(x).reshape((num_devices, -1) + x.shape[1:]), (tuple(logits), labels, index, view, view_2)
+  )
 
   def f(logits, labels, index, view, view_2):
-    out = method.loss(base.LossInputs(
-        logits=logits, labels=labels, index=index, method_state=method_state or {},
-        progress=jnp.asarray(progress, jnp.float32), rng=jax.random.key(rng_seed), view=view,
-        second_view=lambda: view_2, forward=forward))
-    return (lax.pmean(jnp.stack(out.losses), parallel.AXIS), out.method_state,
-            lax.pmean(dict(out.metrics), parallel.AXIS))
+    out = method.loss(
+        base.LossInputs(
+            logits=logits,
+            labels=labels,
+            index=index,
+            method_state=method_state or {},
+            progress=jnp.asarray(progress, jnp.float32),
+            rng=jax.random.key(rng_seed),
+            view=view,
+            second_view=lambda: view_2,
+            forward=forward,
+        )
+    )
+    return (
+        lax.pmean(jnp.stack(out.losses), parallel.AXIS),
+        out.method_state,
+        lax.pmean(dict(out.metrics), parallel.AXIS),
+    )
 
   fn = jax.pmap(f, axis_name=parallel.AXIS, out_axes=None, devices=jax.devices()[:num_devices])
   return jax.device_get(fn(*sharded))
@@ -84,24 +110,24 @@ def x64():
 
 @pytest.mark.parametrize('num_devices', [1, 8])
 def test_small_loss_mask_keeps_the_smallest_of_the_global_batch(num_devices):
-  losses = np.array([5., 1., 7., 1., 0., 9., 3., 2., 8., 6., 4., 1., 10., 11., 12., 13.], np.float32)
+  losses = np.array([5.0, 1.0, 7.0, 1.0, 0.0, 9.0, 3.0, 2.0, 8.0, 6.0, 4.0, 1.0, 10.0, 11.0, 12.0, 13.0], np.float32)
   fn = jax.pmap(lambda x: base.small_loss_mask(x, 5), axis_name=parallel.AXIS, devices=jax.devices()[:num_devices])
   mask = np.asarray(fn(losses.reshape(num_devices, -1))).reshape(-1)
   # 0 (pos 4), the three 1s (pos 1, 3, 11) and 2 (pos 7): a tie-free cut; the ones at 1 are all kept.
   np.testing.assert_array_equal(np.flatnonzero(mask), [1, 3, 4, 7, 11])
-  fn3 = jax.pmap(lambda x: base.small_loss_mask(x, 2), axis_name=parallel.AXIS,
-                 devices=jax.devices()[:num_devices])
+  fn3 = jax.pmap(lambda x: base.small_loss_mask(x, 2), axis_name=parallel.AXIS, devices=jax.devices()[:num_devices])
   # Cut inside the tie at 1: the earlier global positions win, whatever the device split.
-  np.testing.assert_array_equal(np.flatnonzero(np.asarray(fn3(losses.reshape(num_devices, -1))).reshape(-1)),
-                                [1, 4])
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(fn3(losses.reshape(num_devices, -1))).reshape(-1)), [1, 4])
 
 
 def test_forget_rate_schedule_matches_coteachings_linspace():
   forget_rate, gradual, exponent = 0.45, 10, 1.0
   reference = np.ones(30) * forget_rate
-  reference[:gradual] = np.linspace(0, forget_rate ** exponent, gradual)
-  got = [float(base.forget_rate_schedule(e, forget_rate=forget_rate, gradual_epochs=gradual, exponent=exponent))
-         for e in range(30)]
+  reference[:gradual] = np.linspace(0, forget_rate**exponent, gradual)
+  got = [
+      float(base.forget_rate_schedule(e, forget_rate=forget_rate, gradual_epochs=gradual, exponent=exponent))
+      for e in range(30)
+  ]
   np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-7)
   assert int(base.num_to_keep(jnp.float32(0.45), 128)) == int((1 - 0.45) * 128)
   assert int(base.num_to_keep(jnp.float32(0.2), 10)) == 8  # no float round-down to 7
@@ -109,6 +135,7 @@ def test_forget_rate_schedule_matches_coteachings_linspace():
 
 def test_gmm_splits_a_known_mixture_and_agrees_with_sklearn():
   from sklearn import mixture
+
   rng = np.random.default_rng(0)
   clean = rng.normal(0.5, 0.2, 800).clip(0)
   noisy = rng.normal(4.0, 0.5, 200)
@@ -162,8 +189,9 @@ def test_elr_loss_and_target_update_match_numpy(x64, num_devices):
   index = rng.permutation(n)[:B]
   targets = softmax(rng.normal(size=(n, C)))
   method = method_for('elr', elr_lambda=3.0, elr_beta=0.7)
-  losses, state, metrics = run_loss(method, (l1,), y, num_devices=num_devices, index=index,
-                                    method_state={'targets': jnp.asarray(targets)})
+  losses, state, metrics = run_loss(
+      method, (l1,), y, num_devices=num_devices, index=index, method_state={'targets': jnp.asarray(targets)}
+  )
   p = softmax(l1).clip(1e-4, 1 - 1e-4)
   want_targets = targets.copy()
   want_targets[index] = 0.7 * targets[index] + 0.3 * p / p.sum(-1, keepdims=True)
@@ -230,12 +258,20 @@ def test_dividemix_mixmatch_loss_matches_numpy(x64, num_devices):
   probs_clean = rng.uniform(size=(2, n))
   view, view_2 = rng.normal(size=(B, 2, 2, 3)), rng.normal(size=(B, 2, 2, 3))
   hp = dict(p_threshold=0.5, temperature=0.5, alpha=4.0, lambda_u=25.0, warmup=2, rampup=16)
-  method = method_for('dividemix', dividemix_warmup_epochs=2, dividemix_rampup_epochs=16,
-                      dividemix_lambda_u=25.0)
+  method = method_for('dividemix', dividemix_warmup_epochs=2, dividemix_rampup_epochs=16, dividemix_lambda_u=25.0)
   progress = 6.25
-  losses, _, metrics = run_loss(method, (l1, l2), y, num_devices=num_devices, index=index,
-                                method_state={'clean_probability': jnp.asarray(probs_clean)}, progress=progress,
-                                view=view, view_2=view_2, forward=fake_forward)
+  losses, _, metrics = run_loss(
+      method,
+      (l1, l2),
+      y,
+      num_devices=num_devices,
+      index=index,
+      method_state={'clean_probability': jnp.asarray(probs_clean)},
+      progress=progress,
+      view=view,
+      view_2=view_2,
+      forward=fake_forward,
+  )
   want = dividemix_reference(l1, l2, y, index, probs_clean, view, view_2, 3, progress, hp)
   np.testing.assert_allclose(losses, want, rtol=1e-9)
   np.testing.assert_allclose(metrics['lambda_u'], 25.0 * (progress - 2) / 16, rtol=1e-9)
@@ -247,10 +283,16 @@ def test_dividemix_warmup_is_cross_entropy_with_optional_penalty(x64):
   l1, l2, y = problem(7)
   for penalty in (False, True):
     method = method_for('dividemix', dividemix_warmup_epochs=10, dividemix_confidence_penalty=penalty)
-    losses, _, _ = run_loss(method, (l1, l2), y, num_devices=1, progress=9.9,
-                            method_state={'clean_probability': jnp.zeros((2, B))}, forward=fake_forward)
-    want = [ce(l, y).mean() + (np.mean(np.sum(softmax(l) * log_softmax(l), -1)) if penalty else 0.0)
-            for l in (l1, l2)]
+    losses, _, _ = run_loss(
+        method,
+        (l1, l2),
+        y,
+        num_devices=1,
+        progress=9.9,
+        method_state={'clean_probability': jnp.zeros((2, B))},
+        forward=fake_forward,
+    )
+    want = [ce(l, y).mean() + (np.mean(np.sum(softmax(l) * log_softmax(l), -1)) if penalty else 0.0) for l in (l1, l2)]
     np.testing.assert_allclose(losses, want, rtol=1e-10)
 
 
@@ -283,6 +325,7 @@ class MlpStudent(nn.Module):
   """A student small enough that compiling every method's step twice (8 devices, 1 device) stays cheap: the step
   code is the same whatever the network (`state.apply_fn`); the ResNet student runs in distill_test and the
   DivideMix pipeline test. BatchNorm syncs over the device axis, as the ResNet's does."""
+
   num_classes: int = 10
 
   @nn.compact
@@ -293,27 +336,43 @@ class MlpStudent(nn.Module):
 
 
 def _step_setup(name, **method_overrides):
-  config = helpers.tiny_config(**{'method.name': name, 'rgrl.learning_rate': 0.05,
-                                  **{f'method.{k}': v for k, v in method_overrides.items()}})
+  config = helpers.tiny_config(
+      **{'method.name': name, 'rgrl.learning_rate': 0.05, **{f'method.{k}': v for k, v in method_overrides.items()}}
+  )
   method = methods.make_method(config.method)
   num_examples = 32
   model = MlpStudent()
-  nets = [model.init(k, jnp.zeros((2,) + helpers.IMAGE_SHAPE), train=False)
-          for k in jax.random.split(jax.random.key(0), method.num_networks)]
+  nets = [
+      model.init(k, jnp.zeros((2,) + helpers.IMAGE_SHAPE), train=False)
+      for k in jax.random.split(jax.random.key(0), method.num_networks)
+  ]
   tx = train_state_lib.make_optimizer(config.rgrl, train_state_lib.learning_rate_schedule(config.rgrl, 4))
-  state = helpers.to_host(train_state_lib.StudentTrainState.create(
-      apply_fn=model.apply, params=distill.stack_networks([v['params'] for v in nets]),
-      batch_stats=distill.stack_networks([v['batch_stats'] for v in nets]), tx=tx,
-      method_state=method.init_state(num_examples, config.data.num_classes)))
+  state = helpers.to_host(
+      train_state_lib.StudentTrainState.create(
+          apply_fn=model.apply,
+          params=distill.stack_networks([v['params'] for v in nets]),
+          batch_stats=distill.stack_networks([v['batch_stats'] for v in nets]),
+          tx=tx,
+          method_state=method.init_state(num_examples, config.data.num_classes),
+      )
+  )
   # A fixed random projection as the frozen teacher's features.
   teacher = {'w': np.random.default_rng(11).normal(size=(int(np.prod(helpers.IMAGE_SHAPE)), 8)).astype(np.float32)}
   step = functools.partial(
-      distill.distill_step, teacher_apply=lambda t, x: x.reshape(x.shape[0], -1) @ t['w'],
-      method=method, K=config.relation.K, relation_kwargs=distill.relation_kwargs(config),
-      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD), steps_per_epoch=2)
+      distill.distill_step,
+      teacher_apply=lambda t, x: x.reshape(x.shape[0], -1) @ t['w'],
+      method=method,
+      K=config.relation.K,
+      relation_kwargs=distill.relation_kwargs(config),
+      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+      steps_per_epoch=2,
+  )
   rng = np.random.default_rng(0)
-  batch = {'images': helpers.images(16), 'labels': helpers.labels(16),
-           'index': rng.permutation(num_examples)[:16].astype(np.int32)}
+  batch = {
+      'images': helpers.images(16),
+      'labels': helpers.labels(16),
+      'index': rng.permutation(num_examples)[:16].astype(np.int32),
+  }
   return state, teacher, step, batch
 
 

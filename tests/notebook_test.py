@@ -4,58 +4,61 @@ TINY mode (RMDNET_NOTEBOOK_TINY=1) trains the tests/helpers.py-sized model on sy
 or downloads anything. The kernel gets its own environment: one CPU device, the fast-compile XLA flags of
 conftest.py, and conftest's persistent compilation cache, so that a second run skips most of the compiling.
 """
+
 import os
 import pathlib
 import tempfile
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "launch" / "colab_tpu.ipynb"
+NOTEBOOK = REPO / 'launch' / 'colab_tpu.ipynb'
 
 
 def kernel_env(workdir):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 8 fake devices: not needed here
-    env.update({
-        "RMDNET_NOTEBOOK_TINY": "1",
-        "RMDNET_NOTEBOOK_WORKDIR": str(workdir),
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
-            "RMDNET_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "rmdnet_jax_test_xla_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    })
-    return env
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # conftest's 8 fake devices: not needed here
+  env.update(
+      {
+          'RMDNET_NOTEBOOK_TINY': '1',
+          'RMDNET_NOTEBOOK_WORKDIR': str(workdir),
+          'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+          'JAX_COMPILATION_CACHE_DIR': os.environ.get(
+              'RMDNET_TEST_COMPILATION_CACHE', os.path.join(tempfile.gettempdir(), 'rmdnet_jax_test_xla_cache')
+          ),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.2',
+          'TF_CPP_MIN_LOG_LEVEL': '3',
+      }
+  )
+  return env
 
 
 def outputs_text(cell):
-    return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+  return ''.join(out.get('text', '') for out in cell.get('outputs', []) if out.get('output_type') == 'stream')
 
 
 def test_notebook_is_valid_nbformat_4():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    assert nb.nbformat == 4 and nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "markdown"
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stored without outputs
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nbformat.validate(nb)
+  assert nb.nbformat == 4 and nb.cells[0].cell_type == 'markdown' and nb.cells[-1].cell_type == 'markdown'
+  assert all(not cell.get('outputs') for cell in nb.cells if cell.cell_type == 'code')  # stored without outputs
 
 
 def test_notebook_runs_headless_in_tiny_mode(tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
-                                     resources={"metadata": {"path": str(REPO)}})
-    client.execute(env=kernel_env(tmp_path))  # raises CellExecutionError, with the cell's traceback, on any error
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=180, resources={'metadata': {'path': str(REPO)}})
+  client.execute(env=kernel_env(tmp_path))  # raises CellExecutionError, with the cell's traceback, on any error
 
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    table = outputs_text(code[-1])
-    assert "| method | test acc. (last) | test acc. (best) |" in table
-    assert "| RMDNet | " in table and "| CE | " in table and "RMDNet - CE" in table
-    assert "TINY: not installing anything." in outputs_text(code[1])  # pip never ran
-    plots = [out for out in code[-2].outputs if "image/png" in out.get("data", {})]
-    assert len(plots) == 1
-    for run in ("rmdnet", "ce"):
-        assert (tmp_path / run / "results.json").is_file()
-    assert (tmp_path / "curves.png").is_file()
+  code = [cell for cell in nb.cells if cell.cell_type == 'code']
+  table = outputs_text(code[-1])
+  assert '| method | test acc. (last) | test acc. (best) |' in table
+  assert '| RMDNet | ' in table and '| CE | ' in table and 'RMDNet - CE' in table
+  assert 'TINY: not installing anything.' in outputs_text(code[1])  # pip never ran
+  plots = [out for out in code[-2].outputs if 'image/png' in out.get('data', {})]
+  assert len(plots) == 1
+  for run in ('rmdnet', 'ce'):
+    assert (tmp_path / run / 'results.json').is_file()
+  assert (tmp_path / 'curves.png').is_file()

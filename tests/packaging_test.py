@@ -3,6 +3,7 @@
 .ci/run also builds the wheel, installs it in a fresh virtual environment and runs `rmdnet-train` with the
 packaged tiny config from another directory; these are the checks that need no build.
 """
+
 import os
 import pathlib
 import re
@@ -39,8 +40,11 @@ def test_project_metadata_build_backend_and_python_floor():
   assert PYPROJECT['project']['requires-python'] == '>=3.11'
   assert set(PYPROJECT['project']['optional-dependencies']) == {'tpu', 'cuda', 'prepare', 'wandb', 'dev'}
   assert PYPROJECT['project']['scripts'] == {
-      'rmdnet-train': 'rmdnet_jax.cli:train', 'rmdnet-prepare': 'rmdnet_jax.cli:prepare',
-      'rmdnet-results': 'rmdnet_jax.cli:results', 'rmdnet-analyse': 'rmdnet_jax.cli:analyse'}
+      'rmdnet-train': 'rmdnet_jax.cli:train',
+      'rmdnet-prepare': 'rmdnet_jax.cli:prepare',
+      'rmdnet-results': 'rmdnet_jax.cli:results',
+      'rmdnet-analyse': 'rmdnet_jax.cli:analyse',
+  }
   for target in PYPROJECT['project']['scripts'].values():
     assert callable(getattr(cli, target.split(':')[1]))
 
@@ -86,11 +90,16 @@ def test_config_paths_resolve_to_the_packaged_files_from_another_directory(tmp_p
   tiny = config_files.resolve('configs/tiny.py')
   assert os.path.isabs(tiny) and os.path.samefile(tiny, ROOT / 'configs' / 'tiny.py')
   assert config_files.resolve('configs/noisy_cifar.py:dataset=cifar100,seed=1').endswith(
-      'noisy_cifar.py:dataset=cifar100,seed=1')
+      'noisy_cifar.py:dataset=cifar100,seed=1'
+  )
   assert config_files.resolve('configs/nonexistent.py') == 'configs/nonexistent.py'  # config_flags names it
   assert config_files.resolve('other/tiny.py') == 'other/tiny.py'
-  assert config_files.resolve_argv(['x', '--config', 'configs/tiny.py', '--workdir=w']) == ['x', '--config', tiny,
-                                                                                             '--workdir=w']
+  assert config_files.resolve_argv(['x', '--config', 'configs/tiny.py', '--workdir=w']) == [
+      'x',
+      '--config',
+      tiny,
+      '--workdir=w',
+  ]
   # A file of that name in the current directory wins, as before.
   (tmp_path / 'configs').mkdir()
   (tmp_path / 'configs' / 'tiny.py').write_text('')
@@ -102,7 +111,7 @@ def test_configs_import_default_from_the_installed_package_layout(tmp_path):
   package = tmp_path / 'site' / 'rmdnet_jax'
   shutil.copytree(ROOT / 'rmdnet_jax', package, ignore=shutil.ignore_patterns('__pycache__'))
   shutil.copytree(ROOT / 'configs', package / 'configs', ignore=shutil.ignore_patterns('__pycache__'))
-  code = textwrap.dedent('''
+  code = textwrap.dedent("""
       import importlib, sys
       try:
         import configs
@@ -118,8 +127,9 @@ def test_configs_import_default_from_the_installed_package_layout(tmp_path):
       assert config_files.resolve('configs/tiny.py').startswith(sys.argv[1])
       assert 'configs' not in sys.modules
       print('ok')
-  ''')
+  """)
   env = dict(os.environ, PYTHONPATH=str(tmp_path / 'site'), JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', code, str(package)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=240)
+  result = subprocess.run(
+      [sys.executable, '-c', code, str(package)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+  )
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]

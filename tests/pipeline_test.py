@@ -1,4 +1,5 @@
 """End to end: RM then RGRL through `pipeline.run` on 8 fake devices; resume and preemption; the hand-off."""
+
 import json
 import os
 import signal
@@ -39,14 +40,23 @@ def test_two_stage_run_writes_checkpoints_metrics_and_results(finished_run):
     assert step == 8  # 2 epochs x 64 / 16
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   keys = set().union(*rows)
-  for key in ('rm/loss', 'rm/knn_accuracy', 'rm/learning_rate', 'rm/images_per_second', 'rgrl/loss',
-              'rgrl/method', 'rgrl/node', 'rgrl/edge', 'rgrl/test_accuracy', 'rgrl/train_accuracy_noisy_labels',
-              'rgrl/train_accuracy_clean_labels'):
+  for key in (
+      'rm/loss',
+      'rm/knn_accuracy',
+      'rm/learning_rate',
+      'rm/images_per_second',
+      'rgrl/loss',
+      'rgrl/method',
+      'rgrl/node',
+      'rgrl/edge',
+      'rgrl/test_accuracy',
+      'rgrl/train_accuracy_noisy_labels',
+      'rgrl/train_accuracy_clean_labels',
+  ):
     assert key in keys, key
   saved = json.load(open(os.path.join(workdir, 'results.json')))
   assert saved['rgrl_steps'] == 8
-  for key in ('test_accuracy_best', 'test_accuracy_last', 'train_accuracy_clean_subset',
-              'train_accuracy_noisy_subset'):
+  for key in ('test_accuracy_best', 'test_accuracy_last', 'train_accuracy_clean_subset', 'train_accuracy_noisy_subset'):
     assert 0.0 <= saved[key] <= 1.0
   assert saved['test_accuracy_best'] >= saved['test_accuracy_last']
   assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
@@ -97,6 +107,7 @@ def _preempt_at(monkeypatch, calls_before_sigterm):
       if counter['n'] in calls_before_sigterm:
         os.kill(os.getpid(), signal.SIGTERM)
       return mapped(*args)
+
     return wrapped
 
   monkeypatch.setattr(parallel, 'pmap_step', pmap_step)
@@ -139,8 +150,14 @@ def test_rgrl_without_rm_checkpoint_says_how_to_fix(tmp_path):
 
 def test_teacher_of_other_architecture_is_refused(finished_run, tmp_path):
   workdir, _ = finished_run
-  config = _config(**{'model.width': 8, 'student.width': 8,
-                      'relation.teacher_checkpoint': os.path.join(workdir, 'rm'), 'stages': 'rgrl'})
+  config = _config(
+      **{
+          'model.width': 8,
+          'student.width': 8,
+          'relation.teacher_checkpoint': os.path.join(workdir, 'rm'),
+          'stages': 'rgrl',
+      }
+  )
   with pytest.raises(checkpoints.CheckpointError, match='width=4'):
     pipeline.run(config, str(tmp_path))
 
@@ -157,8 +174,17 @@ def test_resident_data_gives_the_same_run_as_host_batches(tmp_path):
   states = {}
   for resident in (True, False):
     workdir = str(tmp_path / str(resident))
-    pipeline.run(_config(**{'stages': 'rgrl', 'method.distill': False, 'data.resident_on_device': resident,
-                            'rgrl.track_memorization': False}), workdir)
+    pipeline.run(
+        _config(
+            **{
+                'stages': 'rgrl',
+                'method.distill': False,
+                'data.resident_on_device': resident,
+                'rgrl.track_memorization': False,
+            }
+        ),
+        workdir,
+    )
     states[resident] = _restore_state(os.path.join(workdir, 'rgrl'))
   assert states[True][0] == states[False][0] == 8
   for a, b in zip(jax.tree.leaves(states[True][1]), jax.tree.leaves(states[False][1])):

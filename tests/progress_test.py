@@ -1,4 +1,5 @@
 """Progress reporting (rmdnet_jax.progress): log lines without a terminal, a tqdm bar on one; a fake clock."""
+
 import io
 
 import pytest
@@ -7,6 +8,7 @@ from rmdnet_jax import progress
 
 
 class Clock:
+
   def __init__(self):
     self.t = 0.0
 
@@ -24,8 +26,16 @@ def lines(monkeypatch):
 
 def test_log_lines_after_the_first_step_every_interval_and_at_the_end(lines):
   clock = Clock()
-  p = progress.Progress(stage='rm', start_step=0, num_steps=100, steps_per_epoch=10, global_batch_size=64,
-                        every_secs=60.0, bar=False, clock=clock)
+  p = progress.Progress(
+      stage='rm',
+      start_step=0,
+      num_steps=100,
+      steps_per_epoch=10,
+      global_batch_size=64,
+      every_secs=60.0,
+      bar=False,
+      clock=clock,
+  )
   clock.t = 30.0  # the first step: the compile
   p.update(1)
   assert lines() == ['rm: epoch 0.1/10, step 1/100 (1.0%), images/s n/a, loss n/a, ETA n/a']
@@ -49,8 +59,9 @@ def test_log_lines_after_the_first_step_every_interval_and_at_the_end(lines):
 
 def test_eta_and_a_resumed_stage(lines):
   clock = Clock()
-  p = progress.Progress(stage='rgrl', start_step=500, num_steps=1000, steps_per_epoch=100, global_batch_size=128,
-                        bar=False, clock=clock)
+  p = progress.Progress(
+      stage='rgrl', start_step=500, num_steps=1000, steps_per_epoch=100, global_batch_size=128, bar=False, clock=clock
+  )
   p.update(501)
   clock.t = 10.0
   p.update(601)  # 100 steps in 10 s: 1280 images/s, 399 steps left
@@ -63,8 +74,9 @@ def test_bar_on_a_terminal_shows_epoch_images_per_second_loss_and_eta(monkeypatc
   stream = io.StringIO()
   monkeypatch.setattr(progress.sys, 'stderr', stream)
   clock = Clock()
-  p = progress.Progress(stage='rm', start_step=0, num_steps=20, steps_per_epoch=10, global_batch_size=32,
-                        bar=True, clock=clock)
+  p = progress.Progress(
+      stage='rm', start_step=0, num_steps=20, steps_per_epoch=10, global_batch_size=32, bar=True, clock=clock
+  )
   for step in range(1, 21):
     clock.t = step * 0.25
     p.update(step)
@@ -79,8 +91,9 @@ def test_bar_on_a_terminal_shows_epoch_images_per_second_loss_and_eta(monkeypatc
 def test_other_processes_report_nothing(lines, monkeypatch):
   stream = io.StringIO()
   monkeypatch.setattr(progress.sys, 'stderr', stream)
-  p = progress.Progress(stage='rm', start_step=0, num_steps=5, steps_per_epoch=5, global_batch_size=8,
-                        bar=True, enabled=False)
+  p = progress.Progress(
+      stage='rm', start_step=0, num_steps=5, steps_per_epoch=5, global_batch_size=8, bar=True, enabled=False
+  )
   for step in range(1, 6):
     p.update(step)
   p.close()

@@ -1,5 +1,6 @@
 """rmdnet_jax.results on hand-made work directories: grouping, mean ± std over seeds, gains, published numbers,
 unfinished runs, and the exact markdown and CSV of a small case."""
+
 import json
 
 import pytest
@@ -7,13 +8,29 @@ import pytest
 from rmdnet_jax import results
 
 
-def make_run(root, name, *, dataset='cifar10', kind='symmetric', rate=0.5, method='ce', rmdnet=False, seed=0,
-             accuracy=None, stages='rm,rgrl'):
+def make_run(
+    root,
+    name,
+    *,
+    dataset='cifar10',
+    kind='symmetric',
+    rate=0.5,
+    method='ce',
+    rmdnet=False,
+    seed=0,
+    accuracy=None,
+    stages='rm,rgrl',
+):
   """A work directory as rmdnet_jax.main leaves it: config.json always, results.json once finished."""
   workdir = root / name
   workdir.mkdir()
-  config = {'stages': stages, 'seed': seed, 'data': {'name': dataset, 'num_classes': 10},
-            'noise': {'kind': kind, 'rate': rate, 'seed': seed}, 'method': {'name': method, 'distill': rmdnet}}
+  config = {
+      'stages': stages,
+      'seed': seed,
+      'data': {'name': dataset, 'num_classes': 10},
+      'noise': {'kind': kind, 'rate': rate, 'seed': seed},
+      'method': {'name': method, 'distill': rmdnet},
+  }
   (workdir / 'config.json').write_text(json.dumps(config))
   if accuracy is not None:
     best, last = accuracy
@@ -75,8 +92,9 @@ def test_markdown_and_csv_of_a_small_grid(small_grid, tmp_path_factory, capsys):
 
 
 def test_grouping_over_datasets_noises_and_methods(tmp_path):
-  make_run(tmp_path, 'a', dataset='cifar100', kind='symmetric', rate=0.8, method='gce', rmdnet=True,
-           accuracy=(0.5, 0.4))
+  make_run(
+      tmp_path, 'a', dataset='cifar100', kind='symmetric', rate=0.8, method='gce', rmdnet=True, accuracy=(0.5, 0.4)
+  )
   make_run(tmp_path, 'b', dataset='cifar100', kind='symmetric', rate=0.8, method='gce', accuracy=(0.3, 0.2))
   make_run(tmp_path, 'c', dataset='cifar10', kind='pairflip', rate=0.45, method='sce', accuracy=(0.6, 0.55))
   make_run(tmp_path, 'd', dataset='cifar10', kind='none', rate=0.5, method='sce', accuracy=(0.9, 0.9))

@@ -1,4 +1,5 @@
 """RM stage: the SimSiam loss against numpy, and the pmapped step on 8 devices against 1 device."""
+
 import functools
 
 import jax
@@ -16,14 +17,14 @@ def numpy_simsiam_loss(p1, p2, z1, z2):
     p = p / np.linalg.norm(p, axis=1, keepdims=True)
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     return -np.mean(np.sum(p * z, axis=1))
+
   return 0.5 * d(p1, z2) + 0.5 * d(p2, z1)
 
 
 def test_simsiam_loss_matches_numpy_and_bounds():
   rng = np.random.default_rng(0)
   p1, p2, z1, z2 = (rng.normal(size=(6, 5)).astype(np.float32) for _ in range(4))
-  np.testing.assert_allclose(simsiam.simsiam_loss(p1, p2, z1, z2), numpy_simsiam_loss(p1, p2, z1, z2),
-                             rtol=1e-5)
+  np.testing.assert_allclose(simsiam.simsiam_loss(p1, p2, z1, z2), numpy_simsiam_loss(p1, p2, z1, z2), rtol=1e-5)
   assert float(simsiam.simsiam_loss(z2, z1, z1, z2)) == pytest.approx(-1.0, abs=1e-6)
 
 
@@ -44,8 +45,9 @@ def _config():
 def _state_and_step(config):
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch=4)
   state = simsiam.create_simsiam_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn)
-  step = functools.partial(simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(
-      config, augment.CIFAR10_MEAN, augment.CIFAR10_STD))
+  step = functools.partial(
+      simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+  )
   return helpers.to_host(state), step
 
 

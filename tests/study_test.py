@@ -1,5 +1,6 @@
 """The CPU study's machinery on tiny data: a teacher from a chosen RM step, the weak-teacher warning, the relation
 diagnostics in metrics.jsonl, the per-run results table and K figure, and the teacher-geometry measurement."""
+
 import json
 import logging
 import os
@@ -21,8 +22,12 @@ def study(tmp_path_factory):
   rm_dir = str(base / 'simsiam')
   pipeline.run(helpers.tiny_config(**{'rm.epochs': 2, 'stages': 'rm', 'max_to_keep': 5}), rm_dir)
   cells = {'k1': {'relation.K': 1.0}, 'k01': {'relation.K': 0.1}, 'ce': {'method.distill': False}}
-  common = {'stages': 'rgrl', 'rm.epochs': 2, 'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm'),
-            'relation.teacher_step': RM_STEPS_PER_EPOCH}
+  common = {
+      'stages': 'rgrl',
+      'rm.epochs': 2,
+      'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm'),
+      'relation.teacher_step': RM_STEPS_PER_EPOCH,
+  }
   runs = {}
   for name, overrides in cells.items():
     workdir = str(base / name)
@@ -36,8 +41,7 @@ def test_rgrl_reports_the_teacher_it_restored_and_logs_diagnostics(study):
   assert 0.0 <= summary['teacher_knn_accuracy'] <= 1.0
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   train_rows = [r for r in rows if 'rgrl/node' in r]
-  for key in ('node_diag_cos', 'node_offdiag_rms', 'teacher_graph_mean', 'student_graph_mean',
-              'edge_offdiag_rms'):
+  for key in ('node_diag_cos', 'node_offdiag_rms', 'teacher_graph_mean', 'student_graph_mean', 'edge_offdiag_rms'):
     values = [r[f'rgrl/{key}'] for r in train_rows]
     assert values and all(np.isfinite(values)), key
   assert all(-1.0 <= r['rgrl/node_diag_cos'] <= 1.0 for r in train_rows)
@@ -51,8 +55,9 @@ def test_teacher_step_selects_that_checkpoint_and_refuses_a_missing_one(study):
   config = helpers.tiny_config(**{'rm.epochs': 2})
   dataset = data.load(config.data)
   meta = checkpoints.stage_meta(config, 'rm', dataset.image_shape)
-  target = jax.eval_shape(lambda: simsiam.create_simsiam_state(jax.random.key(0), config, dataset.image_shape,
-                                                                lambda step: 0.0))
+  target = jax.eval_shape(
+      lambda: simsiam.create_simsiam_state(jax.random.key(0), config, dataset.image_shape, lambda step: 0.0)
+  )
   first, step = checkpoints.restore_teacher(os.path.join(rm_dir, 'rm'), target, meta, step=RM_STEPS_PER_EPOCH)
   last, last_step = checkpoints.restore_teacher(os.path.join(rm_dir, 'rm'), target, meta)
   assert (step, last_step) == (RM_STEPS_PER_EPOCH, 2 * RM_STEPS_PER_EPOCH)
@@ -117,8 +122,14 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
     json.dump(saved, f)
   # teacher_step differs from the saved (implicit) 0, so that alone is a config change; with the keys at the
   # values older runs had, the finished run is accepted and skipped.
-  config = helpers.tiny_config(**{'stages': 'rgrl', 'rm.epochs': 2, 'relation.K': 0.1,
-                                  'relation.teacher_checkpoint': summary['workdir'] + '/../simsiam/rm'})
+  config = helpers.tiny_config(
+      **{
+          'stages': 'rgrl',
+          'rm.epochs': 2,
+          'relation.K': 0.1,
+          'relation.teacher_checkpoint': summary['workdir'] + '/../simsiam/rm',
+      }
+  )
   again = pipeline.run(config, workdir)
   assert again['test_accuracy_last'] == summary['test_accuracy_last']
   config.relation.teacher_step = RM_STEPS_PER_EPOCH
@@ -128,15 +139,33 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
 
 def test_teacher_geometry_command_prints_the_table(study, tmp_path):
   import subprocess, sys  # noqa: E401,PLC0415
+
   _, rm_dir, _ = study
   out = tmp_path / 'geometry.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'rmdnet_jax.teacher_geometry', '--config=configs/tiny.py',
-       '--config.data.synthetic_image_size=8', '--config.data.synthetic_train_size=64',
-       '--config.model.width=4', '--config.student.width=4', '--config.model.projector_dim=16',
-       '--config.model.predictor_dim=32', '--config.rm.batch_size=16', '--config.rgrl.batch_size=16',
-       '--config.rm.knn_k=5', '--config.rm.epochs=2', '--batch=16',
-       f'--config.relation.teacher_checkpoint={rm_dir}/rm', f'--out={out}'],
-      capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+      [
+          sys.executable,
+          '-m',
+          'rmdnet_jax.teacher_geometry',
+          '--config=configs/tiny.py',
+          '--config.data.synthetic_image_size=8',
+          '--config.data.synthetic_train_size=64',
+          '--config.model.width=4',
+          '--config.student.width=4',
+          '--config.model.projector_dim=16',
+          '--config.model.predictor_dim=32',
+          '--config.rm.batch_size=16',
+          '--config.rgrl.batch_size=16',
+          '--config.rm.knn_k=5',
+          '--config.rm.epochs=2',
+          '--batch=16',
+          f'--config.relation.teacher_checkpoint={rm_dir}/rm',
+          f'--out={out}',
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=os.path.dirname(os.path.dirname(__file__)),
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '| backbone |' in proc.stdout and set(json.load(open(out))) == {n for n, *_ in teacher_geometry.FORMS}

@@ -1,5 +1,6 @@
 """Weights & Biases, optional: the writer in offline mode (no network), resume into the same run, only process 0,
 and the one-sentence refusals. tests/no_tensorflow_test.py checks a whole run's offline W&B records."""
+
 import importlib.util
 
 import pytest
@@ -59,19 +60,23 @@ def test_create_writer_adds_wandb_only_when_a_project_is_set_and_only_on_process
 def test_wandb_project_without_the_package_is_one_sentence(monkeypatch):
   config = helpers.tiny_config(**{'logging.wandb_project': 'p'})
   real_find_spec = importlib.util.find_spec
-  monkeypatch.setattr(config_checks.importlib.util, 'find_spec',
-                      lambda name, *a: None if name == 'wandb' else real_find_spec(name, *a))
+  monkeypatch.setattr(
+      config_checks.importlib.util, 'find_spec', lambda name, *a: None if name == 'wandb' else real_find_spec(name, *a)
+  )
   with pytest.raises(config_checks.ConfigError, match=r'wandb package is not installed; `pip install wandb') as e:
     config_checks.validate(config, num_devices=8)
   assert '\n' not in str(e.value)
 
 
-@pytest.mark.parametrize('key, value, message', [
-    ('logging.wandb_mode', 'sometimes', 'is not one of'),
-    ('logging.progress_every_secs', 0.0, 'positive number of seconds'),
-    ('linear_probe.epochs', 0, 'positive integer'),
-    ('linear_probe.learning_rate', -1.0, 'must be positive'),
-])
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('logging.wandb_mode', 'sometimes', 'is not one of'),
+        ('logging.progress_every_secs', 0.0, 'positive number of seconds'),
+        ('linear_probe.epochs', 0, 'positive integer'),
+        ('linear_probe.learning_rate', -1.0, 'must be positive'),
+    ],
+)
 def test_logging_and_linear_probe_keys_are_validated(key, value, message):
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.validate(helpers.tiny_config(**{key: value}), num_devices=8)

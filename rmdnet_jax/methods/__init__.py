@@ -10,6 +10,7 @@ Adding a method: one new file in this folder that defines `METHOD = base.Method(
 `METHODS` below; its hyperparameters are keys of `config.method` (add them, with defaults, to
 configs/default.py). See `base.py` for the interface and README "Adding a noisy-label method".
 """
+
 import ml_collections
 
 from rmdnet_jax.methods import base, ce, coteaching, dividemix, elr, gce, jocor, sce
@@ -17,8 +18,9 @@ from rmdnet_jax.methods import base, ce, coteaching, dividemix, elr, gce, jocor,
 METHODS: dict[str, base.Method] = {
     'ce': base.from_mean_loss('ce', ce.cross_entropy),
     'gce': base.from_mean_loss('gce', gce.generalized_cross_entropy, {'q': 'gce_q'}),
-    'sce': base.from_mean_loss('sce', sce.symmetric_cross_entropy,
-                               {'alpha': 'sce_alpha', 'beta': 'sce_beta', 'log_zero': 'sce_log_zero'}),
+    'sce': base.from_mean_loss(
+        'sce', sce.symmetric_cross_entropy, {'alpha': 'sce_alpha', 'beta': 'sce_beta', 'log_zero': 'sce_log_zero'}
+    ),
     'coteaching': coteaching.METHOD,
     'jocor': jocor.METHOD,
     'elr': elr.METHOD,
@@ -29,8 +31,9 @@ METHODS: dict[str, base.Method] = {
 def get_method(name: str) -> base.Method:
   """The unbound method `name` (its hyperparameters not yet read from a config)."""
   if name not in METHODS:
-    raise ValueError(f'Unknown method.name {name!r}; choose one of {sorted(METHODS)} '
-                     '(e.g. --config.method.name=ce).')
+    raise ValueError(
+        f'Unknown method.name {name!r}; choose one of {sorted(METHODS)} ' '(e.g. --config.method.name=ce).'
+    )
   return METHODS[name]
 
 

@@ -18,6 +18,7 @@ device average is the global-batch loss. A mean over this device's examples is (
 selected subset is not, and uses `global_masked_mean`. Selections and rankings use `parallel.all_gather` so they
 depend on the global batch only, never on how it is split over devices.
 """
+
 import dataclasses
 import functools
 import inspect
@@ -33,22 +34,23 @@ from rmdnet_jax import parallel
 @dataclasses.dataclass(frozen=True)
 class LossInputs:
   """What the step hands a method's loss (all arrays are this device's part of the global batch)."""
-  logits: tuple               # one [b, C] per network: train-mode forward of `view`, differentiable
-  labels: jax.Array           # [b] int noisy labels
-  index: jax.Array            # [b] int dataset row of each example (keys per-sample state)
-  method_state: dict          # the method's per-sample state (replicated), {} for stateless methods
-  progress: jax.Array         # float scalar: epochs completed at this step (step / steps_per_epoch)
-  rng: jax.Array              # key of this step for the method's own randomness (same on every device)
-  view: jax.Array             # [b, H, W, 3] float: the augmented view the logits came from
-  second_view: Callable       # () -> another augmentation of the same images, [b, H, W, 3]
-  forward: Callable           # (network i, float images [n, H, W, 3]) -> logits [n, C]; train mode, BN stats
-                              # of the batch, running statistics not updated
+
+  logits: tuple  # one [b, C] per network: train-mode forward of `view`, differentiable
+  labels: jax.Array  # [b] int noisy labels
+  index: jax.Array  # [b] int dataset row of each example (keys per-sample state)
+  method_state: dict  # the method's per-sample state (replicated), {} for stateless methods
+  progress: jax.Array  # float scalar: epochs completed at this step (step / steps_per_epoch)
+  rng: jax.Array  # key of this step for the method's own randomness (same on every device)
+  view: jax.Array  # [b, H, W, 3] float: the augmented view the logits came from
+  second_view: Callable  # () -> another augmentation of the same images, [b, H, W, 3]
+  forward: Callable  # (network i, float images [n, H, W, 3]) -> logits [n, C]; train mode, BN stats
+  # of the batch, running statistics not updated
 
 
 @dataclasses.dataclass(frozen=True)
 class LossOutputs:
-  losses: tuple                                   # one scalar per network (this device's share)
-  method_state: Optional[dict] = None             # the new per-sample state (None: unchanged)
+  losses: tuple  # one scalar per network (this device's share)
+  method_state: Optional[dict] = None  # the new per-sample state (None: unchanged)
   metrics: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)  # logged as rgrl/method_<name>
 
 
@@ -61,6 +63,7 @@ def _no_state(num_examples: int, num_classes: int, **hyperparameters) -> dict:
 class Method:
   """One noisy-label method. `hyperparameters` maps keyword arguments of `loss`, `init_state` and `epoch_hook`
   to keys of `config.method` (prefixed by the method's name so several methods' settings live side by side)."""
+
   name: str
   loss: Callable[..., LossOutputs]
   num_networks: int = 1
@@ -83,25 +86,34 @@ class Method:
       own = {k: v for k, v in kwargs.items() if k in _keywords(fn)}
       return functools.partial(fn, **own) if own else fn
 
-    return dataclasses.replace(self, loss=bound(self.loss), init_state=bound(self.init_state),
-                               epoch_hook=bound(self.epoch_hook) if self.epoch_hook else None)
+    return dataclasses.replace(
+        self,
+        loss=bound(self.loss),
+        init_state=bound(self.init_state),
+        epoch_hook=bound(self.epoch_hook) if self.epoch_hook else None,
+    )
 
 
 def _keywords(fn: Optional[Callable]) -> set:
   if fn is None:
     return set()
-  return {name for name, p in inspect.signature(fn).parameters.items()
-          if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+  return {
+      name
+      for name, p in inspect.signature(fn).parameters.items()
+      if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+  }
 
 
 def from_mean_loss(name: str, loss_fn: Callable, hyperparameters: Optional[Mapping[str, str]] = None) -> Method:
   """A single-network method from `loss_fn(logits [b, C], labels [b], **hp) -> mean over the batch`."""
+
   def loss(inputs: LossInputs, **hp) -> LossOutputs:
     return LossOutputs(losses=(loss_fn(inputs.logits[0], inputs.labels, **hp),))
 
   # bind() reads the keyword arguments from the signature: give the wrapper loss_fn's.
   params = [inspect.Parameter('inputs', inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-      p for p in inspect.signature(loss_fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+      p for p in inspect.signature(loss_fn).parameters.values() if p.kind == p.KEYWORD_ONLY
+  ]
   loss.__signature__ = inspect.Signature(params)
   loss.__doc__ = loss_fn.__doc__
   loss.mean_loss = loss_fn
@@ -164,7 +176,7 @@ def forget_rate_schedule(epoch: jax.Array, *, forget_rate: float, gradual_epochs
   if gradual_epochs <= 1:
     ramp = jnp.where(epoch < gradual_epochs, 0.0, forget_rate)
     return jnp.asarray(ramp, jnp.float32)
-  ramp = forget_rate ** exponent * epoch / (gradual_epochs - 1)
+  ramp = forget_rate**exponent * epoch / (gradual_epochs - 1)
   return jnp.where(epoch < gradual_epochs, ramp, forget_rate)
 
 

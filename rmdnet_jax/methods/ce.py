@@ -1,4 +1,5 @@
 """Cross-entropy on the (noisy) labels: the baseline, and the method loss of plain RMDNet."""
+
 import jax
 import optax
 

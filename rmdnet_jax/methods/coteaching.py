@@ -8,13 +8,15 @@ forget rate ramps linearly from 0 to its final value (the noise rate, assumed kn
 Deviation: the reference code divides the selected mean once more by the number kept (a constant factor on the
 learning rate); this is the plain mean over the selection.
 """
+
 import jax.numpy as jnp
 
 from rmdnet_jax.methods import base
 
 
-def coteaching_loss(inputs: base.LossInputs, *, forget_rate: float, gradual_epochs: int,
-                    exponent: float) -> base.LossOutputs:
+def coteaching_loss(
+    inputs: base.LossInputs, *, forget_rate: float, gradual_epochs: int, exponent: float
+) -> base.LossOutputs:
   """Cross-entropy of each network on the examples its peer ranks smallest-loss.
 
   Args:
@@ -29,20 +31,26 @@ def coteaching_loss(inputs: base.LossInputs, *, forget_rate: float, gradual_epoc
   logits_1, logits_2 = inputs.logits
   ce_1 = base.per_example_cross_entropy(logits_1, inputs.labels)
   ce_2 = base.per_example_cross_entropy(logits_2, inputs.labels)
-  rate = base.forget_rate_schedule(jnp.floor(inputs.progress), forget_rate=forget_rate,
-                                   gradual_epochs=gradual_epochs, exponent=exponent)
+  rate = base.forget_rate_schedule(
+      jnp.floor(inputs.progress), forget_rate=forget_rate, gradual_epochs=gradual_epochs, exponent=exponent
+  )
   keep = base.num_to_keep(rate, base.global_batch_size(ce_1.shape[0]))
   selected_by_1 = base.small_loss_mask(ce_1, keep)
   selected_by_2 = base.small_loss_mask(ce_2, keep)
   # The exchange: network 1 learns from network 2's selection and vice versa.
   loss_1 = base.global_masked_mean(ce_1, selected_by_2)
   loss_2 = base.global_masked_mean(ce_2, selected_by_1)
-  metrics = {'forget_rate': rate,
-             'selection_overlap': jnp.mean((selected_by_1 == selected_by_2).astype(jnp.float32))}
+  metrics = {'forget_rate': rate, 'selection_overlap': jnp.mean((selected_by_1 == selected_by_2).astype(jnp.float32))}
   return base.LossOutputs(losses=(loss_1, loss_2), metrics=metrics)
 
 
 METHOD = base.Method(
-    name='coteaching', loss=coteaching_loss, num_networks=2,
-    hyperparameters={'forget_rate': 'forget_rate', 'gradual_epochs': 'forget_gradual_epochs',
-                     'exponent': 'forget_exponent'})
+    name='coteaching',
+    loss=coteaching_loss,
+    num_networks=2,
+    hyperparameters={
+        'forget_rate': 'forget_rate',
+        'gradual_epochs': 'forget_gradual_epochs',
+        'exponent': 'forget_exponent',
+    },
+)

@@ -18,6 +18,7 @@ the division. Both networks are updated at every step (the reference alternates 
 partners are drawn over the global batch (views and targets are gathered), so the result does not depend on the
 number of devices. BatchNorm running statistics come from the un-mixed view's forward pass.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +34,17 @@ def init_state(num_examples: int, num_classes: int) -> dict:
   return {'clean_probability': jnp.zeros((2, num_examples), jnp.float32)}
 
 
-def divide(method_state: dict, *, epoch: int, logits_fn, labels: np.ndarray, warmup_epochs: int,
-           gmm_iterations: int, gmm_tol: float, gmm_reg_covar: float):
+def divide(
+    method_state: dict,
+    *,
+    epoch: int,
+    logits_fn,
+    labels: np.ndarray,
+    warmup_epochs: int,
+    gmm_iterations: int,
+    gmm_tol: float,
+    gmm_reg_covar: float,
+):
   """Co-divide before `epoch`: each network's GMM p(clean) per training example (None during warm-up)."""
   del method_state
   if epoch < warmup_epochs:
@@ -43,8 +53,9 @@ def divide(method_state: dict, *, epoch: int, logits_fn, labels: np.ndarray, war
   log_p = logits - logits.max(-1, keepdims=True)
   log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
   losses = -np.take_along_axis(log_p, np.asarray(labels)[None, :, None], axis=-1)[..., 0]
-  probs = np.stack([gmm.clean_probability(l, max_iter=gmm_iterations, tol=gmm_tol, reg_covar=gmm_reg_covar)
-                    for l in losses])
+  probs = np.stack(
+      [gmm.clean_probability(l, max_iter=gmm_iterations, tol=gmm_tol, reg_covar=gmm_reg_covar) for l in losses]
+  )
   return {'clean_probability': probs.astype(np.float32)}
 
 
@@ -63,8 +74,19 @@ def _gather_global(local: jax.Array) -> jax.Array:
   return jnp.concatenate([parallel.all_gather(local[:b]), parallel.all_gather(local[b:])])
 
 
-def mixmatch_loss(inputs: base.LossInputs, i: int, view_2: jax.Array, probs: tuple, *, p_threshold: float,
-                  temperature: float, alpha: float, lambda_u: float, warmup_epochs: int, rampup_epochs: int):
+def mixmatch_loss(
+    inputs: base.LossInputs,
+    i: int,
+    view_2: jax.Array,
+    probs: tuple,
+    *,
+    p_threshold: float,
+    temperature: float,
+    alpha: float,
+    lambda_u: float,
+    warmup_epochs: int,
+    rampup_epochs: int,
+):
   """Network i's MixMatch loss on its peer's division. `probs[k][v]`: network k's softmax on view v (no grad)."""
   j = 1 - i
   num_classes = inputs.logits[0].shape[-1]
@@ -95,20 +117,35 @@ def mixmatch_loss(inputs: base.LossInputs, i: int, view_2: jax.Array, probs: tup
   p = jnp.exp(log_p)
   loss_x = base.global_masked_mean(-jnp.sum(mixed_t * log_p, axis=-1), position_labelled)
   loss_u = base.global_masked_mean(jnp.mean((p - mixed_t) ** 2, axis=-1), ~position_labelled)
-  weight_u = jnp.float32(lambda_u) * linear_rampup(inputs.progress, warmup_epochs=warmup_epochs,
-                                                   rampup_epochs=rampup_epochs).astype(jnp.float32)
+  weight_u = jnp.float32(lambda_u) * linear_rampup(
+      inputs.progress, warmup_epochs=warmup_epochs, rampup_epochs=rampup_epochs
+  ).astype(jnp.float32)
   # The prior keeps the mixed predictions from collapsing onto few classes; the global batch mean is a pmean of
   # equal-size local means.
   mean_p = lax.pmean(jnp.mean(p, axis=0), parallel.AXIS)
   prior = jnp.full((num_classes,), 1.0 / num_classes)
   penalty = jnp.sum(prior * jnp.log(prior / mean_p))
-  metrics = {'loss_x': loss_x, 'loss_u': loss_u, 'lambda_u': weight_u, 'penalty': penalty,
-             'labelled_fraction': lax.pmean(jnp.mean(labelled.astype(jnp.float32)), parallel.AXIS)}
+  metrics = {
+      'loss_x': loss_x,
+      'loss_u': loss_u,
+      'lambda_u': weight_u,
+      'penalty': penalty,
+      'labelled_fraction': lax.pmean(jnp.mean(labelled.astype(jnp.float32)), parallel.AXIS),
+  }
   return loss_x + weight_u * loss_u + penalty, metrics
 
 
-def dividemix_loss(inputs: base.LossInputs, *, warmup_epochs: int, p_threshold: float, temperature: float,
-                   alpha: float, lambda_u: float, rampup_epochs: int, confidence_penalty: bool) -> base.LossOutputs:
+def dividemix_loss(
+    inputs: base.LossInputs,
+    *,
+    warmup_epochs: int,
+    p_threshold: float,
+    temperature: float,
+    alpha: float,
+    lambda_u: float,
+    rampup_epochs: int,
+    confidence_penalty: bool,
+) -> base.LossOutputs:
   """Warm-up CE before `warmup_epochs`, MixMatch on the co-division after (one loss per network).
 
   Args:
@@ -122,6 +159,7 @@ def dividemix_loss(inputs: base.LossInputs, *, warmup_epochs: int, p_threshold: 
     rampup_epochs: epochs over which lambda_u ramps up after warm-up (16).
     confidence_penalty: add the negative-entropy penalty during warm-up (the paper: asymmetric noise only).
   """
+
   def warm(_):
     losses, metrics = [], {}
     for logits in inputs.logits:
@@ -132,21 +170,39 @@ def dividemix_loss(inputs: base.LossInputs, *, warmup_epochs: int, p_threshold: 
       losses.append(ce)
     # The same metrics as the MixMatch branch (cond needs equal types): losses in the logits' precision.
     zero = jnp.zeros((), base.float32(inputs.logits[0]).dtype)
-    metrics = {'loss_x': zero, 'loss_u': zero, 'penalty': zero, 'lambda_u': jnp.zeros((), jnp.float32),
-               'labelled_fraction': jnp.zeros((), jnp.float32)}
+    metrics = {
+        'loss_x': zero,
+        'loss_u': zero,
+        'penalty': zero,
+        'lambda_u': jnp.zeros((), jnp.float32),
+        'labelled_fraction': jnp.zeros((), jnp.float32),
+    }
     return tuple(losses), metrics
 
   def mixmatch(_):
     view_2 = inputs.second_view()
     # Predictions for co-refinement and co-guessing carry no gradient (the reference computes them under no_grad).
-    probs = tuple((jax.nn.softmax(base.float32(lax.stop_gradient(inputs.logits[k])), axis=-1),
-                   jax.nn.softmax(base.float32(lax.stop_gradient(inputs.forward(k, view_2))), axis=-1))
-                  for k in range(2))
+    probs = tuple(
+        (
+            jax.nn.softmax(base.float32(lax.stop_gradient(inputs.logits[k])), axis=-1),
+            jax.nn.softmax(base.float32(lax.stop_gradient(inputs.forward(k, view_2))), axis=-1),
+        )
+        for k in range(2)
+    )
     losses, all_metrics = [], []
     for i in range(2):
-      loss, metrics = mixmatch_loss(inputs, i, view_2, probs, p_threshold=p_threshold, temperature=temperature,
-                                    alpha=alpha, lambda_u=lambda_u, warmup_epochs=warmup_epochs,
-                                    rampup_epochs=rampup_epochs)
+      loss, metrics = mixmatch_loss(
+          inputs,
+          i,
+          view_2,
+          probs,
+          p_threshold=p_threshold,
+          temperature=temperature,
+          alpha=alpha,
+          lambda_u=lambda_u,
+          warmup_epochs=warmup_epochs,
+          rampup_epochs=rampup_epochs,
+      )
       losses.append(loss)
       all_metrics.append(metrics)
     return tuple(losses), jax.tree.map(lambda a, b: 0.5 * (a + b), *all_metrics)
@@ -159,11 +215,22 @@ def dividemix_loss(inputs: base.LossInputs, *, warmup_epochs: int, p_threshold: 
 
 
 METHOD = base.Method(
-    name='dividemix', loss=dividemix_loss, num_networks=2, init_state=init_state, epoch_hook=divide,
+    name='dividemix',
+    loss=dividemix_loss,
+    num_networks=2,
+    init_state=init_state,
+    epoch_hook=divide,
     eval_networks='mean',
-    hyperparameters={'warmup_epochs': 'dividemix_warmup_epochs', 'p_threshold': 'dividemix_p_threshold',
-                     'temperature': 'dividemix_temperature', 'alpha': 'dividemix_alpha',
-                     'lambda_u': 'dividemix_lambda_u', 'rampup_epochs': 'dividemix_rampup_epochs',
-                     'confidence_penalty': 'dividemix_confidence_penalty',
-                     'gmm_iterations': 'dividemix_gmm_iterations', 'gmm_tol': 'dividemix_gmm_tol',
-                     'gmm_reg_covar': 'dividemix_gmm_reg_covar'})
+    hyperparameters={
+        'warmup_epochs': 'dividemix_warmup_epochs',
+        'p_threshold': 'dividemix_p_threshold',
+        'temperature': 'dividemix_temperature',
+        'alpha': 'dividemix_alpha',
+        'lambda_u': 'dividemix_lambda_u',
+        'rampup_epochs': 'dividemix_rampup_epochs',
+        'confidence_penalty': 'dividemix_confidence_penalty',
+        'gmm_iterations': 'dividemix_gmm_iterations',
+        'gmm_tol': 'dividemix_gmm_tol',
+        'gmm_reg_covar': 'dividemix_gmm_reg_covar',
+    },
+)

@@ -9,6 +9,7 @@ The targets are per example, so they live in the train state as an [N, C] array 
 every batch carries ('index'): they follow the examples through shuffling, device sharding and resume, and are
 checkpointed with the network. Every device applies the whole global batch's update, so the replicas agree.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -40,15 +41,20 @@ def elr_loss(inputs: base.LossInputs, *, elr_lambda: float, beta: float) -> base
   targets = inputs.method_state['targets']
   # Global update: every device scatters all examples of the global batch (indices are unique within a batch).
   index = parallel.all_gather(inputs.index)
-  new_rows = (beta * targets[index]
-              + (1.0 - beta) * parallel.all_gather(detached / jnp.sum(detached, axis=-1, keepdims=True)))
+  new_rows = beta * targets[index] + (1.0 - beta) * parallel.all_gather(
+      detached / jnp.sum(detached, axis=-1, keepdims=True)
+  )
   targets = targets.at[index].set(new_rows)
   local_targets = targets[inputs.index]
   regulariser = jnp.mean(jnp.log(1.0 - jnp.sum(local_targets * probs, axis=-1)))
   ce = jnp.mean(base.per_example_cross_entropy(logits, inputs.labels))
-  return base.LossOutputs(losses=(ce + elr_lambda * regulariser,), method_state={'targets': targets},
-                          metrics={'elr_regulariser': regulariser, 'ce': ce})
+  return base.LossOutputs(
+      losses=(ce + elr_lambda * regulariser,),
+      method_state={'targets': targets},
+      metrics={'elr_regulariser': regulariser, 'ce': ce},
+  )
 
 
-METHOD = base.Method(name='elr', loss=elr_loss, init_state=init_targets,
-                     hyperparameters={'elr_lambda': 'elr_lambda', 'beta': 'elr_beta'})
+METHOD = base.Method(
+    name='elr', loss=elr_loss, init_state=init_targets, hyperparameters={'elr_lambda': 'elr_lambda', 'beta': 'elr_beta'}
+)

@@ -3,6 +3,7 @@
 L_q = (1 - p_y^q) / q interpolates between CE (q -> 0) and MAE (q = 1): the smaller weight it gives to
 low-confidence examples makes it robust to the mislabelled ones, at the cost of slower fitting of clean ones.
 """
+
 import jax
 import jax.numpy as jnp
 

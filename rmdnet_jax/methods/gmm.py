@@ -5,6 +5,7 @@ calls (initial responsibilities from k-means, EM stopped when the mean log-likel
 with a deterministic k-means started at the minimum and maximum instead of sklearn's random restarts, so the split
 is a pure function of the losses.
 """
+
 import dataclasses
 
 import numpy as np
@@ -12,8 +13,8 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class GaussianMixture1D:
-  weights: np.ndarray    # [2]
-  means: np.ndarray      # [2]
+  weights: np.ndarray  # [2]
+  means: np.ndarray  # [2]
   variances: np.ndarray  # [2]
   iterations: int
   converged: bool
@@ -21,8 +22,9 @@ class GaussianMixture1D:
   def log_joint(self, x: np.ndarray) -> np.ndarray:
     """log(weight_k * N(x | mean_k, var_k)), [N, 2]."""
     x = np.asarray(x, np.float64)[:, None]
-    return (np.log(self.weights) - 0.5 * np.log(2 * np.pi * self.variances)
-            - 0.5 * (x - self.means) ** 2 / self.variances)
+    return (
+        np.log(self.weights) - 0.5 * np.log(2 * np.pi * self.variances) - 0.5 * (x - self.means) ** 2 / self.variances
+    )
 
   def posterior(self, x: np.ndarray) -> np.ndarray:
     """p(component k | x), [N, 2]."""
@@ -62,8 +64,10 @@ def fit(x: np.ndarray, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: floa
   """
   x = np.asarray(x, np.float64).reshape(-1)
   if len(x) < 2 or not np.all(np.isfinite(x)):
-    raise ValueError(f'The GMM needs at least two finite values, got {len(x)} with '
-                     f'{int(np.sum(~np.isfinite(x)))} non-finite; check the per-example losses.')
+    raise ValueError(
+        f'The GMM needs at least two finite values, got {len(x)} with '
+        f'{int(np.sum(~np.isfinite(x)))} non-finite; check the per-example losses.'
+    )
   resp = np.eye(2)[_two_means(x)]
   weights, means, variances = _m_step(x, resp, reg_covar)
   lower_bound, converged, iteration = -np.inf, False, 0

@@ -5,6 +5,7 @@ Instead of exchanging selections (Co-teaching), both networks minimise one loss 
 loss: agreement is pushed on the examples the two already find easy, which are mostly clean. Forget-rate schedule
 as in Co-teaching.
 """
+
 import jax.numpy as jnp
 
 from rmdnet_jax.methods import base
@@ -16,8 +17,9 @@ def jocor_per_example_loss(logits_1, logits_2, labels, co_lambda: float):
   return (1.0 - co_lambda) * ce + co_lambda * kl
 
 
-def jocor_loss(inputs: base.LossInputs, *, co_lambda: float, forget_rate: float, gradual_epochs: int,
-               exponent: float) -> base.LossOutputs:
+def jocor_loss(
+    inputs: base.LossInputs, *, co_lambda: float, forget_rate: float, gradual_epochs: int, exponent: float
+) -> base.LossOutputs:
   """The joint loss over the small-joint-loss examples of the global batch.
 
   Args:
@@ -32,14 +34,22 @@ def jocor_loss(inputs: base.LossInputs, *, co_lambda: float, forget_rate: float,
   """
   logits_1, logits_2 = inputs.logits
   joint = jocor_per_example_loss(logits_1, logits_2, inputs.labels, co_lambda)
-  rate = base.forget_rate_schedule(jnp.floor(inputs.progress), forget_rate=forget_rate,
-                                   gradual_epochs=gradual_epochs, exponent=exponent)
+  rate = base.forget_rate_schedule(
+      jnp.floor(inputs.progress), forget_rate=forget_rate, gradual_epochs=gradual_epochs, exponent=exponent
+  )
   keep = base.num_to_keep(rate, base.global_batch_size(joint.shape[0]))
   loss = base.global_masked_mean(joint, base.small_loss_mask(joint, keep))
   return base.LossOutputs(losses=(0.5 * loss, 0.5 * loss), metrics={'forget_rate': rate})
 
 
 METHOD = base.Method(
-    name='jocor', loss=jocor_loss, num_networks=2,
-    hyperparameters={'co_lambda': 'jocor_lambda', 'forget_rate': 'forget_rate',
-                     'gradual_epochs': 'forget_gradual_epochs', 'exponent': 'forget_exponent'})
+    name='jocor',
+    loss=jocor_loss,
+    num_networks=2,
+    hyperparameters={
+        'co_lambda': 'jocor_lambda',
+        'forget_rate': 'forget_rate',
+        'gradual_epochs': 'forget_gradual_epochs',
+        'exponent': 'forget_exponent',
+    },
+)

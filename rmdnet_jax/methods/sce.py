@@ -3,12 +3,14 @@
 The reverse term RCE = -sum_k p_k log y_k swaps prediction and label. With a one-hot label, log 0 is undefined,
 so it is clamped to A (the paper uses A = -4); RCE then equals -A * (1 - p_y), a bounded, noise-tolerant loss.
 """
+
 import jax
 import jax.numpy as jnp
 
 
-def symmetric_cross_entropy(logits: jax.Array, labels: jax.Array, *, alpha: float = 0.1, beta: float = 1.0,
-                            log_zero: float = -4.0) -> jax.Array:
+def symmetric_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0
+) -> jax.Array:
   """Mean SCE loss.
 
   Args:
