@@ -18,7 +18,6 @@ Clean training labels are read here for the analysis only, as in the pipeline's 
 
 import dataclasses
 import json
-import logging as py_logging
 import math
 import os
 import sys
@@ -34,8 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rmdnet_jax import checkpoints, config_checks, data, distill, metrics, noise, parallel  # noqa: E402
-from rmdnet_jax import pipeline  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, data, distill, loop, metrics, noise, parallel, simsiam  # noqa: E402
 from rmdnet_jax import train_state as train_state_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -341,7 +339,7 @@ def load_noisy(workdir: str, dataset: data.Dataset) -> noise.NoisyLabels:
     )
   noisy, meta = noise.load_noisy_labels(path)
   if len(noisy.labels) != len(dataset.train_labels) or (
-      'clean_labels_sha256' in meta and meta['clean_labels_sha256'] != pipeline.labels_digest(dataset.train_labels)
+      'clean_labels_sha256' in meta and meta['clean_labels_sha256'] != noise.labels_digest(dataset.train_labels)
   ):
     raise AnalysisError(
         f'{path} was made for another training set than the one its config.data loads now; '
@@ -357,7 +355,7 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
   topology (an 8-chip TPU host, say) restores here too; a target-free restore would refuse it.
   """
   directory = os.path.abspath(os.path.join(workdir, 'rgrl'))
-  sched = pipeline.stage_schedule(config.rgrl, len(dataset.train_images), config.log_every_steps)
+  sched = loop.Schedule.for_stage(config.rgrl, len(dataset.train_images), config.log_every_steps)
   if not os.path.isdir(directory):
     raise AnalysisError(
         f'{workdir} has no rgrl/ checkpoints; run its RGRL stage first (rmdnet_jax.main with ' "that run's command)."
@@ -389,13 +387,13 @@ def restore_student(config: ml_collections.ConfigDict, dataset: data.Dataset, wo
   )
   state = checkpoints.restore(mngr, step, target)
   mngr.close()
-  return {'params': state.params, 'batch_stats': state.batch_stats}, sched.steps_per_epoch, int(step)
+  return state.variables, sched.steps_per_epoch, int(step)
 
 
 def student_outputs_fn(config: ml_collections.ConfigDict, dataset: data.Dataset):
-  """apply(variables, uint8 images) -> {'logits', 'features'} of the student: `pipeline.logits_fn` plus the
-  pooled backbone features, so one pass over the data gives both."""
-  return pipeline.on_uint8_images(distill.classify_fn(config), dataset)
+  """apply(variables, uint8 images) -> {'logits', 'features'} of the student: its logits and pooled backbone
+  features, so one pass over the data gives both."""
+  return distill.outputs_fn(config, dataset)
 
 
 def teacher_backbone_fn(config: ml_collections.ConfigDict, dataset: data.Dataset):
@@ -403,9 +401,7 @@ def teacher_backbone_fn(config: ml_collections.ConfigDict, dataset: data.Dataset
 
   The t-SNE compares backbones, so this reads the backbone even when the run distilled from the projector.
   """
-  backbone_config = ml_collections.ConfigDict(config.to_dict())
-  backbone_config.relation.teacher_layer = 'backbone'
-  return pipeline.encoder_features_fn(backbone_config, dataset)
+  return simsiam.encoder_features_fn(config.model, dataset, 'backbone')
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -616,7 +612,7 @@ def analyse(
       runs[key] = run
       logging.info('analysis: %s student at step %d.', run.name, run.steps)
   with _Phase(f'restoring the SimSiam teacher of {rmdnet_workdir}'):
-    teacher = pipeline.load_teacher(configs['rmdnet'], dataset, rmdnet_workdir)
+    teacher = simsiam.load_teacher(configs['rmdnet'], dataset, rmdnet_workdir)
 
   os.makedirs(out, exist_ok=True)
   summary = {
@@ -722,19 +718,13 @@ def analyse(
 USER_ERRORS = (AnalysisError, config_checks.ConfigError, data.DataUnavailableError, checkpoints.CheckpointError)
 
 
-def _quiet_orbax(record) -> bool:
-  # Orbax logs every load phase at INFO; keep its warnings and errors, drop the rest from the console. The level
-  # is Python's (30): absl's logging.WARNING is its verbosity number (-1), which every record would pass.
-  return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   for name in ('rmdnet_workdir', 'ce_workdir', 'out'):
     if not FLAGS[name].value:
       raise app.UsageError(f'--{name} is required.')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  checkpoints.quiet_orbax_logging()
   if 'tensorflow' in sys.modules:
     # Analysis never imports TensorFlow; as in rmdnet_jax.main, keep one that something imported off the GPUs.
     sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')

@@ -35,10 +35,6 @@ from jax import lax
 Array = jax.Array
 Number = Union[float, int]
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 # ITU-R 601-2 luma weights, the ones torchvision's `rgb_to_grayscale` uses.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -75,8 +71,8 @@ def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Arr
   Args:
     images: uint8 [..., H, W, 3] in [0, 255] (divided by 255 first), or floating [..., H, W, 3] already in
       [0, 1] (used as is).
-    mean: length-3 channel means in [0, 1] units, e.g. `CIFAR10_MEAN`.
-    std: length-3 channel standard deviations in [0, 1] units, e.g. `CIFAR10_STD`.
+    mean: length-3 channel means in [0, 1] units, e.g. `data.CIFAR10_MEAN`.
+    std: length-3 channel standard deviations in [0, 1] units, e.g. `data.CIFAR10_STD`.
 
   Returns:
     float32 [..., H, W, 3]: `(x - mean) / std` with `x` the image in [0, 1].
@@ -85,6 +81,15 @@ def normalize(images: Array, mean: Sequence[float], std: Sequence[float]) -> Arr
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return (x - mean) / std
+
+
+def on_uint8_images(apply: Callable, mean: Sequence[float], std: Sequence[float]) -> Callable:
+  """`apply(variables, float images)` as a function of uint8 images, normalised with (mean, std) first."""
+
+  def apply_on_uint8(variables, images):
+    return apply(variables, normalize(images, mean, std))
+
+  return apply_on_uint8
 
 
 # ----------------------------------------------------------------------------------------------------------

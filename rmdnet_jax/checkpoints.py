@@ -13,6 +13,7 @@ resumes on M (the same global batch over another number of devices).
 """
 
 import hashlib
+import logging as py_logging
 import os
 from typing import Any, Optional
 
@@ -37,6 +38,16 @@ TEACHER_KEYS = (
 )
 # What must agree between a checkpoint and the run resuming (or analysing) it.
 STATE_KEYS = TEACHER_KEYS + ('student', 'student_width', 'method')
+
+
+def quiet_orbax_logging() -> None:
+  """Drops Orbax's INFO records (one per save/load phase) from the console; its warnings and errors stay."""
+
+  def keep(record) -> bool:
+    # Python's level (30): absl's logging.WARNING is its verbosity number (-1), which every record would pass.
+    return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 class CheckpointError(RuntimeError):
@@ -224,7 +235,9 @@ def check_meta(found: dict, expected: dict, where: str, keys) -> None:
       )
 
 
-def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: int = 0) -> Any:
+def restore_teacher(
+    directory: str, rm_target: Any, expected_meta: dict, step: int = 0, finished_step: Optional[int] = None
+) -> tuple[Any, int]:
   """The RM state in `directory`, checked to match this run's architecture, width and dataset.
 
   Args:
@@ -232,6 +245,11 @@ def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: i
     rm_target: a freshly initialised RM state giving structure, shapes and shardings.
     expected_meta: `stage_meta(config, 'rm', image_shape)` of this run.
     step: the checkpoint to take (`relation.teacher_step`); 0 = the latest.
+    finished_step: when given, the RM stage's last step: an earlier checkpoint is refused (an unfinished RM stage
+      of this run is not a teacher).
+
+  Returns:
+    (the RM state, its step).
   """
   if '://' not in directory and not os.path.isdir(directory):
     raise CheckpointError(
@@ -253,6 +271,11 @@ def restore_teacher(directory: str, rm_target: Any, expected_meta: dict, step: i
           'or 0 for the latest.'
       )
     step = requested
+  if finished_step is not None and step < finished_step:
+    raise CheckpointError(
+        f'The RM stage in {directory} stopped at step {step} of {finished_step}; finish it first '
+        '(run with --config.stages=rm,rgrl) or set --config.relation.teacher_checkpoint explicitly.'
+    )
   try:
     state = _restore_checked(mngr, step, rm_target, expected_meta, TEACHER_KEYS)
   except DamagedCheckpointError as e:

@@ -29,15 +29,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import augment, fileio
+from rmdnet_jax import fileio
 
 # `base` is the image dataset: tfds' CIFAR-N builders hold the same images (and ids) as cifar10 / cifar100 plus
 # the human label columns, so a run on them is a CIFAR run.
+# Channel statistics of the training images, in [0, 1] units: the normalisation of every network input.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
 DATASETS = {
-    'cifar10': dict(num_classes=10, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, base='cifar10'),
-    'cifar100': dict(num_classes=100, mean=augment.CIFAR100_MEAN, std=augment.CIFAR100_STD, base='cifar100'),
-    'cifar10_n': dict(num_classes=10, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, base='cifar10'),
-    'cifar100_n': dict(num_classes=100, mean=augment.CIFAR100_MEAN, std=augment.CIFAR100_STD, base='cifar100'),
+    'cifar10': dict(num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, base='cifar10'),
+    'cifar100': dict(num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD, base='cifar100'),
+    'cifar10_n': dict(num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, base='cifar10'),
+    'cifar100_n': dict(num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD, base='cifar100'),
 }
 CIFAR_N_DATASETS = ('cifar10_n', 'cifar100_n')
 SOURCES = ('tfds', 'npz', 'synthetic')

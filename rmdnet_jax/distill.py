@@ -9,17 +9,24 @@ with t = T(x) the frozen RM teacher's features and s = phi(f(x)) the student's p
 L_method is the plugged-in method's loss (`rmdnet_jax/methods`); a two-network method (Co-teaching, JoCoR,
 DivideMix) sums one such objective per network, each network with its own relation terms against the teacher.
 
-`distill_step(state, teacher, batch, rng)` is a pure function; `parallel.pmap_step` maps it over devices.
+  distill_step(state, batch, rng, ctx)     the pure update (teacher in ctx), pmapped by `parallel.pmap_step`
+  relation_terms                           the relation regulariser of every network (`relation.py`: the maths)
+  stage(config, dataset, noisy, teacher)   the RGRL stage as a `loop.Stage` (its eval: test accuracy)
+  final_report                             best/last accuracy and the memorisation of the mislabelled examples
 """
 
+import functools
+import os
 from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
 
-from rmdnet_jax import augment, methods, models, parallel, relation
+from rmdnet_jax import augment, checkpoints, data, loop, methods, metrics, models, noise, parallel, relation, simsiam
 from rmdnet_jax.methods import base as methods_base
 from rmdnet_jax import train_state as train_state_lib
 
@@ -40,31 +47,9 @@ def relation_kwargs(config: ml_collections.ConfigDict) -> dict:
   )
 
 
-def view_kwargs(config: ml_collections.ConfigDict, mean, std) -> dict:
-  return dict(mean=tuple(mean), std=tuple(std), pad=config.rgrl.augment.pad, flip_prob=config.rgrl.augment.flip_prob)
-
-
-def teacher_apply_fn(config: ml_collections.ConfigDict, layer: Optional[str] = None) -> Callable:
-  """apply(variables, images_float) -> teacher features [b, D] of `layer` (default `config.relation.teacher_layer`).
-
-  BatchNorm runs in inference mode: the teacher is frozen, its running statistics are part of it.
-  """
-  net = models.simsiam_net(config.model, axis_name=None)
-  key = {'backbone': 'features', 'projector': 'z'}[layer or config.relation.teacher_layer]
-
-  def apply(variables, images):
-    return net.apply(variables, images, train=False, method=models.SimSiamNet.encode)[key]
-
-  return apply
-
-
-def teacher_variables(rm_state_or_variables) -> dict:
-  """The frozen teacher: the RM network's params and BatchNorm statistics, without the predictor."""
-  params = dict(rm_state_or_variables['params'])
-  params.pop('predictor', None)
-  stats = dict(rm_state_or_variables['batch_stats'])
-  stats.pop('predictor', None)
-  return {'params': params, 'batch_stats': stats}
+def view_kwargs(augment_config: ml_collections.ConfigDict, mean, std) -> dict:
+  """Keyword arguments of `augment.pad_crop_flip` from `config.rgrl.augment`."""
+  return dict(mean=tuple(mean), std=tuple(std), pad=augment_config.pad, flip_prob=augment_config.flip_prob)
 
 
 def network(tree: Any, i: int, num_networks: int) -> Any:
@@ -83,13 +68,15 @@ def create_distill_state(
     learning_rate_fn,
     teacher: Optional[Mapping[str, Any]] = None,
     num_examples: int = 0,
+    method: Optional[methods_base.Method] = None,
 ) -> train_state_lib.StudentTrainState:
-  """Initialises the student network(s) of `config.method` (each from its own key) and the method's state.
+  """Initialises the student network(s) of `method` (default: config.method's; each network from its own key)
+  and the method's state.
 
   With `relation.student_init == 'teacher'` every network's backbone starts as the teacher's. `num_examples` sizes
   per-example method state (ELR, DivideMix); methods without it ignore it.
   """
-  method = methods.make_method(config.method)
+  method = method or methods.make_method(config.method)
   model = models.student_net(config, axis_name=parallel.AXIS)
   init_model = models.student_net(config, axis_name=None)
   init = jax.jit(init_model.init, static_argnames='train')
@@ -120,9 +107,9 @@ def create_distill_state(
 
 def distill_step(
     state: train_state_lib.StudentTrainState,
-    teacher: Optional[Mapping[str, Any]],
     batch: Mapping[str, jax.Array],
     rng: jax.Array,
+    ctx: Mapping[str, Any],
     *,
     teacher_apply: Optional[Callable],
     method: methods_base.Method,
@@ -135,13 +122,14 @@ def distill_step(
 
   Args:
     state: the student's train state (broadcast): one network, or two stacked for two-network methods.
-    teacher: frozen teacher variables (broadcast), or None for the method-only baseline.
     batch: {'images': uint8 [b, H, W, 3], 'labels': int [b] noisy labels, 'index': int [b] dataset rows}
       ('index' keys per-example method state; without it the global batch position is used).
     rng: the step's key; augmentation is drawn per example from its global position.
-    teacher_apply: `teacher_apply_fn(config)`, or None for the baseline (no teacher forward at all).
+    ctx: broadcast extras: ctx['teacher'], the frozen teacher's variables (unused by the baseline).
+    teacher_apply: `simsiam.encoder_apply_fn(...)` of the teacher's layer, or None for the method-only baseline
+      (no teacher forward at all).
     method: the plugged-in noisy-label method, hyperparameters bound (`methods.make_method(config.method)`).
-    K: weight of the relation terms; the baseline passes teacher=None instead of K=0 so it skips the teacher.
+    K: weight of the relation terms; the baseline passes teacher_apply=None instead of K=0 so it skips the teacher.
     relation_kwargs: arguments of `relation.relation_distillation_loss`.
     view_kwargs: arguments of `augment.pad_crop_flip`.
     steps_per_epoch: converts the step count into the epoch progress that methods' schedules read.
@@ -161,7 +149,7 @@ def distill_step(
   if distill:
     # Frozen: no gradient (stop_gradient, redundant with the relation losses' own, kept for clarity) and no
     # BatchNorm updates (inference mode). Gathered so the graph spans the global batch.
-    teacher_features = parallel.all_gather(jax.lax.stop_gradient(teacher_apply(teacher, views)))
+    teacher_features = parallel.all_gather(jax.lax.stop_gradient(teacher_apply(ctx['teacher'], views)))
 
   def second_view():
     return augment.pad_crop_flip(parallel.per_example_keys(jax.random.fold_in(rng, 2), b), images, **view_kwargs)
@@ -192,25 +180,9 @@ def distill_step(
     loss = sum(result.losses)
     terms = {'method': loss / num_networks}
     if distill:
-      # Every network gets its own relation terms against the same teacher.
-      embeddings = [parallel.all_gather(o['embedding']) for o in outs]
-      parts = [relation.relation_distillation_loss(teacher_features, e, **relation_kwargs) for e in embeddings]
-      regulariser = sum(p[0] for p in parts)
+      regulariser, relation_metrics = relation_terms(teacher_features, outs, relation_kwargs)
       loss = loss + K * regulariser
-      terms.update(
-          node=sum(p[1]['node'] for p in parts) / num_networks,
-          edge=sum(p[1]['edge'] for p in parts) / num_networks,
-          relation=regulariser / num_networks,
-      )
-      # What the terms do to the graphs (first network): tells alignment from the node term's collapse.
-      terms.update(
-          relation.relation_diagnostics(
-              teacher_features,
-              embeddings[0],
-              center=relation_kwargs['center'],
-              batch_center=relation_kwargs['batch_center'],
-          )
-      )
+      terms.update(relation_metrics)
     terms.update({f'method_{k}': v for k, v in result.metrics.items()})
     new_method_state = state.method_state if result.method_state is None else result.method_state
     return loss, (terms, outs[0]['logits'], stack_networks([s['batch_stats'] for s in stats]), new_method_state)
@@ -220,6 +192,30 @@ def distill_step(
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, method_state=method_state)
   metrics = {'loss': loss, **terms, 'noisy_label_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
   return new_state, parallel.global_mean(metrics)
+
+
+def relation_terms(teacher_features: jax.Array, outs, relation_kwargs: Mapping[str, Any]) -> tuple:
+  """(sum over networks of the relation regulariser, its logged terms): every network gets its own relation terms
+  against the same teacher; the logged node/edge/relation are means over the networks."""
+  num_networks = len(outs)
+  embeddings = [parallel.all_gather(o['embedding']) for o in outs]
+  parts = [relation.relation_distillation_loss(teacher_features, e, **relation_kwargs) for e in embeddings]
+  regulariser = sum(p[0] for p in parts)
+  terms = {
+      'node': sum(p[1]['node'] for p in parts) / num_networks,
+      'edge': sum(p[1]['edge'] for p in parts) / num_networks,
+      'relation': regulariser / num_networks,
+  }
+  # What the terms do to the graphs (first network): tells alignment from the node term's collapse.
+  terms.update(
+      relation.relation_diagnostics(
+          teacher_features,
+          embeddings[0],
+          center=relation_kwargs['center'],
+          batch_center=relation_kwargs['batch_center'],
+      )
+  )
+  return regulariser, terms
 
 
 def classify_fn(config: ml_collections.ConfigDict) -> Callable:
@@ -250,3 +246,166 @@ def network_logits_fn(config: ml_collections.ConfigDict) -> Callable:
     return jnp.stack([net.apply(network(variables, i, n), images, train=False)['logits'] for i in range(n)], 1)
 
   return apply
+
+
+# The RGRL stage's random stream (init, augmentation, data order): independent of the RM stage's.
+STREAM = 2
+# Teacher kNN accuracy (clean labels, monitor) below which the CPU study (README, "Evidence") saw RMDNet lose to
+# plain CE at every K it tried: the RGRL stage warns below it.
+WEAK_TEACHER_KNN = 0.25
+
+
+def needs_teacher(config: ml_collections.ConfigDict) -> bool:
+  """Whether the RGRL stage uses the RM teacher: to distil from it, or to start from its backbone."""
+  return bool(config.method.distill) or config.relation.student_init == 'teacher'
+
+
+def stage(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, noisy: noise.NoisyLabels, teacher, writer
+) -> loop.Stage:
+  """The student trained on the noisy labels with (method.distill) or without the relation terms.
+
+  `teacher`: the frozen teacher (`simsiam.load_teacher`), or None when `needs_teacher` is False. Before its
+  first step the stage measures the teacher's kNN accuracy (into `report`, and a warning when it is weak).
+  """
+  schedule = loop.Schedule.for_stage(config.rgrl, len(dataset.train_images), config.log_every_steps)
+  lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, schedule.steps_per_epoch)
+  init_rng, step_rng = loop.stage_keys(config.seed, STREAM)
+  method = methods.make_method(config.method)
+  distilling = bool(config.method.distill)
+  state = create_distill_state(
+      init_rng, config, dataset.image_shape, lr_fn, teacher, num_examples=len(dataset.train_images), method=method
+  )
+  step = functools.partial(
+      distill_step,
+      teacher_apply=simsiam.encoder_apply_fn(config.model, config.relation.teacher_layer) if distilling else None,
+      method=method,
+      K=config.relation.K,
+      relation_kwargs=relation_kwargs(config),
+      view_kwargs=view_kwargs(config.rgrl.augment, dataset.mean, dataset.std),
+      steps_per_epoch=schedule.steps_per_epoch,
+  )
+  report = {}
+  apply_logits = logits_fn(config, dataset)
+
+  def before_training():
+    if distilling:
+      report.update(simsiam.teacher_knn(config, dataset, teacher, writer))
+      warn_if_weak_teacher(report['teacher_knn_accuracy'])
+    relation_note = f' + relation distillation (K={config.relation.K})' if distilling else ''
+    logging.info(
+        'rgrl: %s on %s noisy labels (realised rate %.4f)%s, %d steps, global batch %d.',
+        config.method.name, config.noise.kind, noisy.realized_rate, relation_note, schedule.num_steps,
+        config.rgrl.batch_size,
+    )  # fmt: skip
+
+  return loop.Stage(
+      name='rgrl',
+      step=step,
+      init_state=parallel.replicate(state),
+      arrays={'images': dataset.train_images, 'labels': noisy.labels},
+      schedule=schedule,
+      learning_rate_fn=lr_fn,
+      global_batch_size=config.rgrl.batch_size,
+      seed=config.seed,
+      stream=STREAM,
+      rng=step_rng,
+      meta=checkpoints.stage_meta(config, 'rgrl', dataset.image_shape),
+      ctx={'teacher': teacher if distilling else None},
+      evaluate=functools.partial(evaluate, config, dataset, noisy, apply_logits),
+      epoch_start=method_epoch_hook(config, dataset, noisy, method),
+      before_training=before_training,
+      summarize=functools.partial(final_report, config, dataset, noisy, apply_logits),
+      report=report,
+  )
+
+
+def warn_if_weak_teacher(knn_accuracy: float) -> None:
+  """One warning when the teacher is as weak as the ones with which the CPU study saw RMDNet lose to CE."""
+  if knn_accuracy < WEAK_TEACHER_KNN:
+    logging.warning(
+        "The teacher's kNN accuracy %.1f%% is below %.0f%%, where the CPU study saw RMDNet lose to plain CE at "
+        'every K (README, "Evidence"); train the RM stage longer, or lower --config.relation.K.',
+        100 * knn_accuracy,
+        100 * WEAK_TEACHER_KNN,
+    )
+
+
+def outputs_fn(config: ml_collections.ConfigDict, dataset: data.Dataset) -> Callable:
+  """apply(variables, uint8 images) -> {'logits', 'features'} of the student in inference mode."""
+  return augment.on_uint8_images(classify_fn(config), dataset.mean, dataset.std)
+
+
+def logits_fn(config: ml_collections.ConfigDict, dataset: data.Dataset) -> Callable:
+  """apply(variables, uint8 images) -> the student's logits; built once per stage so it compiles once."""
+  outputs = outputs_fn(config, dataset)
+  return lambda variables, images: outputs(variables, images)['logits']
+
+
+def predict(config: ml_collections.ConfigDict, variables, images: np.ndarray, apply: Callable) -> np.ndarray:
+  """The student's predicted class of every image [N] (`apply` = `logits_fn(...)`)."""
+  return np.argmax(parallel.map_batches(apply, variables, images, config.eval_batch_size), axis=-1)
+
+
+def evaluate(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, state) -> dict:
+  """Test accuracy; with rgrl.track_memorization also the training set's agreement with the noisy and the clean
+  labels."""
+  preds = predict(config, state.variables, dataset.test_images, apply)
+  scalars = {'test_accuracy': float(np.mean(preds == dataset.test_labels))}
+  if config.rgrl.track_memorization:
+    # The memorisation curve: agreement with the noisy labels rising while agreement with the (hidden) clean
+    # labels falls is the network fitting the noise. Clean labels are read here for this curve only.
+    train_preds = predict(config, state.variables, dataset.train_images, apply)
+    scalars['train_accuracy_noisy_labels'] = float(np.mean(train_preds == noisy.labels))
+    scalars['train_accuracy_clean_labels'] = float(np.mean(train_preds == dataset.train_labels))
+  return scalars
+
+
+def method_epoch_hook(config, dataset: data.Dataset, noisy: noise.NoisyLabels, method: methods_base.Method):
+  """The stage's epoch_start for a method with an epoch hook (DivideMix's co-divide), else None."""
+  if method.epoch_hook is None:
+    return None
+  apply = augment.on_uint8_images(network_logits_fn(config), dataset.mean, dataset.std)
+
+  def epoch_start(state, epoch):
+    def train_logits():
+      logging.info(
+          'rgrl: %s epoch %d: predicting the %d training images.', method.name, epoch, len(dataset.train_images)
+      )
+      out = parallel.map_batches(apply, state.variables, dataset.train_images, config.eval_batch_size)
+      return np.moveaxis(out, 1, 0)  # [networks, N, C]
+
+    new = method.epoch_hook(
+        jax.device_get(state.method_state), epoch=epoch, logits_fn=train_logits, labels=noisy.labels
+    )
+    if new is None:
+      return state
+    return state.replace(method_state=parallel.replicate(jax.tree.map(np.asarray, new)))
+
+  return epoch_start
+
+
+def final_report(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, state, workdir) -> dict:
+  """Best and last test accuracy, and how the student treats the clean and the mislabelled training examples
+  (clean labels are used for this report only); `apply` = `logits_fn(...)`."""
+  last = evaluate(config, dataset, noisy, apply, state)['test_accuracy']
+  history = [
+      row['rgrl/test_accuracy']
+      for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+      if 'rgrl/test_accuracy' in row
+  ]
+  preds = predict(config, state.variables, dataset.train_images, apply)
+  is_clean = noisy.labels == dataset.train_labels
+
+  def mean_or_nan(x):
+    return float(np.mean(x)) if len(x) else float('nan')
+
+  return {
+      'test_accuracy_last': last,
+      'test_accuracy_best': max(history + [last]),
+      'train_accuracy_clean_subset': mean_or_nan(preds[is_clean] == dataset.train_labels[is_clean]),
+      'train_accuracy_noisy_subset': mean_or_nan(preds[~is_clean] == dataset.train_labels[~is_clean]),
+      'train_memorized_noisy_subset': mean_or_nan(preds[~is_clean] == noisy.labels[~is_clean]),
+      'noise_realized_rate': noisy.realized_rate,
+      'rgrl_steps': int(state.step),
+  }

@@ -14,8 +14,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from absl import logging
+
+from rmdnet_jax import data, parallel, simsiam
 
 
 def standardise(train_features, *others):
@@ -101,3 +105,36 @@ def accuracy(train_features, train_labels, test_features, test_labels, *, num_cl
   params = fit(train, train_labels, num_classes=num_classes, **kwargs)
   predictions = np.argmax(test @ params['w'] + params['b'], axis=-1)
   return float(np.mean(predictions == np.asarray(test_labels)))
+
+
+def teacher_monitors(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, writer) -> dict:
+  """The linear_probe stage: the frozen teacher's linear probe (on its pooled backbone features, clean training
+  labels, scored on the test set) beside its kNN monitor. Both measure the teacher's representation; neither is
+  a result on noisy labels."""
+  backbone = simsiam.encoder_features_fn(config.model, dataset, 'backbone')
+  logging.info(
+      'Linear probe: encoding %d train + %d test images with the frozen teacher.',
+      len(dataset.train_images),
+      len(dataset.test_images),
+  )
+  train_features = parallel.map_batches(backbone, teacher, dataset.train_images, config.eval_batch_size)
+  test_features = parallel.map_batches(backbone, teacher, dataset.test_images, config.eval_batch_size)
+  p = config.linear_probe
+  probe = accuracy(
+      train_features, dataset.train_labels, test_features, dataset.test_labels,
+      num_classes=dataset.num_classes, epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
+      momentum=p.momentum, weight_decay=p.weight_decay, seed=config.seed,
+  )  # fmt: skip
+  if config.relation.teacher_layer == 'backbone':  # the kNN monitor's features: the same arrays
+    knn = simsiam.knn_accuracy(config.rm, dataset, train_features, test_features)
+  else:
+    features_fn = simsiam.encoder_features_fn(config.model, dataset, config.relation.teacher_layer)
+    knn = simsiam.knn_monitor(config, dataset, teacher, features_fn)
+  logging.info(
+      "Teacher monitors (clean labels; the teacher's representation, not a noisy-label result): "
+      'linear probe %.4f, kNN %.4f.',
+      probe,
+      knn,
+  )
+  writer.write_scalars(0, {'teacher/linear_probe_accuracy': probe, 'teacher/knn_accuracy': knn})
+  return {'teacher_linear_probe_accuracy': probe, 'teacher_knn_accuracy': knn}

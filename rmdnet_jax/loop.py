@@ -1,4 +1,9 @@
-"""One training loop for both stages: step, log, evaluate, checkpoint, stop on SIGTERM or divergence.
+"""One training loop for every stage: `train(stage, ...)` steps, logs, evaluates, checkpoints and stops.
+
+A stage is a value (`Stage`), built by the module that owns it (`simsiam.stage`, `distill.stage`): its pure step
+`step(state, batch, rng, ctx) -> (state, metrics)`, initial state, schedule, examples, evaluation and checkpoint
+metadata. `train` resumes it from its latest checkpoint in WORKDIR/<name>, feeds it (resident data or host
+batches), pmaps the step (`parallel.pmap_step`) and runs it to the end; a finished stage is not run again.
 
 The host never waits for the device inside an interval: metrics stay on the device and are summed there; they are
 read once per logging interval and before every checkpoint, together with a check that the updated parameters are
@@ -9,17 +14,18 @@ them checkpoint that step together and exit with `PREEMPTED_EXIT_CODE`. Rerunnin
 """
 
 import dataclasses
+import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rmdnet_jax import checkpoints, parallel, progress
+from rmdnet_jax import checkpoints, config_checks, data, device_data, parallel, progress
 
 # The exit status of a preempted run (EX_TEMPFAIL of sysexits.h): not a failure; rerun the same command to resume.
 PREEMPTED_EXIT_CODE = 75
@@ -44,13 +50,90 @@ class Preempted(SystemExit):
     self.code = PREEMPTED_EXIT_CODE
 
 
-@dataclasses.dataclass
-class StageSchedule:
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When a stage steps, logs, evaluates and checkpoints (in steps; an `every` of 0 means only at the end)."""
+
   num_steps: int
   steps_per_epoch: int
   log_every_steps: int
-  eval_every_steps: int  # 0: only at the end
+  eval_every_steps: int
   checkpoint_every_steps: int
+
+  @classmethod
+  def for_stage(cls, stage_config, num_examples: int, log_every_steps: int = 0) -> 'Schedule':
+    """The schedule of a stage block (config.rm, config.rgrl) over `num_examples` training examples."""
+    steps_per_epoch = num_examples // stage_config.batch_size
+    if steps_per_epoch == 0:
+      raise config_checks.ConfigError(
+          f'The batch size {stage_config.batch_size} exceeds the {num_examples} training examples; lower it.'
+      )
+    return cls(
+        num_steps=stage_config.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        log_every_steps=log_every_steps or steps_per_epoch,
+        eval_every_steps=stage_config.eval_every_epochs * steps_per_epoch,
+        checkpoint_every_steps=stage_config.checkpoint_every_epochs * steps_per_epoch,
+    )
+
+
+def stage_keys(seed: int, stream: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, step base key) of a stage: independent streams of config.seed, one per stage."""
+  init_rng, step_rng = jax.random.split(jax.random.fold_in(jax.random.key(seed), stream))
+  return init_rng, step_rng
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage of a run, everything `train` needs; `simsiam.stage` and `distill.stage` build theirs.
+
+  The step's batch is {name: this device's rows of `arrays[name]`} plus 'index' (the rows' dataset indices); data
+  order and step keys depend only on (seed, stream, step), so a resumed or re-sharded run replays them.
+  """
+
+  name: str  # 'rm' | 'rgrl': the checkpoints' directory WORKDIR/<name> and the metrics' prefix
+  step: Callable  # step(state, batch, rng, ctx) -> (state, metrics), unmapped
+  init_state: Any  # the (replicated) state at step 0; a resume restores into its structure
+  arrays: Mapping[str, np.ndarray]  # {name: host array [N, ...]} the batches are made of
+  schedule: Schedule
+  learning_rate_fn: Callable[[int], float]
+  global_batch_size: int
+  seed: int  # with `stream`: data order; `rng` is the step keys' base, fold_in(rng, step)
+  stream: int
+  rng: jax.Array
+  meta: dict  # saved with every checkpoint and checked on resume (`checkpoints.stage_meta`)
+  ctx: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # broadcast step inputs (the teacher)
+  evaluate: Optional[Callable[[Any], dict]] = None  # state -> scalars, every eval_every_steps and at the end
+  # (state, epoch) -> state before an epoch's first step (DivideMix's co-divide); checkpointed with the state.
+  epoch_start: Optional[Callable[[Any, int], Any]] = None
+  before_training: Optional[Callable[[], None]] = None  # once, when there are steps left to run
+  # (final state, workdir) -> results of the finished stage, run by `train` (also when it was complete already).
+  summarize: Optional[Callable[[Any, str], dict]] = None
+  report: dict = dataclasses.field(default_factory=dict)  # what the stage adds to results.json, filled by `train`
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How stages run, whatever the stage: none of it changes the results."""
+
+  resident_on_device: bool = True  # the training set on every device, batches sent as indices (device_data)
+  max_to_keep: int = 3  # checkpoints kept per stage
+  progress: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `progress.Progress` keyword arguments
+
+  @classmethod
+  def from_config(cls, config) -> 'Options':
+    logging_config = config.get('logging')  # absent from configs saved before it existed
+    progress_options = {}
+    if logging_config is not None:
+      progress_options = {
+          'every_secs': float(logging_config.progress_every_secs),
+          'bar': None if logging_config.progress_bar else False,
+      }
+    return cls(
+        resident_on_device=bool(config.data.resident_on_device),
+        max_to_keep=int(config.max_to_keep),
+        progress=progress_options,
+    )
 
 
 _SIGTERM = {'received': False}
@@ -148,124 +231,164 @@ def _due(step: int, every: int, total: int) -> bool:
   return step + 1 == total or (every > 0 and (step + 1) % every == 0)
 
 
-def train(
-    *,
-    stage: str,
-    state: Any,
-    step_fn: Callable,
-    batches: Iterator,
-    rng: jax.Array,
-    start_step: int,
-    schedule: StageSchedule,
-    mngr,
-    meta: dict,
-    writer,
-    learning_rate_fn: Callable,
-    global_batch_size: int,
-    eval_fn: Optional[Callable[[Any], dict]] = None,
-    step_args: tuple = (),
-    epoch_start_fn: Optional[Callable[[Any, int], Any]] = None,
-    progress_options: Optional[dict] = None,
-) -> Any:
-  """Runs `step_fn(state, *step_args, batch, rng_step)` from `start_step` to `schedule.num_steps`.
+def resume(stage: Stage, mngr) -> tuple[Any, int]:
+  """The stage's state at its latest intact checkpoint (or its initial state) and that step."""
+  restored = checkpoints.restore_latest(mngr, stage.init_state, stage.meta)
+  if restored is None:
+    return stage.init_state, 0
+  start = int(restored.step)
+  logging.info('%s: resuming from step %d of %d (%s).', stage.name, start, stage.schedule.num_steps, mngr.directory)
+  return restored, start
 
-  Args:
-    stage: 'rm' or 'rgrl' — prefix of every metric name.
-    state: the (replicated) train state at `start_step`.
-    step_fn: the pmapped step.
-    batches: iterator of sharded host batches starting at `start_step`.
-    rng: the stage's base key; step s uses fold_in(rng, s), so a resumed run draws the same keys.
-    mngr: the stage's Orbax manager; meta: saved with each checkpoint.
-    eval_fn: state -> dict of scalars, run every `eval_every_steps` and at the end.
-    step_args: extra broadcast arguments between state and batch (the teacher, for RGRL).
-    epoch_start_fn: (state, epoch) -> state, run before the first step of every epoch (also when a resume
-      starts there); a method's per-epoch update such as DivideMix's division. Its result is checkpointed
-      with the state, so a resume mid-epoch continues with that epoch's update.
-    progress_options: keyword arguments of `progress.Progress` (`every_secs`, `bar`).
-  Returns:
-    the final state.
+
+def feed(stage: Stage, start_step: int, resident_on_device: bool) -> tuple[Callable, Iterator, dict]:
+  """(pmapped step, sharded batches from `start_step`, ctx) for the stage.
+
+  With `resident_on_device` the arrays are put on every device once (into ctx) and each batch is the global
+  batch's row numbers only (`device_data`); otherwise this host slices the arrays and ships the examples. Both
+  give the step exactly the same examples in the same order.
   """
-  report = progress.Progress(
-      stage=stage,
+  order = dict(
       start_step=start_step,
-      num_steps=schedule.num_steps,
-      steps_per_epoch=schedule.steps_per_epoch,
-      global_batch_size=global_batch_size,
-      enabled=jax.process_index() == 0,
-      **(progress_options or {}),
+      num_steps=stage.schedule.num_steps,
+      global_batch_size=stage.global_batch_size,
+      seed=stage.seed,
+      stream=stage.stream,
+      host_slice=parallel.host_batch_slice(stage.global_batch_size, jax.process_index(), jax.process_count()),
   )
-  sums, count, interval_start = None, 0, time.perf_counter()
-  # A resumed stage starts from its checkpoint at start_step; a new one has none yet.
-  last_saved = start_step if start_step > 0 else None
+  if resident_on_device:
+    ctx = {**stage.ctx, device_data.CTX_KEY: device_data.put_resident(stage.arrays)}
+    num_examples = len(next(iter(stage.arrays.values())))
+    batches = device_data.index_batches(num_examples, **order)
+    return parallel.pmap_step(device_data.with_resident_data(stage.step)), map(parallel.shard, batches), ctx
+  batches = data.host_batches(dict(stage.arrays), **order)
+  return parallel.pmap_step(stage.step), map(parallel.shard, batches), dict(stage.ctx)
 
-  def check_diverged(step, summed, state):
-    """Raises NonFiniteLossError if the interval's mean loss is NaN, Inf or above DIVERGED_LOSS, or if the state
-    after `step` holds a non-finite parameter (a loss can be finite while the update overflowed)."""
-    problem = None
-    if summed is not None:
-      loss = float(summed['loss'])
-      if not np.isfinite(loss):
-        problem = f'non-finite loss ({loss})'
-      elif abs(loss) > DIVERGED_LOSS:
-        problem = f'a diverged loss ({loss:.3g}, above {DIVERGED_LOSS:.0e})'
-    if problem is None and not state_is_finite(state):
-      problem = 'non-finite parameters'
-    if problem is None:
-      return
-    since = last_saved if last_saved is not None else start_step
-    kept = (
-        f'the last good checkpoint (step {last_saved}) is kept in {mngr.directory}'
-        if last_saved is not None
-        else f'no checkpoint had been written yet in {mngr.directory}'
-    )
-    raise NonFiniteLossError(
-        f'{stage}: {problem} between steps {since} and {step + 1}; {kept}. Lower the learning rate or check '
-        'the data.'
-    )
 
+def train(stage: Stage, *, workdir: str, writer, options: Options = Options()) -> Any:
+  """Runs `stage` in WORKDIR/<stage.name> from its latest checkpoint to the end; returns the final state.
+
+  A stage that is complete already is not run again (only summarised). `stage.report` holds what the stage
+  reports (its `before_training` and `summarize` results).
+  """
+  mngr = checkpoints.manager(os.path.join(workdir, stage.name), max_to_keep=options.max_to_keep)
+  try:
+    state, start = resume(stage, mngr)
+    if start >= stage.schedule.num_steps:
+      logging.info('%s: already complete (%d steps).', stage.name, start)
+    else:
+      if stage.before_training is not None:
+        stage.before_training()
+      step_fn, batches, ctx = feed(stage, start, options.resident_on_device)
+      state = _run_steps(stage, state, start, step_fn, batches, ctx, mngr, writer, options)
+  finally:
+    mngr.close()
+  if stage.summarize is not None:
+    stage.report.update(stage.summarize(state, workdir))
+  return state
+
+
+class _Interval:
+  """Metrics summed on the device over one logging interval, read once at its end."""
+
+  def __init__(self):
+    self.sums, self.count, self.start = None, 0, time.perf_counter()
+
+  def add(self, metrics) -> None:
+    self.sums = metrics if self.sums is None else jax.tree.map(lambda a, b: a + b, self.sums, metrics)
+    self.count += 1
+
+  def means(self) -> Optional[dict]:
+    if self.sums is None:
+      return None
+    return {k: float(v) / self.count for k, v in jax.device_get(self.sums).items()}
+
+  def restart(self) -> None:
+    self.sums, self.count, self.start = None, 0, time.perf_counter()
+
+
+def _check_finite(stage: Stage, step: int, means: Optional[dict], state, last_saved: Optional[int], start: int, mngr):
+  """Raises NonFiniteLossError if the interval's mean loss is NaN, Inf or above DIVERGED_LOSS, or if the state
+  after `step` holds a non-finite parameter (a loss can be finite while the update overflowed)."""
+  problem = None
+  if means is not None:
+    loss = means['loss']
+    if not np.isfinite(loss):
+      problem = f'non-finite loss ({loss})'
+    elif abs(loss) > DIVERGED_LOSS:
+      problem = f'a diverged loss ({loss:.3g}, above {DIVERGED_LOSS:.0e})'
+  if problem is None and not state_is_finite(state):
+    problem = 'non-finite parameters'
+  if problem is None:
+    return
+  kept = (
+      f'the last good checkpoint (step {last_saved}) is kept in {mngr.directory}'
+      if last_saved is not None
+      else f'no checkpoint had been written yet in {mngr.directory}'
+  )
+  raise NonFiniteLossError(
+      f'{stage.name}: {problem} between steps {last_saved if last_saved is not None else start} and {step + 1}; '
+      f'{kept}. Lower the learning rate or check the data.'
+  )
+
+
+def _log_scalars(stage: Stage, step: int, means: dict, interval: _Interval) -> dict:
+  elapsed = time.perf_counter() - interval.start
+  scalars = {f'{stage.name}/{k}': v for k, v in means.items()}
+  images_per_second = interval.count * stage.global_batch_size / elapsed
+  scalars.update(
+      {
+          f'{stage.name}/learning_rate': float(stage.learning_rate_fn(step)),
+          f'{stage.name}/epoch': (step + 1) / stage.schedule.steps_per_epoch,
+          f'{stage.name}/images_per_second': images_per_second,
+          f'{stage.name}/images_per_second_per_device': images_per_second / parallel.global_device_count(),
+      }
+  )
+  return scalars
+
+
+def _run_steps(stage: Stage, state, start: int, step_fn, batches, ctx, mngr, writer, options: Options):
+  """Steps `stage` from `start` to its end: see `train`."""
+  sched = stage.schedule
+  report = progress.Progress(
+      stage=stage.name,
+      start_step=start,
+      num_steps=sched.num_steps,
+      steps_per_epoch=sched.steps_per_epoch,
+      global_batch_size=stage.global_batch_size,
+      enabled=jax.process_index() == 0,
+      **options.progress,
+  )
+  interval = _Interval()
+  last_saved = start if start > 0 else None  # a resumed stage starts from its checkpoint at `start`
   try:
     with _SigtermFlag() as sigterm:
-      for step in range(start_step, schedule.num_steps):
-        if epoch_start_fn is not None and step % schedule.steps_per_epoch == 0:
-          state = epoch_start_fn(state, step // schedule.steps_per_epoch)
-          interval_start = time.perf_counter()
-        batch = next(batches)
-        state, metrics = step_fn(state, *step_args, batch, jax.random.fold_in(rng, step))
-        sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
-        count += 1
+      for step in range(start, sched.num_steps):
+        if stage.epoch_start is not None and step % sched.steps_per_epoch == 0:
+          state = stage.epoch_start(state, step // sched.steps_per_epoch)
+          interval.start = time.perf_counter()
+        state, metrics = step_fn(state, next(batches), jax.random.fold_in(stage.rng, step), ctx)
+        interval.add(metrics)
         report.update(step + 1)
         stop = sigterm.stop_after(step + 1)
-
-        if _due(step, schedule.log_every_steps, schedule.num_steps):
-          values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-          check_diverged(step, values, state)
-          report.set_loss(values['loss'])
-          elapsed = time.perf_counter() - interval_start
-          scalars = {f'{stage}/{k}': v for k, v in values.items()}
-          scalars[f'{stage}/learning_rate'] = float(learning_rate_fn(step))
-          scalars[f'{stage}/epoch'] = (step + 1) / schedule.steps_per_epoch
-          scalars[f'{stage}/images_per_second'] = count * global_batch_size / elapsed
-          scalars[f'{stage}/images_per_second_per_device'] = (
-              scalars[f'{stage}/images_per_second'] / parallel.global_device_count()
-          )
-          writer.write_scalars(step + 1, scalars)
-          sums, count, interval_start = None, 0, time.perf_counter()
-
-        if eval_fn is not None and (_due(step, schedule.eval_every_steps, schedule.num_steps)):
-          writer.write_scalars(step + 1, {f'{stage}/{k}': v for k, v in eval_fn(state).items()})
-          interval_start = time.perf_counter()
-
-        if _due(step, schedule.checkpoint_every_steps, schedule.num_steps) or stop:
-          check_diverged(
-              step, None if sums is None else {k: float(v) / count for k, v in jax.device_get(sums).items()}, state
-          )
-          checkpoints.save(mngr, step + 1, state, meta)
+        if _due(step, sched.log_every_steps, sched.num_steps):
+          means = interval.means()
+          _check_finite(stage, step, means, state, last_saved, start, mngr)
+          report.set_loss(means['loss'])
+          writer.write_scalars(step + 1, _log_scalars(stage, step, means, interval))
+          interval.restart()
+        if stage.evaluate is not None and _due(step, sched.eval_every_steps, sched.num_steps):
+          writer.write_scalars(step + 1, {f'{stage.name}/{k}': v for k, v in stage.evaluate(state).items()})
+          interval.start = time.perf_counter()
+        if _due(step, sched.checkpoint_every_steps, sched.num_steps) or stop:
+          _check_finite(stage, step, interval.means(), state, last_saved, start, mngr)
+          checkpoints.save(mngr, step + 1, state, stage.meta)
           last_saved = step + 1
           if stop:
             mngr.wait_until_finished()
             _SIGTERM['received'] = False  # handled: a later run in this process starts afresh
             raise Preempted(
-                f'{stage}: stopped by SIGTERM after step {step + 1}; checkpoint saved in '
+                f'{stage.name}: stopped by SIGTERM after step {step + 1}; checkpoint saved in '
                 f'{mngr.directory}. Rerun the same command to resume.'
             )
   finally:

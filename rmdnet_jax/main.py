@@ -3,7 +3,6 @@
 Kept short on purpose (as flax examples/imagenet): everything else is importable by tests and notebooks.
 """
 
-import logging as py_logging
 import os
 import sys
 
@@ -14,7 +13,7 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rmdnet_jax import checkpoints, config_checks, config_files, data, loop, pipeline  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, config_files, data, loop, noise, pipeline, workdir  # noqa: E402
 
 # Per-example keys are never sharded, so the partitionable threefry buys nothing here, and on CPU it makes every
 # random op compile ~10x slower. Fixed for every run so that numbers stay comparable.
@@ -53,15 +52,12 @@ USER_ERRORS = (
     config_checks.ConfigError,
     data.DataUnavailableError,
     checkpoints.CheckpointError,
-    pipeline.WorkdirConfigMismatch,
     loop.NonFiniteLossError,
-    pipeline.WorkdirError,
+    noise.NoisyLabelsFileError,
+    noise.NoisyLabelsMismatch,
+    workdir.WorkdirConfigMismatch,
+    workdir.WorkdirError,
 )
-
-
-def _quiet_orbax(record) -> bool:
-  # Orbax logs every save/load phase at INFO; keep its warnings and errors, drop the rest from the console.
-  return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
 
 
 def _config_flag_error(argv, error: Exception) -> str:
@@ -137,7 +133,7 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; overrides look like --config.rgrl.epochs=10.')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  checkpoints.quiet_orbax_logging()
   loop.install_sigterm_handler()
   if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes is not None or FLAGS.process_id is not None:
     initialize_distributed()  # before any other JAX call

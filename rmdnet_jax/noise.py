@@ -19,16 +19,19 @@ than being fixed by construction; ``NoisyLabels.realized_rate`` records what act
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
+import jax
 import numpy as np
 import scipy.stats
+from absl import logging
 
-from rmdnet_jax import fileio
+from rmdnet_jax import data, fileio
 
 NOISE_KINDS = ('none', 'symmetric', 'asymmetric', 'pairflip', 'instance')
 CIFAR100_GROUPINGS = ('superclass', 'index_blocks')
@@ -612,3 +615,110 @@ def load_noisy_labels(path: str | os.PathLike) -> tuple[NoisyLabels, dict]:
         f'{transition.shape} that do not fit each other or its metadata; {_REMAKE}.'
     )
   return noisy, meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The noisy labels of a run: made once, saved in the work directory, reloaded by every later stage and resume.
+
+
+class NoisyLabelsMismatch(ValueError):
+  """A work directory's noisy labels were made from other data or another noise config than this run's."""
+
+
+NOISY_LABELS_FILE = 'noisy_labels.npz'
+
+
+def labels_digest(labels: np.ndarray) -> str:
+  """A short digest of a label array: tells one dataset (or CIFAR-N column) from another."""
+  return hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:16]
+
+
+def run_meta(noise_config, dataset) -> dict:
+  """What the noisy labels of a run depend on, saved with them and checked on every reload."""
+  common = {
+      'dataset': dataset.name,
+      'num_examples': int(len(dataset.train_labels)),
+      'clean_labels_sha256': labels_digest(dataset.train_labels),
+  }
+  if noise_config.kind == 'human':
+    # The labels' digest too: another CIFAR-N file (or version) must not resume this run silently.
+    column = data.human_noisy_labels(dataset, noise_config.human_label)
+    return {
+        'kind': 'human',
+        'human_label': noise_config.human_label,
+        **common,
+        'noisy_labels_sha256': labels_digest(column),
+    }
+  return {
+      'kind': noise_config.kind,
+      'rate': float(noise_config.rate),
+      'seed': int(noise_config.seed),
+      'symmetric_from_all': noise_config.symmetric_from_all,
+      'cifar100_grouping': noise_config.cifar100_grouping,
+      **common,
+  }
+
+
+def make_run_labels(noise_config, dataset) -> NoisyLabels:
+  """The noisy labels `noise_config` gives on `dataset`: drawn, or with kind=human the CIFAR-N column
+  noise.human_label (rate and seed play no part; the realised rate and transition matrix are then empirical)."""
+  if noise_config.kind == 'human':
+    labels = np.asarray(data.human_noisy_labels(dataset, noise_config.human_label), np.int64)
+    return NoisyLabels(
+        labels=labels,
+        realized_rate=float(np.mean(labels != dataset.train_labels)),
+        transition=empirical_transition(dataset.train_labels, labels, dataset.num_classes),
+    )
+  n = noise_config
+  return make_noisy_labels(
+      dataset.train_labels, kind=n.kind, rate=n.rate, num_classes=dataset.num_classes, seed=n.seed,
+      coarse_labels=dataset.train_coarse_labels, images=dataset.train_images if n.kind == 'instance' else None,
+      symmetric_from_all=n.symmetric_from_all, cifar100_grouping=n.cifar100_grouping,
+  )  # fmt: skip
+
+
+def labels_for_run(noise_config, dataset, workdir: str) -> tuple[NoisyLabels, Callable[[], None]]:
+  """The run's noisy labels and a function that saves them to WORKDIR/noisy_labels.npz when they are new.
+
+  Made once from `noise_config` (config.noise); every later stage and resume reloads the file, so all of them see
+  exactly the same labels. The run saves only once it really starts, so a refused start leaves no labels that
+  would refuse the corrected command.
+
+  Raises:
+      NoisyLabelsFileError: the saved file is damaged.
+      NoisyLabelsMismatch: the saved file was made from other data or another noise config.
+  """
+  path = os.path.join(workdir, NOISY_LABELS_FILE)
+  meta = run_meta(noise_config, dataset)
+  if fileio.exists(path):
+    noisy, saved = load_noisy_labels(path)
+    mismatched = [k for k in meta if saved.get(k) != meta[k]]
+    if mismatched:
+      raise NoisyLabelsMismatch(
+          f'{path} was made with {", ".join(f"{k}={saved.get(k)!r}" for k in mismatched)}, not '
+          f'{", ".join(f"{k}={meta[k]!r}" for k in mismatched)}; use a new --workdir for other noise or data.'
+      )
+    if noisy.transition.shape[0] != dataset.num_classes:
+      raise NoisyLabelsFileError(
+          f'{path} holds labels of {noisy.transition.shape[0]} classes but {dataset.name} has '
+          f'{dataset.num_classes}; {_REMAKE}.'
+      )
+    logging.info('Reloaded noisy labels from %s (realised rate %.4f).', path, noisy.realized_rate)
+    return noisy, lambda: None
+  noisy = make_run_labels(noise_config, dataset)
+
+  def save():
+    if jax.process_index() == 0:
+      save_noisy_labels(path, noisy, meta)
+    logging.info(
+        'Noisy labels (%s): realised rate %.4f, saved to %s.', describe(noise_config), noisy.realized_rate, path
+    )
+
+  return noisy, save
+
+
+def describe(noise_config) -> str:
+  """'symmetric 0.50 (seed 0)', 'human/aggre': the noise of a run in a few words."""
+  if noise_config.kind == 'human':
+    return f'human/{noise_config.human_label}'
+  return f'{noise_config.kind} {noise_config.rate:.2f} (seed {noise_config.seed})'

@@ -1,7 +1,7 @@
 """Everything that knows about devices: the one `jax.pmap`, batch sharding, per-example keys.
 
-The train steps are plain functions of `(state, batch, rng)` that only use the collectives below with `AXIS`;
-this module maps them over devices. The design card asks for `pmap` (in maintenance mode since JAX 0.8 and
+The train steps are plain functions `step(state, batch, rng, ctx) -> (state, metrics)` that only use the
+collectives below with `AXIS`; this module maps them over devices. The design card asks for `pmap` (in maintenance mode since JAX 0.8 and
 implemented on `jit` + `shard_map`); a move to `jit` + `jax.shard_map` over a `Mesh` touches only this file.
 
 State is *broadcast*, not replicated by hand (flax `examples/imagenet` style): `in_axes=None` for the state and
@@ -29,34 +29,22 @@ def global_device_count() -> int:
   return jax.device_count()
 
 
-def pmap_step(
-    step_fn: Callable,
-    *,
-    sharded_argnums: Sequence[int],
-    donate_argnums: Sequence[int] = (0,),
-    devices: Optional[Sequence[jax.Device]] = None,
-) -> Callable:
-  """pmaps `step_fn` over all devices: args in `sharded_argnums` are split on their leading (device) axis,
-  every other argument is broadcast, and every output is returned unmapped (outputs must be identical across
-  devices: the new state after `pmean`ed gradients, and `pmean`ed metrics).
+def pmap_step(step_fn: Callable, *, donate_state: bool = True, devices: Optional[Sequence[jax.Device]] = None):
+  """The pmapped `step_fn(state, batch, rng, ctx) -> (state, metrics)`, the one step contract of every stage.
 
-  Donating the state (argument 0 by default) lets XLA update parameters and optimizer state in place.
+  `batch` is split on its leading (device) axis; `state`, `rng` and `ctx` (broadcast extras: the frozen teacher,
+  the resident training set) are broadcast; every output is returned unmapped, so outputs must be identical across
+  devices (the new state after `pmean`ed gradients, and `pmean`ed metrics). The result is a `jax.pmap` object:
+  call it, or `.lower(...)` it for cost analysis. Donating the state lets XLA update it in place.
   """
-
-  def axes(n):
-    return tuple(0 if i in sharded_argnums else None for i in range(n))
-
-  cache = {}
-
-  def mapped(*args):
-    n = len(args)
-    if n not in cache:
-      cache[n] = jax.pmap(
-          step_fn, axis_name=AXIS, in_axes=axes(n), out_axes=None, donate_argnums=tuple(donate_argnums), devices=devices
-      )
-    return cache[n](*args)
-
-  return mapped
+  return jax.pmap(
+      step_fn,
+      axis_name=AXIS,
+      in_axes=(None, 0, None, None),
+      out_axes=None,
+      donate_argnums=(0,) if donate_state else (),
+      devices=devices,
+  )
 
 
 def replicated_sharding() -> NamedSharding:

@@ -20,7 +20,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from rmdnet_jax import data, fileio, pipeline, relation
+from rmdnet_jax import data, fileio, relation, simsiam
 
 # (name, relation.teacher_layer, relation.center, relation.batch_center)
 FORMS = (
@@ -38,7 +38,7 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, b
   images = dataset.train_images[:batch]
   out = {}
   for name, layer, center, batch_center in FORMS:
-    t = np.asarray(pipeline.encoder_features_fn(config, dataset, layer)(teacher, images), np.float32)
+    t = np.asarray(simsiam.encoder_features_fn(config.model, dataset, layer)(teacher, images), np.float32)
     graphs = dict(center=center, batch_center=batch_center)
     diag = relation.relation_diagnostics(t, t, **graphs)
     centred = t - t.mean(axis=0, keepdims=True)
@@ -82,7 +82,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   dataset = data.load(config.data)
-  teacher = pipeline.load_teacher(config, dataset, workdir='')
+  teacher = simsiam.load_teacher(config, dataset, workdir='')
   results = measure(config, dataset, teacher, FLAGS.batch)
   table = format_table(results)
   print(table)

@@ -11,6 +11,11 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any
 
+  @property
+  def variables(self) -> dict:
+    """{'params', 'batch_stats'}: what the network's `apply` takes."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
 
 def learning_rate_schedule(stage_config, steps_per_epoch: int) -> Callable[[int], float]:
   """Cosine decay over the stage, optional linear warm-up.

@@ -1,6 +1,9 @@
 """The work directory of a run: refused at once when it cannot be used, and held by one run at a time.
 
     prepare(workdir)   creates it; a path that is a file, lies under a file or cannot be written is refused
+    check_config(config, workdir)
+                       a later run must have the config saved in WORKDIR/config.json (but RESUMABLE_KEYS);
+                       `save` writes it
     lock(workdir)      WORKDIR/run.lock (pid, host, start time, heartbeat) for the duration of the run; a second
                        run on the same directory is refused; a lock left by a dead process on this host, or one
                        whose heartbeat stopped STALE_AFTER_SECS ago (a lost host), is taken over
@@ -28,7 +31,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from rmdnet_jax import fileio
+from rmdnet_jax import config_checks, data, fileio
 
 LOCK_FILE = 'run.lock'
 # The holder refreshes the lock's heartbeat this often; another host's lock not refreshed for STALE_AFTER_SECS is
@@ -37,8 +40,84 @@ HEARTBEAT_SECS = 60.0
 STALE_AFTER_SECS = 15 * 60.0
 
 
+# Keys whose change does not change the results: a run may be resumed with different values.
+RESUMABLE_KEYS = (
+    'stages',
+    'log_every_steps',
+    'allow_config_change',
+    'eval_batch_size',
+    'data.data_dir',
+    'data.npz_path',
+    'data.cifar_n_labels',
+    'data.resident_on_device',
+    'max_to_keep',
+    'relation.teacher_checkpoint',
+    # Monitors and logging: the linear probe is recomputed by its stage; these keys are newer than
+    # some work directories, whose config.json lacks them.
+    'linear_probe.epochs',
+    'linear_probe.batch_size',
+    'linear_probe.learning_rate',
+    'linear_probe.momentum',
+    'linear_probe.weight_decay',
+    'logging.progress_bar',
+    'logging.progress_every_secs',
+    'logging.wandb_project',
+    'logging.wandb_entity',
+    'logging.wandb_mode',
+)
+
+
 class WorkdirError(RuntimeError):
   """The work directory cannot be used (a file, not writable, in use by another run, a damaged run file)."""
+
+
+class WorkdirConfigMismatch(RuntimeError):
+  """The work directory holds a run with another config."""
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}: a nested (config) dict with dotted keys."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def read_saved_config(workdir: str) -> Optional[dict]:
+  """WORKDIR/config.json flattened to dotted keys and brought up to date (`config_checks.upgrade_saved_config`:
+  renamed keys, keys added later), or None when there is none."""
+  path = os.path.join(workdir, 'config.json')
+  if not fileio.exists(path):
+    return None
+  try:
+    saved = json.loads(fileio.read_text(path))
+  except ValueError as e:
+    raise WorkdirError(
+        f"{path} is damaged ({data.brief_error(e)}); restore it, or delete it to adopt this run's config "
+        '(only if the run in that directory had this config).'
+    ) from e
+  return config_checks.upgrade_saved_config(flatten(saved))
+
+
+def check_config(config, workdir: str, *, save: bool = True) -> None:
+  """Later runs in a work directory must have the config in its WORKDIR/config.json (but RESUMABLE_KEYS); `save`
+  writes the file. The run checks first and saves only once the data, labels and teacher are found good, so a
+  refused start leaves no config behind that would refuse the corrected command."""
+  saved = read_saved_config(workdir)
+  if saved is not None:
+    current = flatten(json.loads(config.to_json_best_effort()))
+    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+    if changed and not config.allow_config_change:
+      detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in changed[:5])
+      raise WorkdirConfigMismatch(
+          f'{workdir} holds a run with a different config ({detail}); use a new --workdir, or pass '
+          '--config.allow_config_change=True to resume it with the new values.'
+      )
+  if save and jax.process_index() == 0:
+    fileio.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
 def _first_existing_ancestor(path: str) -> str:
