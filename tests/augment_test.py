@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmdnet_jax import augment
+from rmdnet_jax import augment, data
 
-MEAN = augment.CIFAR10_MEAN
-STD = augment.CIFAR10_STD
+MEAN = data.CIFAR10_MEAN
+STD = data.CIFAR10_STD
 B, H, W = 8, 16, 16
 
 

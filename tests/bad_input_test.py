@@ -30,7 +30,7 @@ def assert_one_sentence(text: str):
   assert text.count('. ') <= text.count('e.g. '), text
 
 
-def refused(config, workdir, error=pipeline.WorkdirError, match=None) -> str:
+def refused(config, workdir, error=(workdir_lib.WorkdirError, noise.NoisyLabelsFileError), match=None) -> str:
   with pytest.raises(error, match=match) as info:
     pipeline.run(config, str(workdir))
   assert_one_sentence(str(info.value))
@@ -198,15 +198,15 @@ def test_refused_starts_leave_no_run_files(tmp_path):
     assert not [f for f in RUN_FILES if (workdir / f).exists()], config.data
   # The corrected command (another data source, noise and stages) is accepted as a new run.
   corrected = helpers.tiny_config(**{'noise.kind': 'symmetric', 'data.synthetic_train_size': 48})
-  pipeline.check_workdir_config(corrected, str(workdir))
-  pipeline.prepare_noisy_labels(corrected, data.load(corrected.data), str(workdir))
+  workdir_lib.check_config(corrected, str(workdir))
+  noise.labels_for_run(corrected.noise, data.load(corrected.data), str(workdir))
 
 
 def test_truncated_noisy_labels_are_one_sentence(tmp_path):
   config = helpers.tiny_config()
   dataset = data.load(config.data)
   good = str(tmp_path / 'good')
-  pipeline.noisy_labels_for_run(config, dataset, good)
+  helpers.noisy_labels_for_run(config, dataset, good)
   raw = open(os.path.join(good, 'noisy_labels.npz'), 'rb').read()
   for name, damaged in (('truncated', raw[: len(raw) // 2]), ('garbage', b'not an npz')):
     workdir = tmp_path / name
@@ -217,7 +217,7 @@ def test_truncated_noisy_labels_are_one_sentence(tmp_path):
     assert not (workdir / 'config.json').exists()
     # The advice holds: without the file the same config makes the same labels again.
     os.remove(workdir / 'noisy_labels.npz')
-    remade = pipeline.noisy_labels_for_run(config, dataset, str(workdir))
+    remade = helpers.noisy_labels_for_run(config, dataset, str(workdir))
     original, _ = noise.load_noisy_labels(os.path.join(good, 'noisy_labels.npz'))
     np.testing.assert_array_equal(remade.labels, original.labels)
 
@@ -225,7 +225,7 @@ def test_truncated_noisy_labels_are_one_sentence(tmp_path):
 def test_noisy_labels_of_another_shape_are_refused(tmp_path):
   config = helpers.tiny_config()
   dataset = data.load(config.data)
-  pipeline.noisy_labels_for_run(config, dataset, str(tmp_path))
+  helpers.noisy_labels_for_run(config, dataset, str(tmp_path))
   noisy, meta = noise.load_noisy_labels(tmp_path / 'noisy_labels.npz')
   noise.save_noisy_labels(tmp_path / 'noisy_labels.npz', noisy._replace(labels=noisy.labels[:-3]), meta)
   with pytest.raises(noise.NoisyLabelsFileError, match=r'labels of shape \(61,\) .* do not fit'):

@@ -291,12 +291,12 @@ def test_human_noise_run_saves_the_column_and_resume_reloads_it(monkeypatch, tmp
   # A resume reloads the file: nothing is derived from the column again.
   dataset = data.load(config.data)
   monkeypatch.setattr(noise, 'empirical_transition', lambda *a: pytest.fail('noisy labels were made again'))
-  again = pipeline.noisy_labels_for_run(config, dataset, workdir)
+  again = helpers.noisy_labels_for_run(config, dataset, workdir)
   np.testing.assert_array_equal(again.labels, noisy.labels)
   # Other CIFAR-N labels under the same name (another file, another version) do not resume it.
   dataset.train_human_labels['worst'] = dataset.train_human_labels['aggre']
-  with pytest.raises(pipeline.WorkdirConfigMismatch, match='noisy_labels_sha256'):
-    pipeline.noisy_labels_for_run(config, dataset, workdir)
+  with pytest.raises(noise.NoisyLabelsMismatch, match='noisy_labels_sha256'):
+    helpers.noisy_labels_for_run(config, dataset, workdir)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_real_cifar10n_realised_rates(real_cifar10n, tmp_path):
     assert np.mean(column != dataset.train_labels) == pytest.approx(expected, abs=5e-4), label
   config = default.get_config()
   config.data.name, config.noise.kind, config.noise.human_label = 'cifar10', 'human', 'aggre'
-  noisy = pipeline.noisy_labels_for_run(config, dataset, str(tmp_path))
+  noisy = helpers.noisy_labels_for_run(config, dataset, str(tmp_path))
   assert noisy.realized_rate == pytest.approx(REAL_C10N_RATES['aggre'], abs=5e-4)
   assert np.allclose(noisy.transition.sum(axis=1), 1.0)
 
@@ -552,7 +552,7 @@ def test_human_label_lookup_refusals():
 def test_pipeline_refuses_human_noise_without_columns(tmp_path):
   config = default.get_config()
   config.noise.kind, config.noise.human_label = 'human', 'aggre'
-  refusal(pipeline.noisy_labels_for_run, config, small_dataset(), str(tmp_path), match='none were loaded')
+  refusal(helpers.noisy_labels_for_run, config, small_dataset(), str(tmp_path), match='none were loaded')
   assert not os.path.exists(tmp_path / 'noisy_labels.npz')
 
 

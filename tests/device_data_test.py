@@ -25,13 +25,13 @@ def _dataset():
   return {'images': helpers.images(NUM_EXAMPLES, seed=4), 'labels': helpers.labels(NUM_EXAMPLES, seed=5)}
 
 
-def _run(step_fn, state, step_args, batches, sharded_argnums):
-  """`loop.train`'s calls: step_fn(state, *step_args, batch, fold_in(rng, step)) on sharded host batches."""
-  fn = parallel.pmap_step(step_fn, sharded_argnums=sharded_argnums, donate_argnums=())
+def _run(step_fn, state, ctx, batches):
+  """`loop.train`'s calls: step_fn(state, batch, fold_in(rng, step), ctx) on sharded host batches."""
+  fn = parallel.pmap_step(step_fn, donate_state=False)
   rng = jax.random.key(9)
   metrics = []
   for step, batch in enumerate(batches):
-    state, m = fn(state, *step_args, parallel.shard(batch), jax.random.fold_in(rng, step))
+    state, m = fn(state, parallel.shard(batch), jax.random.fold_in(rng, step), ctx)
     metrics.append(m)
   return helpers.to_host(state), helpers.to_host(metrics)
 
@@ -43,18 +43,12 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _compare(step_fn, state, teacher_args, arrays, data_argnum):
+def _compare(step_fn, state, ctx, arrays):
   """Runs `step_fn` on host batches and its resident-data wrapper on index batches; returns both results."""
-  host = _run(step_fn, state, teacher_args, data.host_batches(arrays, **_batch_kwargs()), (data_argnum,))
-  resident = device_data.put_resident(arrays)
-  wrapped = device_data.with_resident_data(step_fn, data_argnum=data_argnum)
-  on_device = _run(
-      wrapped,
-      state,
-      teacher_args + (resident,),
-      device_data.index_batches(NUM_EXAMPLES, **_batch_kwargs()),
-      (data_argnum + 1,),
-  )
+  host = _run(step_fn, state, ctx, data.host_batches(arrays, **_batch_kwargs()))
+  resident = {**ctx, device_data.CTX_KEY: device_data.put_resident(arrays)}
+  wrapped = device_data.with_resident_data(step_fn)
+  on_device = _run(wrapped, state, resident, device_data.index_batches(NUM_EXAMPLES, **_batch_kwargs()))
   return host, on_device
 
 
@@ -82,12 +76,12 @@ def test_put_resident_replicates_on_every_device():
 def test_wrapped_step_sees_exactly_the_host_batch():
   # A step that reports what it was given: the resident wrapper must hand it the host batch, bit for bit.
   # (tests/pipeline_test.py runs whole stages both ways and compares the final states.)
-  def step(state, teacher, batch, rng):
+  def step(state, batch, rng, ctx):
     del rng
     seen = {k: parallel.all_gather(v) for k, v in batch.items()}
-    return state + 1, {'teacher': teacher, **seen}
+    return state + 1, {'teacher': ctx['teacher'], **seen}
 
-  host, on_device = _compare(step, np.zeros((), np.int32), (np.float32(2.5),), _dataset(), 2)
+  host, on_device = _compare(step, np.zeros((), np.int32), {'teacher': np.float32(2.5)}, _dataset())
   _assert_bitwise_equal(on_device, host)
   assert int(host[0]) == STEPS
   expected = list(data.host_batches(_dataset(), **_batch_kwargs()))

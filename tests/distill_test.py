@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from rmdnet_jax import augment, distill, methods, parallel, relation, simsiam
+from rmdnet_jax import augment, data, distill, methods, parallel, relation, simsiam
 from rmdnet_jax import train_state as train_state_lib
 from tests import helpers
 
@@ -22,7 +22,7 @@ def _config(**overrides):
 def _teacher(config):
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, 4)
   rm_state = simsiam.create_simsiam_state(jax.random.key(11), config, helpers.IMAGE_SHAPE, lr_fn)
-  return helpers.to_host(distill.teacher_variables({'params': rm_state.params, 'batch_stats': rm_state.batch_stats}))
+  return helpers.to_host(simsiam.teacher_variables(rm_state.variables))
 
 
 def _setup(config, distill_on=True):
@@ -31,11 +31,11 @@ def _setup(config, distill_on=True):
   state = helpers.to_host(distill.create_distill_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn, teacher))
   step = functools.partial(
       distill.distill_step,
-      teacher_apply=distill.teacher_apply_fn(config) if distill_on else None,
+      teacher_apply=simsiam.encoder_apply_fn(config.model, config.relation.teacher_layer) if distill_on else None,
       method=methods.make_method(config.method),
       K=config.relation.K,
       relation_kwargs=distill.relation_kwargs(config),
-      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+      view_kwargs=distill.view_kwargs(config.rgrl.augment, data.CIFAR10_MEAN, data.CIFAR10_STD),
   )
   return state, teacher, step
 
@@ -83,9 +83,9 @@ def test_distill_loss_equals_hand_computed_objective():
   rng = jax.random.fold_in(jax.random.key(5), 0)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(16))
   views = augment.pad_crop_flip(
-      keys, batch['images'], **distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+      keys, batch['images'], **distill.view_kwargs(config.rgrl.augment, data.CIFAR10_MEAN, data.CIFAR10_STD)
   )
-  t = distill.teacher_apply_fn(config)(teacher, views)
+  t = simsiam.encoder_apply_fn(config.model, config.relation.teacher_layer)(teacher, views)
   out = distill.models.student_net(config).apply(
       {'params': state.params, 'batch_stats': state.batch_stats}, views, train=True, mutable=['batch_stats']
   )[0]
@@ -118,11 +118,11 @@ def test_distillation_pulls_student_graph_towards_teacher():
   """With fixed views, the relation loss falls: the regulariser does what it says."""
   config = _config()
   state, teacher, step = _setup(config)
-  fn = parallel.pmap_step(step, sharded_argnums=(2,), donate_argnums=(), devices=jax.devices()[:8])
+  fn = parallel.pmap_step(step, donate_state=False, devices=jax.devices()[:8])
   sharded = jax.tree.map(lambda x: x.reshape((8, -1) + x.shape[1:]), _batch())
   relation_losses = []
   for _ in range(12):
-    state, metrics = fn(state, teacher, sharded, jax.random.key(9))
+    state, metrics = fn(state, sharded, jax.random.key(9), {'teacher': teacher})
     relation_losses.append(float(metrics['relation']))
   assert relation_losses[-1] < 0.8 * relation_losses[0], relation_losses
 
@@ -132,13 +132,13 @@ def test_bfloat16_distillation_trains_with_float32_master_weights():
   # problem, and the donated state stays float32 step after step.
   config = _config(**{'model.dtype': 'bfloat16', 'rgrl.learning_rate': 0.1})
   state, teacher, step = _setup(config)
-  fn = parallel.pmap_step(step, sharded_argnums=(2,), devices=jax.devices()[:1])  # donates the state
+  fn = parallel.pmap_step(step, devices=jax.devices()[:1])  # donates the state
   batch = jax.tree.map(lambda x: x[None], _batch())
   losses = []
   state = parallel.replicate(state)
   for _ in range(15):
     # One key: the same views every step, so the tiny network can fit them.
-    state, metrics = fn(state, teacher, batch, jax.random.key(5))
+    state, metrics = fn(state, batch, jax.random.key(5), {'teacher': teacher})
     losses.append(float(metrics['loss']))
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from configs import tiny
-from rmdnet_jax import parallel
+from rmdnet_jax import noise, parallel
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -75,8 +75,15 @@ def assert_same_dataset(a, b):
 
 def run_rgrl_steps(step, state, teacher, batch, num_devices, steps=2):
   """`steps` pmapped RGRL steps on the first `num_devices` devices with the global `batch` split over them."""
-  fn = parallel.pmap_step(step, sharded_argnums=(2,), donate_argnums=(), devices=jax.devices()[:num_devices])
+  fn = parallel.pmap_step(step, donate_state=False, devices=jax.devices()[:num_devices])
   sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
   for i in range(steps):
-    state, metrics = fn(state, teacher, sharded, jax.random.fold_in(jax.random.key(5), i))
+    state, metrics = fn(state, sharded, jax.random.fold_in(jax.random.key(5), i), {'teacher': teacher})
   return state, metrics
+
+
+def noisy_labels_for_run(config, dataset, workdir):
+  """The run's noisy labels as `pipeline.run` makes them: made (and saved) or reloaded from WORKDIR."""
+  noisy, save = noise.labels_for_run(config.noise, dataset, str(workdir))
+  save()
+  return noisy

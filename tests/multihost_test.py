@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rmdnet_jax import analysis, checkpoints, data, loop, pipeline
+from rmdnet_jax import analysis, checkpoints, data, loop, metrics, simsiam
 from tests import conftest, helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -126,9 +126,7 @@ class Job:
 
 
 def _rows(workdir, key):
-  return {
-      row['step']: row[key] for row in pipeline.metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if key in row
-  }
+  return {row['step']: row[key] for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if key in row}
 
 
 def _steps(stage_dir):
@@ -249,15 +247,13 @@ def test_one_process_reads_a_two_process_workdir(resumed, reference):
   """The teacher hand-off, the teacher_knn stage and the analysis restore, in this (1-process) test process."""
   config = _config()
   dataset = data.load(config.data)
-  teacher = pipeline.load_teacher(config, dataset, resumed)
-  want = pipeline.load_teacher(config, dataset, reference)
+  teacher = simsiam.load_teacher(config, dataset, resumed)
+  want = simsiam.load_teacher(config, dataset, reference)
   for x, y in zip(jax.tree.leaves(teacher), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
   writer = _NullWriter()
-  accuracy = pipeline.teacher_knn_stage(config, dataset, resumed, writer)['teacher_knn_accuracy']
-  assert accuracy == pytest.approx(
-      pipeline.teacher_knn_stage(config, dataset, reference, writer)['teacher_knn_accuracy'], abs=1e-6
-  )
+  accuracy = simsiam.teacher_knn(config, dataset, teacher, writer)['teacher_knn_accuracy']
+  assert accuracy == pytest.approx(simsiam.teacher_knn(config, dataset, want, writer)['teacher_knn_accuracy'], abs=1e-6)
   variables, _, steps = analysis.restore_student(config, dataset, resumed)
   assert steps == RGRL_STEPS
   for x, y in zip(jax.tree.leaves(variables['params']), jax.tree.leaves(_final_state(resumed, 'rgrl')['params'])):

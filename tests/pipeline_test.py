@@ -9,7 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rmdnet_jax import checkpoints, loop, noise, parallel, pipeline
+from rmdnet_jax import checkpoints, data, loop, noise, parallel, pipeline, simsiam
+from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 
 
@@ -72,8 +73,8 @@ def test_noisy_labels_saved_and_match_config(finished_run):
 def test_rgrl_teacher_is_exactly_the_final_rm_encoder(finished_run):
   workdir, _ = finished_run
   config = _config()
-  dataset = pipeline.data.load(config.data)
-  teacher = pipeline.load_teacher(config, dataset, workdir)
+  dataset = data.load(config.data)
+  teacher = simsiam.load_teacher(config, dataset, workdir)
   _, rm_state = _restore_state(os.path.join(workdir, 'rm'))
   assert set(teacher['params']) == {'backbone', 'projector'}
   for part in ('backbone', 'projector'):
@@ -89,7 +90,7 @@ def test_teacher_knn_stage_restores_and_evaluates(finished_run):
 
 def test_finished_run_is_not_redone(finished_run, monkeypatch):
   workdir, results = finished_run
-  monkeypatch.setattr(loop, 'train', lambda **kw: pytest.fail('a finished stage was trained again'))
+  monkeypatch.setattr(loop, 'feed', lambda *args: pytest.fail('a finished stage was trained again'))
   again = pipeline.run(_config(), workdir)
   assert again['test_accuracy_last'] == results['test_accuracy_last']
 
@@ -139,7 +140,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(finished_run, tmp_path, mo
 
 def test_workdir_with_other_config_is_refused(finished_run):
   workdir, _ = finished_run
-  with pytest.raises(pipeline.WorkdirConfigMismatch, match='allow_config_change'):
+  with pytest.raises(workdir_lib.WorkdirConfigMismatch, match='allow_config_change'):
     pipeline.run(_config(**{'relation.K': 2.0}), workdir)
 
 

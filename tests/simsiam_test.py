@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmdnet_jax import augment, parallel, simsiam
+from rmdnet_jax import data, parallel, simsiam
 from rmdnet_jax import train_state as train_state_lib
 from tests import helpers
 
@@ -46,17 +46,17 @@ def _state_and_step(config):
   lr_fn = train_state_lib.learning_rate_schedule(config.rm, steps_per_epoch=4)
   state = simsiam.create_simsiam_state(jax.random.key(0), config, helpers.IMAGE_SHAPE, lr_fn)
   step = functools.partial(
-      simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+      simsiam.simsiam_step, view_kwargs=simsiam.view_kwargs(config.rm.augment, data.CIFAR10_MEAN, data.CIFAR10_STD)
   )
   return helpers.to_host(state), step
 
 
 def _run(step, state, batch, num_devices, steps=2):
   devices = jax.devices()[:num_devices]
-  fn = parallel.pmap_step(step, sharded_argnums=(1,), donate_argnums=(), devices=devices)
+  fn = parallel.pmap_step(step, donate_state=False, devices=devices)
   for i in range(steps):
     sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
-    state, metrics = fn(state, sharded, jax.random.fold_in(jax.random.key(7), i))
+    state, metrics = fn(state, sharded, jax.random.fold_in(jax.random.key(7), i), {})
   return state, metrics
 
 
@@ -79,11 +79,11 @@ def test_simsiam_step_8_devices_equals_1_device():
 def test_simsiam_step_loss_decreases_on_fixed_batch():
   state, step = _state_and_step(_config())
   batch = {'images': helpers.images(16)}
-  fn = parallel.pmap_step(step, sharded_argnums=(1,), donate_argnums=(), devices=jax.devices()[:8])
+  fn = parallel.pmap_step(step, donate_state=False, devices=jax.devices()[:8])
   losses = []
   sharded = jax.tree.map(lambda x: x.reshape((8, -1) + x.shape[1:]), batch)
   for i in range(15):
-    state, metrics = fn(state, sharded, jax.random.key(3))  # same views each step
+    state, metrics = fn(state, sharded, jax.random.key(3), {})  # same views each step
     losses.append(float(metrics['loss']))
   assert losses[-1] < losses[0] - 0.05, losses
   assert -1.0 <= min(losses)

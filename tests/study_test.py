@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, data, pipeline, results, simsiam, teacher_geometry
+from rmdnet_jax import checkpoints, config_checks, data, distill, pipeline, results, simsiam, teacher_geometry
+from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 
 RM_STEPS_PER_EPOCH = 4  # 64 images / batch 16
@@ -68,12 +69,12 @@ def test_teacher_step_selects_that_checkpoint_and_refuses_a_missing_one(study):
 
 def test_weak_teacher_warning_is_one_sentence(caplog):
   with caplog.at_level(logging.WARNING):
-    pipeline.warn_if_weak_teacher(pipeline.WEAK_TEACHER_KNN - 0.01)
+    distill.warn_if_weak_teacher(distill.WEAK_TEACHER_KNN - 0.01)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and 'RMDNet lose to plain CE' in warnings[0] and warnings[0].count('. ') == 0
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    pipeline.warn_if_weak_teacher(pipeline.WEAK_TEACHER_KNN + 0.01)
+    distill.warn_if_weak_teacher(distill.WEAK_TEACHER_KNN + 0.01)
   assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
@@ -96,7 +97,7 @@ def test_teacher_geometry_of_relu_features(study):
   _, rm_dir, _ = study
   config = helpers.tiny_config(**{'rm.epochs': 2, 'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm')})
   dataset = data.load(config.data)
-  teacher = pipeline.load_teacher(config, dataset, workdir='')
+  teacher = simsiam.load_teacher(config, dataset, workdir='')
   out = teacher_geometry.measure(config, dataset, teacher, batch=32)
   assert set(out) == {name for name, *_ in teacher_geometry.FORMS}
   # Pooled features after a ReLU are non-negative: every pair of images has a positive cosine...
@@ -115,7 +116,7 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   workdir, summary = runs['k01']
   path = os.path.join(workdir, 'config.json')
   saved = json.load(open(path))
-  for key in pipeline.KEYS_ADDED_LATER:
+  for key in config_checks.KEYS_ADDED_LATER:
     section, leaf = key.split('.')
     saved[section].pop(leaf)
   with open(path, 'w') as f:
@@ -133,7 +134,7 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   again = pipeline.run(config, workdir)
   assert again['test_accuracy_last'] == summary['test_accuracy_last']
   config.relation.teacher_step = RM_STEPS_PER_EPOCH
-  with pytest.raises(pipeline.WorkdirConfigMismatch, match='relation.teacher_step: 0 -> 4'):
+  with pytest.raises(workdir_lib.WorkdirConfigMismatch, match='relation.teacher_step: 0 -> 4'):
     pipeline.run(config, workdir)
 
 
