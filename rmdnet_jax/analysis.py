@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from rmdnet_jax import checkpoints, config_checks, data, distill, loop, metrics, noise, parallel, simsiam  # noqa: E402
 from rmdnet_jax import train_state as train_state_lib  # noqa: E402
+from rmdnet_jax import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('rmdnet_workdir', None, 'Work directory of a finished RMDNet run (with its rm/ teacher).')
@@ -296,9 +297,11 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
         f'--{flag}={workdir} has no config.json; pass the --workdir of a finished ' 'rmdnet_jax.main run.'
     )
   try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    # Brought up to date: a run saved before a key was renamed or added reads as today's config.
+    config = ml_collections.ConfigDict(workdir_lib.unflatten(workdir_lib.read_saved_config(workdir)))
+  except workdir_lib.WorkdirError as e:
+    raise AnalysisError(str(e)) from e
+  except (TypeError, ValueError) as e:
     raise AnalysisError(f'{path} is not a readable config ({type(e).__name__}: {e}).') from e
   missing = [k for k in REQUIRED_KEYS if not _has_key(config, k)]
   if missing:
@@ -572,6 +575,47 @@ def analyse(
   """
   if max_points < 2:
     raise AnalysisError(f'--max_points={max_points} must be at least 2 (one image per class).')
+  configs = _load_configs(rmdnet_workdir, ce_workdir)
+  with _Phase(f'loading the data ({configs["rmdnet"].data.source})'):
+    dataset = data.load(configs['rmdnet'].data)
+    classes = _parse_classes(classes, dataset.num_classes)
+    logging.info(
+        'analysis: %s, %d training and %d test images.', dataset.name, len(dataset.train_images),
+        len(dataset.test_images),
+    )  # fmt: skip
+  runs = {}
+  for key, workdir in (('ce', ce_workdir), ('rmdnet', rmdnet_workdir)):
+    with _Phase(f'restoring the {RUN_NAMES[key]} student from {workdir}'):
+      run = Run(key, workdir, configs[key], load_noisy(workdir, dataset))
+      run.variables, run.steps_per_epoch, run.steps = restore_student(run.config, dataset, workdir)
+      runs[key] = run
+      logging.info('analysis: %s student at step %d.', run.name, run.steps)
+  with _Phase(f'restoring the SimSiam teacher of {rmdnet_workdir}'):
+    teacher = simsiam.load_teacher(configs['rmdnet'], dataset, rmdnet_workdir)
+
+  os.makedirs(out, exist_ok=True)
+  summary = {
+      'rmdnet_workdir': os.path.abspath(rmdnet_workdir),
+      'ce_workdir': os.path.abspath(ce_workdir),
+      'dataset': dataset.name,
+      'num_train': int(len(dataset.train_images)),
+      'runs': {key: {'workdir': os.path.abspath(run.workdir), 'rgrl_steps': run.steps} for key, run in runs.items()},
+      'loss_auc': {},
+  }
+  outputs_fns = {key: student_outputs_fn(run.config, dataset) for key, run in runs.items()}
+  summary['tsne'] = _tsne_figure(out, dataset, runs, outputs_fns, teacher, classes, max_points, seed)
+  loss_path = _loss_figure(out, dataset, runs, outputs_fns, summary)
+  curves_path = _curves_figure(out, runs, summary)
+  summary['figures'] = [summary['tsne']['figure'], loss_path, curves_path]
+  with open(os.path.join(out, 'analysis.json.tmp'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(os.path.join(out, 'analysis.json.tmp'), os.path.join(out, 'analysis.json'))
+  logging.info('analysis: wrote %s.', os.path.join(out, 'analysis.json'))
+  return summary
+
+
+def _load_configs(rmdnet_workdir: str, ce_workdir: str) -> dict:
+  """The two runs' configs, checked to be an RMDNet run and its baseline on the same data."""
   with _Phase('reading the configs'):
     configs = {'rmdnet': load_config(rmdnet_workdir, 'rmdnet_workdir'), 'ce': load_config(ce_workdir, 'ce_workdir')}
     if not configs['rmdnet'].method.distill:
@@ -594,37 +638,11 @@ def analyse(
     for key in ('kind', 'rate', 'seed'):
       if configs['rmdnet'].get('noise', {}).get(key) != configs['ce'].get('noise', {}).get(key):
         logging.warning('analysis: the runs differ in noise.%s; the comparison is not like for like.', key)
-  with _Phase(f'loading the data ({configs["rmdnet"].data.source})'):
-    dataset = data.load(configs['rmdnet'].data)
-    num_classes = dataset.num_classes
-    classes = _parse_classes(classes, num_classes)
-    logging.info(
-        'analysis: %s, %d training and %d test images.',
-        dataset.name,
-        len(dataset.train_images),
-        len(dataset.test_images),
-    )
-  runs = {}
-  for key, workdir in (('ce', ce_workdir), ('rmdnet', rmdnet_workdir)):
-    with _Phase(f'restoring the {RUN_NAMES[key]} student from {workdir}'):
-      run = Run(key, workdir, configs[key], load_noisy(workdir, dataset))
-      run.variables, run.steps_per_epoch, run.steps = restore_student(run.config, dataset, workdir)
-      runs[key] = run
-      logging.info('analysis: %s student at step %d.', run.name, run.steps)
-  with _Phase(f'restoring the SimSiam teacher of {rmdnet_workdir}'):
-    teacher = simsiam.load_teacher(configs['rmdnet'], dataset, rmdnet_workdir)
+  return configs
 
-  os.makedirs(out, exist_ok=True)
-  summary = {
-      'rmdnet_workdir': os.path.abspath(rmdnet_workdir),
-      'ce_workdir': os.path.abspath(ce_workdir),
-      'dataset': dataset.name,
-      'num_train': int(len(dataset.train_images)),
-      'runs': {},
-      'loss_auc': {},
-  }
 
-  # 1. t-SNE of two classes' test features.
+def _tsne_figure(out, dataset, runs, outputs_fns, teacher, classes, max_points, seed) -> dict:
+  """Figure 1: t-SNE of two classes' test features (teacher and both students); returns its summary."""
   points = select_points(dataset.test_labels, classes, max_points, seed)
   counts = {c: int(np.sum(dataset.test_labels[points] == c)) for c in classes}
   empty = [c for c, n in counts.items() if n == 0]
@@ -633,11 +651,10 @@ def analyse(
   images, point_labels = dataset.test_images[points], dataset.test_labels[points]
   features = {}
   with _Phase(f'test features of {len(points)} images (classes {classes[0]}, {classes[1]})'):
-    batch = configs['rmdnet'].eval_batch_size
+    rmdnet_config = runs['rmdnet'].config
     features['SimSiam teacher'] = parallel.map_batches(
-        teacher_backbone_fn(configs['rmdnet'], dataset), teacher, images, batch
+        teacher_backbone_fn(rmdnet_config, dataset), teacher, images, rmdnet_config.eval_batch_size
     )
-    outputs_fns = {key: student_outputs_fn(run.config, dataset) for key, run in runs.items()}
     for key, run in runs.items():
       features[f'{run.name} student'] = parallel.map_batches(
           outputs_fns[key], run.variables, images, run.config.eval_batch_size
@@ -646,19 +663,21 @@ def analyse(
   for title, f in features.items():
     with _Phase(f't-SNE of the {title} ({f.shape[0]} x {f.shape[1]})'):
       embeddings[title] = tsne_embed(f, seed)
-  tsne_path = os.path.join(out, f'tsne_{classes[0]}_{classes[1]}.png')
-  plot_tsne(tsne_path, embeddings, point_labels, classes, dataset.name)
-  summary['tsne'] = {
+  path = os.path.join(out, f'tsne_{classes[0]}_{classes[1]}.png')
+  plot_tsne(path, embeddings, point_labels, classes, dataset.name)
+  logging.info('analysis: wrote %s.', path)
+  return {
       'classes': list(classes),
       'class_names': [class_name(dataset.name, c) for c in classes],
       'points_per_class': {str(c): n for c, n in counts.items()},
       'perplexity': tsne_perplexity(len(points)),
       'seed': seed,
-      'figure': tsne_path,
+      'figure': path,
   }
-  logging.info('analysis: wrote %s.', tsne_path)
 
-  # 2. Per-sample training losses w.r.t. the noisy labels, clean vs mislabelled.
+
+def _loss_figure(out, dataset, runs, outputs_fns, summary) -> str:
+  """Figure 2: per-sample training losses w.r.t. the noisy labels, clean vs mislabelled (into `summary`)."""
   losses, mislabelled, aucs = {}, {}, {}
   for key, run in runs.items():
     with _Phase(f'training-set losses of the {run.name} student'):
@@ -666,30 +685,32 @@ def analyse(
           'logits'
       ]
       losses[key] = per_sample_losses(logits, run.noisy.labels)
-      mislabelled[key] = run.noisy.labels != dataset.train_labels
-      aucs[key] = roc_auc(losses[key], mislabelled[key])
-      wrong = mislabelled[key]
+      mislabelled[key] = wrong = run.noisy.labels != dataset.train_labels
+      aucs[key] = roc_auc(losses[key], wrong)
       summary['loss_auc'][key] = _none_if_nan(aucs[key])
-      summary['runs'][key] = {
-          'workdir': os.path.abspath(run.workdir),
-          'rgrl_steps': run.steps,
-          'noise_realized_rate': float(run.noisy.realized_rate),
-          'num_mislabelled': int(wrong.sum()),
-          'loss_auc': _none_if_nan(aucs[key]),
-          'mean_loss_clean': _none_if_nan(float(losses[key][~wrong].mean()) if (~wrong).any() else None),
-          'mean_loss_mislabelled': _none_if_nan(float(losses[key][wrong].mean()) if wrong.any() else None),
-          'train_accuracy_noisy_labels': float(np.mean(np.argmax(logits, -1) == run.noisy.labels)),
-      }
+      summary['runs'][key].update(
+          {
+              'noise_realized_rate': float(run.noisy.realized_rate),
+              'num_mislabelled': int(wrong.sum()),
+              'loss_auc': _none_if_nan(aucs[key]),
+              'mean_loss_clean': _none_if_nan(float(losses[key][~wrong].mean()) if (~wrong).any() else None),
+              'mean_loss_mislabelled': _none_if_nan(float(losses[key][wrong].mean()) if wrong.any() else None),
+              'train_accuracy_noisy_labels': float(np.mean(np.argmax(logits, -1) == run.noisy.labels)),
+          }
+      )
       logging.info(
           'analysis: %s student: loss AUC (mislabelled vs clean) %s.',
           run.name,
           f'{aucs[key]:.4f}' if math.isfinite(aucs[key]) else 'undefined (one group is empty)',
       )
-  loss_path = os.path.join(out, 'loss_histograms.png')
-  plot_loss_histograms(loss_path, losses, mislabelled, aucs)
-  logging.info('analysis: wrote %s.', loss_path)
+  path = os.path.join(out, 'loss_histograms.png')
+  plot_loss_histograms(path, losses, mislabelled, aucs)
+  logging.info('analysis: wrote %s.', path)
+  return path
 
-  # 3. Learning curves from metrics.jsonl.
+
+def _curves_figure(out, runs, summary) -> str:
+  """Figure 3: learning curves from each run's metrics.jsonl (best/last test accuracy into `summary`)."""
   with _Phase('learning curves'):
     curves = {}
     for key, run in runs.items():
@@ -701,18 +722,12 @@ def analyse(
         )
       summary['runs'][key]['test_accuracy_last'] = float(curves[key]['test_accuracy'][-1])
       summary['runs'][key]['test_accuracy_best'] = float(np.max(curves[key]['test_accuracy']))
-    curves_path = os.path.join(out, 'learning_curves.png')
+    path = os.path.join(out, 'learning_curves.png')
     summary['memorization_curve'] = plot_learning_curves(
-        curves_path, curves, {key: run.noisy.realized_rate for key, run in runs.items()}
+        path, curves, {key: run.noisy.realized_rate for key, run in runs.items()}
     )
-  logging.info('analysis: wrote %s.', curves_path)
-
-  summary['figures'] = [tsne_path, loss_path, curves_path]
-  with open(os.path.join(out, 'analysis.json.tmp'), 'w') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(os.path.join(out, 'analysis.json.tmp'), os.path.join(out, 'analysis.json'))
-  logging.info('analysis: wrote %s.', os.path.join(out, 'analysis.json'))
-  return summary
+  logging.info('analysis: wrote %s.', path)
+  return path
 
 
 USER_ERRORS = (AnalysisError, config_checks.ConfigError, data.DataUnavailableError, checkpoints.CheckpointError)

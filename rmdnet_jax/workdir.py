@@ -86,6 +86,18 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return out
 
 
+def unflatten(flat: dict) -> dict:
+  """The inverse of `flatten`: {'a.b': 1} -> {'a': {'b': 1}}."""
+  tree = {}
+  for key, value in flat.items():
+    *sections, leaf = key.split('.')
+    node = tree
+    for section in sections:
+      node = node.setdefault(section, {})
+    node[leaf] = value
+  return tree
+
+
 def read_saved_config(workdir: str) -> Optional[dict]:
   """WORKDIR/config.json flattened to dotted keys and brought up to date (`config_checks.upgrade_saved_config`:
   renamed keys, keys added later), or None when there is none."""
