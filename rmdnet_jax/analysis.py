@@ -483,23 +483,12 @@ def plot_learning_curves(path: str, curves: dict, noise_rates: dict) -> bool:
   if has_memorization:
     ax = axes[0][1]
     for key, c in curves.items():
-      if 'train_accuracy_clean_labels' in c:
-        ax.plot(
-            c['epoch'],
-            c['train_accuracy_clean_labels'],
-            marker='.',
-            color=RUN_COLORS[key],
-            label=f'{RUN_NAMES[key]}: vs clean labels',
-        )
-      if 'train_accuracy_noisy_labels' in c:
-        ax.plot(
-            c['epoch'],
-            c['train_accuracy_noisy_labels'],
-            marker='.',
-            color=RUN_COLORS[key],
-            linestyle='--',
-            label=f'{RUN_NAMES[key]}: vs noisy labels',
-        )
+      for labels, linestyle in (('clean', '-'), ('noisy', '--')):
+        if f'train_accuracy_{labels}_labels' in c:
+          ax.plot(
+              c['epoch'], c[f'train_accuracy_{labels}_labels'], marker='.', color=RUN_COLORS[key],
+              linestyle=linestyle, label=f'{RUN_NAMES[key]}: vs {labels} labels',
+          )  # fmt: skip
     # A student that predicts every clean label agrees with the noisy labels only on the unflipped ones;
     # rising above this line is fitting the noise.
     rate = float(np.mean(list(noise_rates.values())))

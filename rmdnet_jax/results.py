@@ -23,6 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from rmdnet_jax import fileio
+from rmdnet_jax import workdir as workdir_lib
 
 # Best test accuracy (%) published by other papers (PreAct ResNet-18, DivideMix protocol), copied from
 # shared/paper/rmdnet.md, keyed by (dataset, noise kind, rate). These are comparison points, not RMDNet's numbers.
@@ -286,6 +287,7 @@ def csv_text(table: Table) -> str:
 
 
 # Config keys that never tell two runs' results apart (paths, logging, bookkeeping): left out of the per-run view.
+# Not workdir.RESUMABLE_KEYS: the teacher's checkpoint path stays, it tells which runs distilled from a teacher.
 NOT_SETTINGS = (
     'stages',
     'log_every_steps',
@@ -308,13 +310,6 @@ DIAGNOSTICS = (
 )
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-  return out
-
-
 def _read_json(path: str) -> dict:
   return json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
 
@@ -324,7 +319,8 @@ def run_rows(workdirs: Sequence[str]) -> tuple:
   last logged value of each of DIAGNOSTICS."""
   configs, rows = {}, []
   for w in workdirs:
-    config = _flatten(_read_json(os.path.join(w, 'config.json')))
+    # Brought up to date, so that runs saved before a key was renamed or added line up with newer ones.
+    config = workdir_lib.read_saved_config(w) or {}
     if 'rgrl' in str(config.get('stages', '')).split(','):
       configs[w] = {k: v for k, v in config.items() if k not in NOT_SETTINGS and not k.startswith('logging.')}
   keys = sorted({k for c in configs.values() for k in c if len({repr(o.get(k)) for o in configs.values()}) > 1})
