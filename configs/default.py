@@ -77,28 +77,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict()
   config.method.name = 'ce'  # the noisy-label method whose loss RMDNet regularises
   config.method.distill = True  # the RMDNet switch: False = the method alone (e.g. the CE baseline)
-  config.method.gce_q = 0.7  # gce: Box-Cox exponent q in (0, 1] (0 -> CE, 1 -> MAE; Zhang & Sabuncu)
-  config.method.sce_alpha = 0.1  # sce: weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
-  config.method.sce_beta = 1.0  # sce: weight of the reverse CE
-  config.method.sce_log_zero = -4.0  # sce: A, the value of log 0 in the reverse CE's one-hot target
-  # coteaching / jocor: drop the forget_rate fraction of largest-loss examples of each global batch, the rate
+  # Each method's settings live in its own block, config.method.<name> (ce has none); every block is kept
+  # whatever method.name is, so a run's config.json records them all.
+  config.method.gce = ml_collections.ConfigDict()
+  config.method.gce.q = 0.7  # Box-Cox exponent q in (0, 1] (0 -> CE, 1 -> MAE; Zhang & Sabuncu)
+  config.method.sce = ml_collections.ConfigDict()
+  config.method.sce.alpha = 0.1  # weight of CE (Wang et al.: 0.1 for CIFAR-10, 6.0 for CIFAR-100)
+  config.method.sce.beta = 1.0  # weight of the reverse CE
+  config.method.sce.log_zero = -4.0  # A, the value of log 0 in the reverse CE's one-hot target
+  # Co-teaching and JoCoR drop the forget_rate fraction of largest-loss examples of each global batch, the rate
   # ramping from 0 over forget_gradual_epochs (Han et al.: forget_rate = noise rate, 10 epochs, exponent 1).
-  config.method.forget_rate = 0.5
-  config.method.forget_gradual_epochs = 10
-  config.method.forget_exponent = 1.0
-  config.method.jocor_lambda = 0.9  # jocor: weight of the symmetric-KL co-regularisation (paper, CIFAR-10)
-  config.method.elr_lambda = 3.0  # elr: regulariser weight (Liu et al.: 3 CIFAR-10, 7 CIFAR-100)
-  config.method.elr_beta = 0.7  # elr: target momentum (0.7 CIFAR-10, 0.9 CIFAR-100)
-  config.method.dividemix_warmup_epochs = 10  # CE warm-up before the first GMM division (30 for CIFAR-100)
-  config.method.dividemix_p_threshold = 0.5  # p(clean) above which an example is labelled
-  config.method.dividemix_temperature = 0.5  # sharpening temperature
-  config.method.dividemix_alpha = 4.0  # Beta(alpha, alpha) MixMatch coefficient
-  config.method.dividemix_lambda_u = 25.0  # unlabelled-loss weight (Li et al. per noise; see methods/dividemix.py)
-  config.method.dividemix_rampup_epochs = 16  # lambda_u ramps up over these epochs after warm-up
-  config.method.dividemix_confidence_penalty = False  # negative-entropy penalty in warm-up (asymmetric noise)
-  config.method.dividemix_gmm_iterations = 10  # EM iterations of the per-epoch GMM
-  config.method.dividemix_gmm_tol = 1e-2
-  config.method.dividemix_gmm_reg_covar = 5e-4
+  config.method.coteaching = _forget_schedule()
+  config.method.jocor = _forget_schedule()
+  config.method.jocor.co_lambda = 0.9  # weight of the symmetric-KL co-regularisation (paper, CIFAR-10)
+  config.method.elr = ml_collections.ConfigDict()
+  config.method.elr.reg_lambda = 3.0  # regulariser weight lambda (Liu et al.: 3 CIFAR-10, 7 CIFAR-100)
+  config.method.elr.beta = 0.7  # target momentum (0.7 CIFAR-10, 0.9 CIFAR-100)
+  config.method.dividemix = ml_collections.ConfigDict()
+  config.method.dividemix.warmup_epochs = 10  # CE warm-up before the first GMM division (30 for CIFAR-100)
+  config.method.dividemix.p_threshold = 0.5  # p(clean) above which an example is labelled
+  config.method.dividemix.temperature = 0.5  # sharpening temperature
+  config.method.dividemix.alpha = 4.0  # Beta(alpha, alpha) MixMatch coefficient
+  config.method.dividemix.lambda_u = 25.0  # unlabelled-loss weight (Li et al. per noise; see methods/dividemix.py)
+  config.method.dividemix.rampup_epochs = 16  # lambda_u ramps up over these epochs after warm-up
+  config.method.dividemix.confidence_penalty = False  # negative-entropy penalty in warm-up (asymmetric noise)
+  config.method.dividemix.gmm_iterations = 10  # EM iterations of the per-epoch GMM
+  config.method.dividemix.gmm_tol = 1e-2
+  config.method.dividemix.gmm_reg_covar = 5e-4
 
   # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
   config.relation = ml_collections.ConfigDict()
@@ -156,3 +161,11 @@ def _stage(*, epochs, batch_size, learning_rate, scale_lr_by_batch) -> ml_collec
   stage.eval_every_epochs = 1  # test accuracy (RGRL) / kNN accuracy (RM); 0 = only at the end
   stage.checkpoint_every_epochs = 1  # plus at the end and on SIGTERM
   return stage
+
+
+def _forget_schedule() -> ml_collections.ConfigDict:
+  schedule = ml_collections.ConfigDict()
+  schedule.forget_rate = 0.5
+  schedule.forget_gradual_epochs = 10
+  schedule.forget_exponent = 1.0
+  return schedule

@@ -10,8 +10,8 @@ Keys (all optional; the defaults are those of configs/default.py: cifar10, sym50
            default for them) and c100n_noisy (dataset cifar100). These read tfds' cifar10_n / cifar100_n
            (data.name); `--config.data.name=cifar10 --config.data.cifar_n_labels=FILE` takes the labels from a
            CIFAR-N file instead (README, "CIFAR-N").
-  method   a name in rmdnet_jax.methods.METHODS; the methods' config.method.* keys take their authors' settings
-           for the cell (Co-teaching's forget rate = the noise rate, CIFAR-100 values of SCE/ELR/DivideMix,
+  method   a name in rmdnet_jax.methods.METHODS; the methods' config.method.<name>.* keys take their authors'
+           settings for the cell (Co-teaching's forget rate = the noise rate, CIFAR-100 values of SCE/ELR/DivideMix,
            DivideMix's lambda_u per noise: see set_method_settings)
   rmdnet   true | false (false = the method alone, config.method.distill=False)
   seed     an integer, used for config.seed and config.noise.seed
@@ -142,10 +142,11 @@ def set_method_settings(config: ml_collections.ConfigDict, dataset: str, noise: 
   authors did (all of them, whatever config.method.name is, so a cell's config records them)."""
   m = config.method
   # Co-teaching / JoCoR assume the noise rate known.
-  m.forget_rate = HUMAN_RATES[config.noise.human_label] if config.noise.kind == 'human' else config.noise.rate
+  rate = HUMAN_RATES[config.noise.human_label] if config.noise.kind == 'human' else config.noise.rate
+  m.coteaching.forget_rate = m.jocor.forget_rate = rate
   if dataset == 'cifar100':
-    m.sce_alpha = 6.0  # Wang et al. 2019
-    m.elr_lambda, m.elr_beta = 7.0, 0.9  # Liu et al. 2020
-    m.dividemix_warmup_epochs = 30  # Li et al. 2020
-  m.dividemix_lambda_u = DIVIDEMIX_LAMBDA_U[dataset].get(noise, 25.0 if dataset == 'cifar10' else 150.0)
-  m.dividemix_confidence_penalty = config.noise.kind == 'asymmetric'
+    m.sce.alpha = 6.0  # Wang et al. 2019
+    m.elr.reg_lambda, m.elr.beta = 7.0, 0.9  # Liu et al. 2020
+    m.dividemix.warmup_epochs = 30  # Li et al. 2020
+  m.dividemix.lambda_u = DIVIDEMIX_LAMBDA_U[dataset].get(noise, 25.0 if dataset == 'cifar10' else 150.0)
+  m.dividemix.confidence_penalty = config.noise.kind == 'asymmetric'

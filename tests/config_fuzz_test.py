@@ -212,8 +212,8 @@ def _check_augmentations(config) -> None:
   mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
   keys = jax.random.split(jax.random.key(0), 2)
   images = jax.ShapeDtypeStruct((2,) + IMAGE_SHAPE, jnp.uint8)
-  rgrl_kwargs = distill.view_kwargs(config, mean, std)
-  rm_kwargs = simsiam.view_kwargs(config, mean, std)
+  rgrl_kwargs = distill.view_kwargs(config.rgrl.augment, mean, std)
+  rm_kwargs = simsiam.view_kwargs(config.rm.augment, mean, std)
   _cached(
       ('rgrl_view', tuple(sorted(rgrl_kwargs.items()))),
       lambda: jax.eval_shape(lambda x: augment.pad_crop_flip(keys, x, **rgrl_kwargs), images),

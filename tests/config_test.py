@@ -1,13 +1,16 @@
 """Config validation (one clear sentence per rule), the CLI's override handling, and the config files."""
 
+import glob
+import json
 import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import cifar10_rmdnet, cifar100_rmdnet, default, simsiam_cifar10, tiny
-from rmdnet_jax import config_checks
+from rmdnet_jax import config_checks, workdir
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,3 +219,150 @@ def test_cli_tiny_run_writes_checkpoint_metrics_and_summary(tmp_path):
   assert os.path.isdir(tmp_path / 'rm' / '4')
   assert 'rm/loss' in open(tmp_path / 'metrics.jsonl').read()
   assert 'rm_checkpoints' in result.stdout
+
+
+def _leaves(config, prefix=''):
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f'{prefix}{name}.')
+    else:
+      yield f'{prefix}{name}', value
+
+
+# A value of another type for each type of default (an int is a float, so floats get a string).
+WRONG_TYPE = {bool: 1, int: True, float: 'x', str: 3}
+
+
+def _from_dict(tree: dict) -> ml_collections.ConfigDict:
+  """A config built from plain values, as from a config.json: no types are carried over from configs/default.py."""
+  return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize('key, default_value', list(_leaves(default.get_config())))
+def test_every_key_takes_only_its_defaults_type(key, default_value):
+  """The types come from configs/default.py: a config that has a value of another type anywhere (a config.json,
+  a Python config building its own ConfigDict) is refused with one sentence naming the key."""
+  tree = default.get_config().to_dict()
+  *path, leaf = key.split('.')
+  target = tree
+  for part in path:
+    target = target[part]
+  target[leaf] = WRONG_TYPE[type(default_value)]
+  with pytest.raises(config_checks.ConfigError, match=f'^{key}=') as info:
+    config_checks.validate(_from_dict(tree), num_devices=8)
+  assert '\n' not in str(info.value)
+
+
+def test_an_int_is_a_float_but_a_bool_is_not_a_number():
+  tree = default.get_config().to_dict()
+  tree['relation']['K'] = 2
+  config_checks.validate(_from_dict(tree), num_devices=8)
+  tree['relation']['K'] = True
+  with pytest.raises(config_checks.ConfigError, match='relation.K=True must be a number'):
+    config_checks.validate(_from_dict(tree), num_devices=8)
+  config = default.get_config()
+  config.rgrl.epochs = True  # ml_collections lets a bool through where an int belongs
+  with pytest.raises(config_checks.ConfigError, match='rgrl.epochs=True must be an integer'):
+    config_checks.validate(config, num_devices=8)
+
+
+def test_a_section_replaced_by_a_value_is_refused():
+  tree = default.get_config().to_dict()
+  tree['method']['gce'] = 0.7
+  with pytest.raises(config_checks.ConfigError, match='method.gce=0.7 must be a section with the keys q'):
+    config_checks.validate(_from_dict(tree), num_devices=8)
+
+
+# The method keys of a config.json saved before method settings were nested (configs/default.py's values).
+FLAT_METHOD_DEFAULTS = {
+    'method.name': 'ce',
+    'method.distill': True,
+    'method.gce_q': 0.7,
+    'method.sce_alpha': 0.1,
+    'method.sce_beta': 1.0,
+    'method.sce_log_zero': -4.0,
+    'method.forget_rate': 0.5,
+    'method.forget_gradual_epochs': 10,
+    'method.forget_exponent': 1.0,
+    'method.jocor_lambda': 0.9,
+    'method.elr_lambda': 3.0,
+    'method.elr_beta': 0.7,
+    'method.dividemix_warmup_epochs': 10,
+    'method.dividemix_p_threshold': 0.5,
+    'method.dividemix_temperature': 0.5,
+    'method.dividemix_alpha': 4.0,
+    'method.dividemix_lambda_u': 25.0,
+    'method.dividemix_rampup_epochs': 16,
+    'method.dividemix_confidence_penalty': False,
+    'method.dividemix_gmm_iterations': 10,
+    'method.dividemix_gmm_tol': 1e-2,
+    'method.dividemix_gmm_reg_covar': 5e-4,
+}
+
+
+def _flat_default():
+  return json_flat(json.loads(default.get_config().to_json_best_effort()))
+
+
+def json_flat(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    out.update(json_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def test_an_old_flat_config_json_upgrades_to_exactly_todays_default_keys():
+  today = _flat_default()
+  old = {k: v for k, v in today.items() if not k.startswith('method.')} | FLAT_METHOD_DEFAULTS
+  for key in config_checks.KEYS_ADDED_LATER:
+    del old[key]  # older still: saved before these keys existed
+  assert config_checks.upgrade_saved_config(old) == today
+  assert set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS) == set(FLAT_METHOD_DEFAULTS) - {
+      'method.name',
+      'method.distill',
+  }
+
+
+def test_upgrade_keeps_the_runs_values_and_todays_keys():
+  old = dict(FLAT_METHOD_DEFAULTS, **{'method.name': 'jocor', 'method.forget_rate': 0.3, 'method.jocor_lambda': 0.1})
+  new = config_checks.upgrade_saved_config({**old, 'relation.teacher_step': 4})
+  # The shared schedule was the setting of both methods: the run's method gets it, and so does the other.
+  assert new['method.jocor.forget_rate'] == new['method.coteaching.forget_rate'] == 0.3
+  assert new['method.jocor.co_lambda'] == 0.1
+  assert new['relation.teacher_step'] == 4  # a saved value is never replaced by KEYS_ADDED_LATER's
+  assert not set(new) & (set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS))
+  # A config already of today's shape is returned as it is (and a stray old key never overrides a new one).
+  today = _flat_default()
+  assert config_checks.upgrade_saved_config(today) == today
+  assert config_checks.upgrade_saved_config({**today, 'method.gce_q': 0.1})['method.gce.q'] == 0.7
+
+
+def test_an_old_key_override_is_named_with_its_new_key():
+  message = config_checks.renamed_override_message(['prog', '--config=configs/tiny.py', '--config.method.gce_q=0.5'])
+  assert message.startswith('--config.method.gce_q is now --config.method.gce.q:')
+  assert '--config.method.coteaching.forget_rate or --config.method.jocor.forget_rate' in (
+      config_checks.renamed_override_message(['--config.method.forget_rate=0.2'])
+  )
+  assert config_checks.renamed_override_message(['--config.rgrl.epochz=3']) is None
+
+
+def test_cli_refuses_an_old_method_key_with_one_line(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}/w', '--config.method.gce_q=0.5')
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'gce_q' in errors[0], result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_the_committed_study_runs_config_json_upgrade_to_todays_keys():
+  """results/cpu_study/runs/*/config.json were written with the flat method keys: upgraded, each has today's keys
+  (but the keys a run may resume without, which are newer than the study)."""
+  paths = sorted(glob.glob(os.path.join(ROOT, 'results', 'cpu_study', 'runs', '*', 'config.json')))
+  assert paths
+  today = set(_flat_default())
+  for path in paths:
+    with open(path) as f:
+      upgraded = config_checks.upgrade_saved_config(json_flat(json.load(f)))
+    assert set(upgraded) <= today, (path, set(upgraded) - today)
+    assert today - set(upgraded) <= set(workdir.RESUMABLE_KEYS), (path, today - set(upgraded))

@@ -18,8 +18,8 @@ def test_dividemix_run_divides_after_warmup_into_the_checkpointed_state(tmp_path
           'method.name': 'dividemix',
           'method.distill': False,
           'rgrl.epochs': 2,
-          'method.dividemix_warmup_epochs': 1,
-          'method.dividemix_rampup_epochs': 1,
+          'method.dividemix.warmup_epochs': 1,
+          'method.dividemix.rampup_epochs': 1,
           'data.synthetic_train_size': 64,
           'rgrl.track_memorization': False,
       }

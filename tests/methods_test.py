@@ -121,14 +121,14 @@ def _method_config(name):
   return config.method
 
 
-def test_make_method_binds_the_config_hyperparameters(x64):
+def test_make_method_binds_the_methods_settings_block(x64):
   logits, labels = batch(5)
   config = default.get_config().method
-  config.name, config.gce_q = 'gce', 0.3
+  config.name, config.gce.q = 'gce', 0.3
   np.testing.assert_allclose(
       mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), gce_ref(logits, labels, 0.3), rtol=1e-12
   )
-  config.name, config.sce_alpha, config.sce_beta, config.sce_log_zero = 'sce', 2.0, 0.5, -3.0
+  config.name, config.sce.alpha, config.sce.beta, config.sce.log_zero = 'sce', 2.0, 0.5, -3.0
   np.testing.assert_allclose(
       mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), sce_ref(logits, labels, 2.0, 0.5, -3.0), rtol=1e-12
   )
@@ -136,52 +136,102 @@ def test_make_method_binds_the_config_hyperparameters(x64):
   np.testing.assert_allclose(
       mean_loss(config)(jnp.asarray(logits), jnp.asarray(labels)), ce_ref(logits, labels), rtol=1e-12
   )
-  assert methods.get_method('ce').loss.mean_loss is ce.cross_entropy
 
 
-def test_every_hyperparameter_is_a_config_key():
+def test_bound_method_holds_its_settings_frozen():
+  config = default.get_config().method
+  config.name = 'dividemix'
+  method = methods.make_method(config)
+  assert method.settings == ml_collections.FrozenConfigDict(config.dividemix)
+  config.dividemix.lambda_u = 1.0  # a later edit of the config does not reach the bound method
+  assert method.settings.lambda_u == 25.0
+  assert methods.get_method('dividemix').settings is None  # the registry's method stays unbound
+  with pytest.raises(ValueError, match='already bound'):
+    method.bind(config.dividemix)
+
+
+def test_every_method_is_registered_under_its_name_and_its_settings_are_its_block():
   method_config = default.get_config().method
   for name, method in methods.METHODS.items():
     assert method.name == name
-    for key in method.hyperparameters.values():
-      assert key in method_config, f'{name} reads method.{key}, which configs/default.py lacks'
-    methods.make_method(ml_collections.ConfigDict({**method_config.to_dict(), 'name': name}))
+    assert method.settings is None
+    if name != 'ce':  # the only method without settings
+      assert isinstance(method_config[name], ml_collections.ConfigDict), name
+    bound = methods.make_method(ml_collections.ConfigDict({**method_config.to_dict(), 'name': name}))
+    assert bound.settings.to_dict() == (method_config[name].to_dict() if name in method_config else {})
+  blocks = {k for k, v in method_config.items() if isinstance(v, ml_collections.ConfigDict)}
+  assert blocks <= set(methods.METHODS), f'settings blocks of no method: {blocks - set(methods.METHODS)}'
 
 
-def test_bind_refuses_a_hyperparameter_no_function_takes():
-  broken = methods.base.Method(name='broken', loss=methods.get_method('ce').loss, hyperparameters={'q': 'gce_q'})
-  with pytest.raises(TypeError, match='none of its functions take'):
-    broken.bind(default.get_config().method)
+def test_a_new_method_is_one_method_value():
+  """What README "Adding a noisy-label method" describes: a Method with a loss of (inputs, settings)."""
+
+  def loss(inputs, settings):
+    return base.LossOutputs(losses=(settings.weight * ce.cross_entropy(inputs.logits[0], inputs.labels),))
+
+  method = base.Method(name='scaled_ce', loss=loss).bind({'weight': 0.5})
+  logits, labels = batch(6)
+  inputs = base.LossInputs(
+      logits=(jnp.asarray(logits),),
+      labels=jnp.asarray(labels),
+      index=None,
+      method_state={},
+      progress=None,
+      rng=None,
+      view=None,
+      second_view=None,
+      forward=None,
+  )
+  np.testing.assert_allclose(method.loss(inputs).losses[0], 0.5 * ce_ref(logits, labels), rtol=1e-6)
+  assert method.init_state(10, 5) == {} and method.epoch_hook is None
 
 
 @pytest.mark.parametrize(
     'key, value, message',
     [
-        ('gce_q', 0.0, 'method.gce_q'),
-        ('gce_q', 1.5, 'method.gce_q'),
-        ('gce_q', float('nan'), 'method.gce_q'),
-        ('sce_alpha', -0.1, 'method.sce_alpha'),
-        ('sce_beta', -1.0, 'method.sce_beta'),
-        ('forget_rate', 1.0, 'method.forget_rate'),
-        ('forget_gradual_epochs', -1, 'method.forget_gradual_epochs'),
-        ('forget_exponent', 0.0, 'method.forget_exponent'),
-        ('jocor_lambda', 1.5, 'method.jocor_lambda'),
-        ('elr_lambda', -1.0, 'method.elr_lambda'),
-        ('elr_beta', 1.0, 'method.elr_beta'),
-        ('dividemix_warmup_epochs', -1, 'method.dividemix_warmup_epochs'),
-        ('dividemix_rampup_epochs', 0, 'method.dividemix_rampup_epochs'),
-        ('dividemix_p_threshold', 1.5, 'method.dividemix_p_threshold'),
-        ('dividemix_temperature', 0.0, 'method.dividemix_p_threshold'),
-        ('dividemix_lambda_u', float('inf'), 'method.dividemix_lambda_u'),
-        ('dividemix_gmm_iterations', 0, 'method.dividemix_gmm_iterations'),
-        ('dividemix_gmm_reg_covar', 0.0, 'method.dividemix_gmm_iterations'),
+        ('gce.q', 0.0, 'method.gce.q'),
+        ('gce.q', 1.5, 'method.gce.q'),
+        ('gce.q', float('nan'), 'method.gce.q'),
+        ('sce.alpha', -0.1, 'method.sce.alpha'),
+        ('sce.beta', -1.0, 'method.sce.beta'),
+        ('sce.log_zero', float('-inf'), 'method.sce.log_zero=-inf must be a finite number'),
+        ('coteaching.forget_rate', 1.0, 'method.coteaching.forget_rate'),
+        ('coteaching.forget_gradual_epochs', -1, 'method.coteaching.forget_gradual_epochs'),
+        ('coteaching.forget_exponent', 0.0, 'method.coteaching.forget_exponent'),
+        ('jocor.forget_rate', -0.1, 'method.jocor.forget_rate'),
+        ('jocor.forget_gradual_epochs', -1, 'method.jocor.forget_gradual_epochs'),
+        ('jocor.co_lambda', 1.5, 'method.jocor.co_lambda'),
+        ('elr.reg_lambda', -1.0, 'method.elr.reg_lambda'),
+        ('elr.beta', 1.0, 'method.elr.beta'),
+        ('dividemix.warmup_epochs', -1, 'method.dividemix.warmup_epochs'),
+        ('dividemix.rampup_epochs', 0, 'method.dividemix.rampup_epochs'),
+        ('dividemix.p_threshold', 1.5, 'method.dividemix.p_threshold'),
+        ('dividemix.temperature', 0.0, 'method.dividemix.temperature'),
+        ('dividemix.lambda_u', float('inf'), 'method.dividemix.lambda_u'),
+        ('dividemix.gmm_iterations', 0, 'method.dividemix.gmm_iterations'),
+        ('dividemix.gmm_reg_covar', 0.0, 'method.dividemix.gmm_reg_covar'),
+        ('dividemix.gmm_iterations', True, 'method.dividemix.gmm_iterations=True must be an integer'),
+        ('dividemix.confidence_penalty', None, 'method.dividemix.confidence_penalty=None must be True or False'),
     ],
 )
-def test_config_checks_reject_bad_hyperparameters(key, value, message):
+def test_config_checks_reject_bad_settings(key, value, message):
+  """Every method's block is checked, whichever method.name is (a cell's config.json records them all)."""
   config = default.get_config()
-  config.method[key] = value
-  with pytest.raises(config_checks.ConfigError, match=message):
+  block, leaf = key.split('.')
+  config.method[block][leaf] = value
+  with pytest.raises(config_checks.ConfigError, match=message) as info:
     config_checks.validate(config, num_devices=8)
+  assert '\n' not in str(info.value)
+
+
+def test_config_checks_want_the_used_methods_block():
+  config = default.get_config()
+  config.method.name = 'gce'
+  del config.method['gce']
+  with pytest.raises(config_checks.ConfigError, match='method.gce .* is missing'):
+    config_checks.validate(config, num_devices=8)
+  config.method.name = 'ce'  # another method's block may be absent (a config saved before that method existed)
+  config_checks.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize('name', sorted(methods.METHODS))

@@ -152,31 +152,96 @@ def test_cli_refuses_an_unknown_key_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     'arg, expected',
     [
-        ('dataset=cifar10,noise=pair45,method=coteaching', {'forget_rate': 0.45, 'dividemix_lambda_u': 25.0}),
+        (
+            'dataset=cifar10,noise=pair45,method=coteaching',
+            {'coteaching.forget_rate': 0.45, 'jocor.forget_rate': 0.45, 'dividemix.lambda_u': 25.0},
+        ),
         (
             'dataset=cifar10,noise=sym90,method=dividemix',
-            {'forget_rate': 0.9, 'dividemix_lambda_u': 50.0, 'dividemix_warmup_epochs': 10},
+            {'coteaching.forget_rate': 0.9, 'dividemix.lambda_u': 50.0, 'dividemix.warmup_epochs': 10},
         ),
         (
             'dataset=cifar10,noise=asym40,method=dividemix',
-            {'dividemix_lambda_u': 0.0, 'dividemix_confidence_penalty': True},
+            {'dividemix.lambda_u': 0.0, 'dividemix.confidence_penalty': True},
         ),
         (
             'dataset=cifar100,noise=sym50,method=elr',
             {
-                'elr_lambda': 7.0,
-                'elr_beta': 0.9,
-                'sce_alpha': 6.0,
-                'dividemix_lambda_u': 150.0,
-                'dividemix_warmup_epochs': 30,
+                'elr.reg_lambda': 7.0,
+                'elr.beta': 0.9,
+                'sce.alpha': 6.0,
+                'dividemix.lambda_u': 150.0,
+                'dividemix.warmup_epochs': 30,
             },
         ),
-        ('noise=c10n_worst,method=jocor', {'forget_rate': 0.4021}),
-        ('noise=c100n_noisy,method=coteaching', {'forget_rate': 0.4020, 'elr_lambda': 7.0}),
+        ('noise=c10n_worst,method=jocor', {'jocor.forget_rate': 0.4021, 'coteaching.forget_rate': 0.4021}),
+        ('noise=c100n_noisy,method=coteaching', {'coteaching.forget_rate': 0.4020, 'elr.reg_lambda': 7.0}),
     ],
 )
 def test_cells_get_the_methods_published_settings(arg, expected):
   config = noisy_cifar.get_config(arg)
   for key, value in expected.items():
-    assert config.method[key] == value, key
+    block, setting = key.split('.')
+    assert config.method[block][setting] == value, key
   config_checks.validate(config, num_devices=8)
+
+
+# configs/noisy_cifar.py cells as the flat-key version made them (method settings only; the rest of each config is
+# the same): a saved config.json of such a cell, upgraded, must equal today's config of the cell, so it resumes.
+FLAT_CELLS = {
+    'dataset=cifar10,noise=pair45,method=coteaching': {
+        'method.name': 'coteaching',
+        'method.forget_rate': 0.45,
+        'method.dividemix_lambda_u': 25.0,
+        'method.dividemix_confidence_penalty': False,
+    },
+    'dataset=cifar100,noise=sym50,method=elr,rmdnet=false': {
+        'method.name': 'elr',
+        'method.distill': False,
+        'method.forget_rate': 0.5,
+        'method.sce_alpha': 6.0,
+        'method.elr_lambda': 7.0,
+        'method.elr_beta': 0.9,
+        'method.dividemix_warmup_epochs': 30,
+        'method.dividemix_lambda_u': 150.0,
+    },
+    'noise=c10n_worst,method=jocor': {'method.name': 'jocor', 'method.forget_rate': 0.4021},
+}
+FLAT_DEFAULTS = {
+    'method.name': 'ce',
+    'method.distill': True,
+    'method.gce_q': 0.7,
+    'method.sce_alpha': 0.1,
+    'method.sce_beta': 1.0,
+    'method.sce_log_zero': -4.0,
+    'method.forget_rate': 0.5,
+    'method.forget_gradual_epochs': 10,
+    'method.forget_exponent': 1.0,
+    'method.jocor_lambda': 0.9,
+    'method.elr_lambda': 3.0,
+    'method.elr_beta': 0.7,
+    'method.dividemix_warmup_epochs': 10,
+    'method.dividemix_p_threshold': 0.5,
+    'method.dividemix_temperature': 0.5,
+    'method.dividemix_alpha': 4.0,
+    'method.dividemix_lambda_u': 25.0,
+    'method.dividemix_rampup_epochs': 16,
+    'method.dividemix_confidence_penalty': False,
+    'method.dividemix_gmm_iterations': 10,
+    'method.dividemix_gmm_tol': 1e-2,
+    'method.dividemix_gmm_reg_covar': 5e-4,
+}
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+@pytest.mark.parametrize('arg', sorted(FLAT_CELLS))
+def test_a_flat_key_cells_saved_config_upgrades_to_todays_cell(arg):
+  today = _flat(noisy_cifar.get_config(arg).to_dict())
+  saved = {k: v for k, v in today.items() if not k.startswith('method.')} | FLAT_DEFAULTS | FLAT_CELLS[arg]
+  assert config_checks.upgrade_saved_config(saved) == today

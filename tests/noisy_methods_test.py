@@ -13,9 +13,9 @@ from flax import linen as nn
 from jax import lax
 
 from configs import default
-from rmdnet_jax import augment, distill, methods, parallel
+from rmdnet_jax import data, distill, methods, parallel
 from rmdnet_jax import train_state as train_state_lib
-from rmdnet_jax.methods import base, dividemix, elr, gmm
+from rmdnet_jax.methods import base, dividemix, gmm
 from tests import helpers
 
 B, C = 16, 5
@@ -44,11 +44,12 @@ def problem(seed=0, n=B, scale=2.0):
   return (rng.normal(size=(n, C)) * scale, rng.normal(size=(n, C)) * scale, rng.integers(0, C, n))
 
 
-def method_for(name, **overrides):
+def method_for(name, **settings):
+  """`name` bound to its default settings block with `settings` overridden."""
   config = default.get_config().method
   config.name = name
-  for key, value in overrides.items():
-    config[key] = value
+  for key, value in settings.items():
+    config[name][key] = value
   return methods.make_method(config)
 
 
@@ -173,7 +174,7 @@ def test_coteaching_loss_matches_numpy(x64, num_devices):
 @pytest.mark.parametrize('num_devices', [1, 8])
 def test_jocor_loss_matches_numpy(x64, num_devices):
   l1, l2, y = problem(2)
-  method = method_for('jocor', jocor_lambda=0.7, forget_rate=0.25, forget_gradual_epochs=0)
+  method = method_for('jocor', co_lambda=0.7, forget_rate=0.25, forget_gradual_epochs=0)
   losses, _, _ = run_loss(method, (l1, l2), y, num_devices=num_devices, progress=3.0)
   joint = 0.3 * (ce(l1, y) + ce(l2, y)) + 0.7 * (kl(l2, l1) + kl(l1, l2))
   keep = int(0.75 * B)
@@ -188,7 +189,7 @@ def test_elr_loss_and_target_update_match_numpy(x64, num_devices):
   rng = np.random.default_rng(4)
   index = rng.permutation(n)[:B]
   targets = softmax(rng.normal(size=(n, C)))
-  method = method_for('elr', elr_lambda=3.0, elr_beta=0.7)
+  method = method_for('elr', reg_lambda=3.0, beta=0.7)
   losses, state, metrics = run_loss(
       method, (l1,), y, num_devices=num_devices, index=index, method_state={'targets': jnp.asarray(targets)}
   )
@@ -204,7 +205,7 @@ def test_elr_loss_and_target_update_match_numpy(x64, num_devices):
 
 
 def test_elr_state_starts_at_zero_and_is_sized_by_the_dataset():
-  state = elr.init_targets(50, 10)
+  state = method_for('elr').init_state(50, 10)
   assert state['targets'].shape == (50, 10) and not np.any(state['targets'])
 
 
@@ -258,7 +259,7 @@ def test_dividemix_mixmatch_loss_matches_numpy(x64, num_devices):
   probs_clean = rng.uniform(size=(2, n))
   view, view_2 = rng.normal(size=(B, 2, 2, 3)), rng.normal(size=(B, 2, 2, 3))
   hp = dict(p_threshold=0.5, temperature=0.5, alpha=4.0, lambda_u=25.0, warmup=2, rampup=16)
-  method = method_for('dividemix', dividemix_warmup_epochs=2, dividemix_rampup_epochs=16, dividemix_lambda_u=25.0)
+  method = method_for('dividemix', warmup_epochs=2, rampup_epochs=16, lambda_u=25.0)
   progress = 6.25
   losses, _, metrics = run_loss(
       method,
@@ -282,7 +283,7 @@ def test_dividemix_mixmatch_loss_matches_numpy(x64, num_devices):
 def test_dividemix_warmup_is_cross_entropy_with_optional_penalty(x64):
   l1, l2, y = problem(7)
   for penalty in (False, True):
-    method = method_for('dividemix', dividemix_warmup_epochs=10, dividemix_confidence_penalty=penalty)
+    method = method_for('dividemix', warmup_epochs=10, confidence_penalty=penalty)
     losses, _, _ = run_loss(
         method,
         (l1, l2),
@@ -309,10 +310,10 @@ def test_dividemix_divide_is_skipped_in_warmup_and_splits_after():
     calls.append(1)
     return logits
 
-  hp = dict(warmup_epochs=3, gmm_iterations=10, gmm_tol=1e-2, gmm_reg_covar=5e-4)
-  assert dividemix.divide({}, epoch=2, logits_fn=logits_fn, labels=labels, **hp) is None
+  settings = base.Settings(dict(warmup_epochs=3, gmm_iterations=10, gmm_tol=1e-2, gmm_reg_covar=5e-4))
+  assert dividemix.divide({}, settings, epoch=2, logits_fn=logits_fn, labels=labels) is None
   assert not calls, 'warm-up epochs must not predict the training set'
-  state = dividemix.divide({}, epoch=3, logits_fn=logits_fn, labels=labels, **hp)
+  state = dividemix.divide({}, settings, epoch=3, logits_fn=logits_fn, labels=labels)
   p = state['clean_probability']
   assert p.shape == (2, 200) and p.dtype == np.float32
   assert np.all(p[:, :150] > 0.9) and np.all(p[:, 150:] < 0.1)
@@ -335,9 +336,9 @@ class MlpStudent(nn.Module):
     return {'features': h, 'logits': nn.Dense(self.num_classes)(h), 'embedding': nn.Dense(8)(h)}
 
 
-def _step_setup(name, **method_overrides):
+def _step_setup(name, **settings):
   config = helpers.tiny_config(
-      **{'method.name': name, 'rgrl.learning_rate': 0.05, **{f'method.{k}': v for k, v in method_overrides.items()}}
+      **{'method.name': name, 'rgrl.learning_rate': 0.05, **{f'method.{name}.{k}': v for k, v in settings.items()}}
   )
   method = methods.make_method(config.method)
   num_examples = 32
@@ -364,7 +365,7 @@ def _step_setup(name, **method_overrides):
       method=method,
       K=config.relation.K,
       relation_kwargs=distill.relation_kwargs(config),
-      view_kwargs=distill.view_kwargs(config, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+      view_kwargs=distill.view_kwargs(config.rgrl.augment, data.CIFAR10_MEAN, data.CIFAR10_STD),
       steps_per_epoch=2,
   )
   rng = np.random.default_rng(0)
@@ -381,7 +382,7 @@ STEP_CASES = {
     'coteaching': dict(forget_rate=0.5, forget_gradual_epochs=0),
     'jocor': dict(forget_rate=0.25, forget_gradual_epochs=0),
     'elr': {},
-    'dividemix': dict(dividemix_warmup_epochs=0),
+    'dividemix': dict(warmup_epochs=0),
 }
 
 

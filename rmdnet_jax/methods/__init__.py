@@ -5,22 +5,23 @@
     ELR                   one network, per-example target estimates kept in the train state
     DivideMix             two networks, GMM co-divide before each epoch, MixMatch
 
-Adding a method: one new file in this folder that defines `METHOD = base.Method(...)` (or
-`base.from_mean_loss(name, loss_fn, hyperparameters)` for a plain loss of logits and labels), plus one line in
-`METHODS` below; its hyperparameters are keys of `config.method` (add them, with defaults, to
-configs/default.py). See `base.py` for the interface and README "Adding a noisy-label method".
+Adding a method `mymethod`:
+  1. rmdnet_jax/methods/mymethod.py defines `METHOD = base.Method(name='mymethod', loss=..., ...)`, or
+     `METHOD = base.mean_loss_method('mymethod', my_loss, check)` for a plain mean loss of (logits, labels);
+  2. one line `'mymethod': mymethod.METHOD,` in `METHODS` below;
+  3. its settings block `config.method.mymethod` in configs/default.py (a method without settings needs none).
+The method's functions receive that block as `settings`; see `base.py` for the interface and README "Adding a
+noisy-label method".
 """
 
-import ml_collections
+from typing import Mapping
 
 from rmdnet_jax.methods import base, ce, coteaching, dividemix, elr, gce, jocor, sce
 
-METHODS: dict[str, base.Method] = {
-    'ce': base.from_mean_loss('ce', ce.cross_entropy),
-    'gce': base.from_mean_loss('gce', gce.generalized_cross_entropy, {'q': 'gce_q'}),
-    'sce': base.from_mean_loss(
-        'sce', sce.symmetric_cross_entropy, {'alpha': 'sce_alpha', 'beta': 'sce_beta', 'log_zero': 'sce_log_zero'}
-    ),
+METHODS: Mapping[str, base.Method] = {
+    'ce': ce.METHOD,
+    'gce': gce.METHOD,
+    'sce': sce.METHOD,
     'coteaching': coteaching.METHOD,
     'jocor': jocor.METHOD,
     'elr': elr.METHOD,
@@ -29,14 +30,17 @@ METHODS: dict[str, base.Method] = {
 
 
 def get_method(name: str) -> base.Method:
-  """The unbound method `name` (its hyperparameters not yet read from a config)."""
+  """The unbound method `name` (its settings not yet given)."""
   if name not in METHODS:
-    raise ValueError(
-        f'Unknown method.name {name!r}; choose one of {sorted(METHODS)} ' '(e.g. --config.method.name=ce).'
-    )
+    raise ValueError(f'Unknown method.name {name!r}; choose one of {sorted(METHODS)} (e.g. --config.method.name=ce).')
   return METHODS[name]
 
 
-def make_method(method_config: ml_collections.ConfigDict) -> base.Method:
-  """`config.method.name`'s method with its hyperparameters read from `config.method` and bound."""
-  return get_method(method_config.name).bind(method_config)
+def settings_of(method_config, name: str):
+  """The settings block `config.method.<name>` of the `config.method` section ({} when the method has none)."""
+  return method_config.get(name) or {}
+
+
+def make_method(method_config) -> base.Method:
+  """`config.method.name`'s method bound to its settings `config.method.<name>`."""
+  return get_method(method_config.name).bind(settings_of(method_config, method_config.name))

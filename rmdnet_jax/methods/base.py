@@ -1,12 +1,16 @@
 """The interface every noisy-label method implements, and the cross-device reductions methods share.
 
-A method is a `Method`: a `loss(inputs: LossInputs, **hyperparameters) -> LossOutputs` run inside the pmapped
-RGRL step (`distill.distill_step`), plus what some methods need around it:
+A method is a `Method`: a `loss(inputs: LossInputs, settings) -> LossOutputs` run inside the pmapped RGRL step
+(`distill.distill_step`), plus what some methods need around it:
 
   num_networks    1, or 2 for methods that train two networks together (Co-teaching, JoCoR, DivideMix);
   init_state      per-sample state kept in the train state and checkpointed with it (ELR's targets);
   epoch_hook      a host-side update before each epoch from the whole training set's logits (DivideMix's GMM);
-  eval_networks   how a two-network student predicts: 'first' network, or the 'mean' of both.
+  eval_networks   how a two-network student predicts: 'first' network, or the 'mean' of both;
+  check           the rules its settings must obey, run by `config_checks.validate`.
+
+`settings` is the method's own config block, `config.method.<name>` (configs/default.py), frozen. `bind` passes it
+to `loss`, `init_state` and `epoch_hook` once, so the bound method's callables take only the step's arguments.
 
 The step computes, for every network, a train-mode forward pass of the same augmented view the teacher sees
 (`LossInputs.logits`); the method turns those into one loss per network. With RMDNet on, every network adds its
@@ -21,14 +25,17 @@ depend on the global batch only, never on how it is split over devices.
 
 import dataclasses
 import functools
-import inspect
 from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
 from rmdnet_jax import parallel
+
+# A method's settings: its config block, frozen (attribute access, hashable, no later edits).
+Settings = ml_collections.FrozenConfigDict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,70 +61,66 @@ class LossOutputs:
   metrics: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)  # logged as rgrl/method_<name>
 
 
-def _no_state(num_examples: int, num_classes: int, **hyperparameters) -> dict:
-  del num_examples, num_classes, hyperparameters
+class SettingsError(ValueError):
+  """A method's settings break one of its rules; the message names the key (method.<name>.<setting>)."""
+
+
+def require(condition: bool, message: str) -> None:
+  """For `Method.check`: raises SettingsError(message) unless `condition`."""
+  if not condition:
+    raise SettingsError(message)
+
+
+def no_state(num_examples: int, num_classes: int, settings: Settings) -> dict:
+  del num_examples, num_classes, settings
   return {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """One noisy-label method. `hyperparameters` maps keyword arguments of `loss`, `init_state` and `epoch_hook`
-  to keys of `config.method` (prefixed by the method's name so several methods' settings live side by side)."""
+  """One noisy-label method. Unbound (`settings` None) as registered in `methods.METHODS`; `bind` gives the
+  method a run uses.
+
+  Unbound, its callables take the settings as their `settings` argument:
+    loss(inputs: LossInputs, settings) -> LossOutputs
+    init_state(num_examples, num_classes, settings) -> dict
+    epoch_hook(method_state, settings, *, epoch, logits_fn, labels) -> new method_state, or None to keep it;
+      logits_fn() returns the train set's inference-mode logits [num_networks, N, C] (computed only when called)
+    check(settings) -> None, raising SettingsError (via `require`) for a setting that cannot run
+  """
 
   name: str
   loss: Callable[..., LossOutputs]
   num_networks: int = 1
-  hyperparameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  init_state: Callable[..., dict] = _no_state
-  # epoch_hook(method_state, *, epoch, logits_fn, labels, **hyperparameters) -> new method_state or None (keep).
-  # logits_fn() returns the train set's inference-mode logits [num_networks, N, C] (computed only when called).
+  init_state: Callable[..., dict] = no_state
   epoch_hook: Optional[Callable[..., Optional[dict]]] = None
   eval_networks: str = 'first'
+  check: Optional[Callable[[Settings], None]] = None
+  settings: Optional[Settings] = None  # the bound settings (None: unbound)
 
-  def bind(self, method_config) -> 'Method':
-    """This method with its hyperparameters read from `config.method` and bound into every callable."""
-    kwargs = {arg: method_config[key] for arg, key in self.hyperparameters.items()}
-    unused = set(kwargs) - set().union(*(_keywords(f) for f in (self.loss, self.init_state, self.epoch_hook)))
-    if unused:
-      raise TypeError(f'Method {self.name!r} maps hyperparameters {sorted(unused)} that none of its functions take.')
-
-    def bound(fn):
-      # Each function gets the hyperparameters its signature names, so a loss need not accept the hook's.
-      own = {k: v for k, v in kwargs.items() if k in _keywords(fn)}
-      return functools.partial(fn, **own) if own else fn
-
+  def bind(self, settings: Optional[Mapping] = None) -> 'Method':
+    """This method with `settings` (its block `config.method.<name>`; None or {} for a method without settings)
+    given to `loss`, `init_state` and `epoch_hook`."""
+    if self.settings is not None:
+      raise ValueError(f'Method {self.name!r} is already bound.')
+    frozen = Settings(settings or {})
     return dataclasses.replace(
         self,
-        loss=bound(self.loss),
-        init_state=bound(self.init_state),
-        epoch_hook=bound(self.epoch_hook) if self.epoch_hook else None,
+        settings=frozen,
+        loss=functools.partial(self.loss, settings=frozen),
+        init_state=functools.partial(self.init_state, settings=frozen),
+        epoch_hook=functools.partial(self.epoch_hook, settings=frozen) if self.epoch_hook else None,
     )
 
 
-def _keywords(fn: Optional[Callable]) -> set:
-  if fn is None:
-    return set()
-  return {
-      name
-      for name, p in inspect.signature(fn).parameters.items()
-      if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-  }
+def mean_loss_method(name: str, loss_fn: Callable, check: Optional[Callable[[Settings], None]] = None) -> Method:
+  """A one-network method from `loss_fn(logits [b, C], labels [b], **settings) -> mean over the batch`: its
+  settings are loss_fn's keyword arguments, named alike in `config.method.<name>`."""
 
+  def loss(inputs: LossInputs, settings: Settings) -> LossOutputs:
+    return LossOutputs(losses=(loss_fn(inputs.logits[0], inputs.labels, **settings),))
 
-def from_mean_loss(name: str, loss_fn: Callable, hyperparameters: Optional[Mapping[str, str]] = None) -> Method:
-  """A single-network method from `loss_fn(logits [b, C], labels [b], **hp) -> mean over the batch`."""
-
-  def loss(inputs: LossInputs, **hp) -> LossOutputs:
-    return LossOutputs(losses=(loss_fn(inputs.logits[0], inputs.labels, **hp),))
-
-  # bind() reads the keyword arguments from the signature: give the wrapper loss_fn's.
-  params = [inspect.Parameter('inputs', inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-      p for p in inspect.signature(loss_fn).parameters.values() if p.kind == p.KEYWORD_ONLY
-  ]
-  loss.__signature__ = inspect.Signature(params)
-  loss.__doc__ = loss_fn.__doc__
-  loss.mean_loss = loss_fn
-  return Method(name=name, loss=loss, hyperparameters=dict(hyperparameters or {}))
+  return Method(name=name, loss=loss, check=check)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,6 +181,30 @@ def forget_rate_schedule(epoch: jax.Array, *, forget_rate: float, gradual_epochs
     return jnp.asarray(ramp, jnp.float32)
   ramp = forget_rate**exponent * epoch / (gradual_epochs - 1)
   return jnp.where(epoch < gradual_epochs, ramp, forget_rate)
+
+
+def check_forget_schedule(name: str, settings: Settings) -> None:
+  """The rules of the drop-rate schedule settings shared by Co-teaching and JoCoR (in method `name`'s block)."""
+  require(
+      0 <= settings.forget_rate < 1,
+      f'method.{name}.forget_rate={settings.forget_rate} must be in [0, 1) ({name} drops that fraction of each '
+      'batch; set it to the noise rate).',
+  )
+  require(
+      settings.forget_gradual_epochs >= 0 and settings.forget_exponent > 0,
+      f'method.{name}.forget_gradual_epochs={settings.forget_gradual_epochs} must be >= 0 and '
+      f'method.{name}.forget_exponent={settings.forget_exponent} must be > 0.',
+  )
+
+
+def scheduled_forget_rate(progress: jax.Array, settings: Settings) -> jax.Array:
+  """`forget_rate_schedule` at the epoch `progress` is in, from a Co-teaching / JoCoR settings block."""
+  return forget_rate_schedule(
+      jnp.floor(progress),
+      forget_rate=settings.forget_rate,
+      gradual_epochs=settings.forget_gradual_epochs,
+      exponent=settings.forget_exponent,
+  )
 
 
 def num_to_keep(forget_rate: jax.Array, global_batch_size: int) -> jax.Array:

@@ -9,21 +9,21 @@ Deviation: the reference code divides the selected mean once more by the number 
 learning rate); this is the plain mean over the selection.
 """
 
+import functools
+
 import jax.numpy as jnp
 
 from rmdnet_jax.methods import base
 
 
-def coteaching_loss(
-    inputs: base.LossInputs, *, forget_rate: float, gradual_epochs: int, exponent: float
-) -> base.LossOutputs:
+def coteaching_loss(inputs: base.LossInputs, settings: base.Settings) -> base.LossOutputs:
   """Cross-entropy of each network on the examples its peer ranks smallest-loss.
 
   Args:
     inputs: the step's inputs; `logits` holds the two networks' outputs on the same view.
-    forget_rate: final fraction of each global batch dropped (the paper: the noise rate).
-    gradual_epochs: epochs over which the drop rate ramps up from 0 (the paper: 10).
-    exponent: the ramp ends at forget_rate ** exponent (the paper: 1).
+    settings: `config.method.coteaching`: forget_rate, the final fraction of each global batch dropped (the
+      paper: the noise rate); forget_gradual_epochs, the epochs over which the drop rate ramps up from 0 (the
+      paper: 10); forget_exponent, the ramp ends at forget_rate ** forget_exponent (the paper: 1).
 
   Returns:
     One loss per network, and the fraction kept and the label agreement of the two selections as metrics.
@@ -31,9 +31,7 @@ def coteaching_loss(
   logits_1, logits_2 = inputs.logits
   ce_1 = base.per_example_cross_entropy(logits_1, inputs.labels)
   ce_2 = base.per_example_cross_entropy(logits_2, inputs.labels)
-  rate = base.forget_rate_schedule(
-      jnp.floor(inputs.progress), forget_rate=forget_rate, gradual_epochs=gradual_epochs, exponent=exponent
-  )
+  rate = base.scheduled_forget_rate(inputs.progress, settings)
   keep = base.num_to_keep(rate, base.global_batch_size(ce_1.shape[0]))
   selected_by_1 = base.small_loss_mask(ce_1, keep)
   selected_by_2 = base.small_loss_mask(ce_2, keep)
@@ -48,9 +46,5 @@ METHOD = base.Method(
     name='coteaching',
     loss=coteaching_loss,
     num_networks=2,
-    hyperparameters={
-        'forget_rate': 'forget_rate',
-        'gradual_epochs': 'forget_gradual_epochs',
-        'exponent': 'forget_exponent',
-    },
+    check=functools.partial(base.check_forget_schedule, 'coteaching'),
 )

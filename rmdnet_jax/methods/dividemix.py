@@ -28,34 +28,23 @@ from rmdnet_jax import parallel
 from rmdnet_jax.methods import base, gmm
 
 
-def init_state(num_examples: int, num_classes: int) -> dict:
-  del num_classes
+def init_state(num_examples: int, num_classes: int, settings: base.Settings) -> dict:
+  del num_classes, settings
   # Before the first division every example counts as unlabelled (p = 0); warm-up never reads it.
   return {'clean_probability': jnp.zeros((2, num_examples), jnp.float32)}
 
 
-def divide(
-    method_state: dict,
-    *,
-    epoch: int,
-    logits_fn,
-    labels: np.ndarray,
-    warmup_epochs: int,
-    gmm_iterations: int,
-    gmm_tol: float,
-    gmm_reg_covar: float,
-):
+def divide(method_state: dict, settings: base.Settings, *, epoch: int, logits_fn, labels: np.ndarray):
   """Co-divide before `epoch`: each network's GMM p(clean) per training example (None during warm-up)."""
   del method_state
-  if epoch < warmup_epochs:
+  if epoch < settings.warmup_epochs:
     return None
   logits = np.asarray(logits_fn(), np.float64)  # [2, N, C]
   log_p = logits - logits.max(-1, keepdims=True)
   log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
   losses = -np.take_along_axis(log_p, np.asarray(labels)[None, :, None], axis=-1)[..., 0]
-  probs = np.stack(
-      [gmm.clean_probability(l, max_iter=gmm_iterations, tol=gmm_tol, reg_covar=gmm_reg_covar) for l in losses]
-  )
+  fit = dict(max_iter=settings.gmm_iterations, tol=settings.gmm_tol, reg_covar=settings.gmm_reg_covar)
+  probs = np.stack([gmm.clean_probability(l, **fit) for l in losses])
   return {'clean_probability': probs.astype(np.float32)}
 
 
@@ -74,24 +63,13 @@ def _gather_global(local: jax.Array) -> jax.Array:
   return jnp.concatenate([parallel.all_gather(local[:b]), parallel.all_gather(local[b:])])
 
 
-def mixmatch_loss(
-    inputs: base.LossInputs,
-    i: int,
-    view_2: jax.Array,
-    probs: tuple,
-    *,
-    p_threshold: float,
-    temperature: float,
-    alpha: float,
-    lambda_u: float,
-    warmup_epochs: int,
-    rampup_epochs: int,
-):
+def mixmatch_loss(inputs: base.LossInputs, i: int, view_2: jax.Array, probs: tuple, settings: base.Settings):
   """Network i's MixMatch loss on its peer's division. `probs[k][v]`: network k's softmax on view v (no grad)."""
+  temperature, alpha = settings.temperature, settings.alpha
   j = 1 - i
   num_classes = inputs.logits[0].shape[-1]
   p_clean = inputs.method_state['clean_probability'][j][inputs.index]
-  labelled = p_clean > p_threshold
+  labelled = p_clean > settings.p_threshold
   w = p_clean[:, None]
   one_hot = jax.nn.one_hot(inputs.labels, num_classes, dtype=jnp.float32)
   refined = sharpen(w * one_hot + (1.0 - w) * 0.5 * (probs[i][0] + probs[i][1]), temperature)
@@ -117,8 +95,8 @@ def mixmatch_loss(
   p = jnp.exp(log_p)
   loss_x = base.global_masked_mean(-jnp.sum(mixed_t * log_p, axis=-1), position_labelled)
   loss_u = base.global_masked_mean(jnp.mean((p - mixed_t) ** 2, axis=-1), ~position_labelled)
-  weight_u = jnp.float32(lambda_u) * linear_rampup(
-      inputs.progress, warmup_epochs=warmup_epochs, rampup_epochs=rampup_epochs
+  weight_u = jnp.float32(settings.lambda_u) * linear_rampup(
+      inputs.progress, warmup_epochs=settings.warmup_epochs, rampup_epochs=settings.rampup_epochs
   ).astype(jnp.float32)
   # The prior keeps the mixed predictions from collapsing onto few classes; the global batch mean is a pmean of
   # equal-size local means.
@@ -135,36 +113,29 @@ def mixmatch_loss(
   return loss_x + weight_u * loss_u + penalty, metrics
 
 
-def dividemix_loss(
-    inputs: base.LossInputs,
-    *,
-    warmup_epochs: int,
-    p_threshold: float,
-    temperature: float,
-    alpha: float,
-    lambda_u: float,
-    rampup_epochs: int,
-    confidence_penalty: bool,
-) -> base.LossOutputs:
+def dividemix_loss(inputs: base.LossInputs, settings: base.Settings) -> base.LossOutputs:
   """Warm-up CE before `warmup_epochs`, MixMatch on the co-division after (one loss per network).
 
   Args:
     inputs: the step's inputs; `logits` holds both networks' outputs on the first view.
-    warmup_epochs: epochs of plain CE before the first division (the paper: 10 on CIFAR-10, 30 on CIFAR-100).
-    p_threshold: p(clean) above which an example is labelled (0.5).
-    temperature: sharpening temperature T (0.5).
-    alpha: Beta(alpha, alpha) of the mixing coefficient (4).
-    lambda_u: final weight of the unlabelled loss (the paper: 0 / 25 / 25 / 50 for CIFAR-10 sym 20/50/80/90,
-      0 for asym 40; 25 / 150 / 150 / 150 for CIFAR-100).
-    rampup_epochs: epochs over which lambda_u ramps up after warm-up (16).
-    confidence_penalty: add the negative-entropy penalty during warm-up (the paper: asymmetric noise only).
+    settings: `config.method.dividemix`:
+      warmup_epochs: epochs of plain CE before the first division (the paper: 10 on CIFAR-10, 30 on CIFAR-100).
+      p_threshold: p(clean) above which an example is labelled (0.5).
+      temperature: sharpening temperature T (0.5).
+      alpha: Beta(alpha, alpha) of the mixing coefficient (4).
+      lambda_u: final weight of the unlabelled loss (the paper: 0 / 25 / 25 / 50 for CIFAR-10 sym 20/50/80/90,
+        0 for asym 40; 25 / 150 / 150 / 150 for CIFAR-100).
+      rampup_epochs: epochs over which lambda_u ramps up after warm-up (16).
+      confidence_penalty: add the negative-entropy penalty during warm-up (the paper: asymmetric noise only).
+      gmm_iterations, gmm_tol, gmm_reg_covar: the per-epoch GMM's EM (`divide`).
   """
+  warmup_epochs = settings.warmup_epochs
 
   def warm(_):
     losses, metrics = [], {}
     for logits in inputs.logits:
       ce = jnp.mean(base.per_example_cross_entropy(logits, inputs.labels))
-      if confidence_penalty:
+      if settings.confidence_penalty:
         log_p = jax.nn.log_softmax(base.float32(logits), axis=-1)
         ce = ce + jnp.mean(jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
       losses.append(ce)
@@ -191,18 +162,7 @@ def dividemix_loss(
     )
     losses, all_metrics = [], []
     for i in range(2):
-      loss, metrics = mixmatch_loss(
-          inputs,
-          i,
-          view_2,
-          probs,
-          p_threshold=p_threshold,
-          temperature=temperature,
-          alpha=alpha,
-          lambda_u=lambda_u,
-          warmup_epochs=warmup_epochs,
-          rampup_epochs=rampup_epochs,
-      )
+      loss, metrics = mixmatch_loss(inputs, i, view_2, probs, settings)
       losses.append(loss)
       all_metrics.append(metrics)
     return tuple(losses), jax.tree.map(lambda a, b: 0.5 * (a + b), *all_metrics)
@@ -214,6 +174,26 @@ def dividemix_loss(
   return base.LossOutputs(losses=losses, metrics=metrics)
 
 
+def check(settings: base.Settings) -> None:
+  s = settings
+  base.require(
+      s.warmup_epochs >= 0 and s.rampup_epochs >= 1,
+      f'method.dividemix.warmup_epochs={s.warmup_epochs} must be >= 0 and method.dividemix.rampup_epochs='
+      f'{s.rampup_epochs} >= 1.',
+  )
+  base.require(0 <= s.p_threshold <= 1, f'method.dividemix.p_threshold={s.p_threshold} must be in [0, 1].')
+  base.require(
+      s.temperature > 0 and s.alpha > 0 and s.lambda_u >= 0,
+      f'method.dividemix.temperature={s.temperature} and method.dividemix.alpha={s.alpha} must be > 0, '
+      f'method.dividemix.lambda_u={s.lambda_u} >= 0.',
+  )
+  base.require(
+      s.gmm_iterations >= 1 and s.gmm_tol > 0 and s.gmm_reg_covar > 0,
+      f'method.dividemix.gmm_iterations={s.gmm_iterations} must be >= 1 and method.dividemix.gmm_tol='
+      f'{s.gmm_tol}, method.dividemix.gmm_reg_covar={s.gmm_reg_covar} > 0.',
+  )
+
+
 METHOD = base.Method(
     name='dividemix',
     loss=dividemix_loss,
@@ -221,16 +201,5 @@ METHOD = base.Method(
     init_state=init_state,
     epoch_hook=divide,
     eval_networks='mean',
-    hyperparameters={
-        'warmup_epochs': 'dividemix_warmup_epochs',
-        'p_threshold': 'dividemix_p_threshold',
-        'temperature': 'dividemix_temperature',
-        'alpha': 'dividemix_alpha',
-        'lambda_u': 'dividemix_lambda_u',
-        'rampup_epochs': 'dividemix_rampup_epochs',
-        'confidence_penalty': 'dividemix_confidence_penalty',
-        'gmm_iterations': 'dividemix_gmm_iterations',
-        'gmm_tol': 'dividemix_gmm_tol',
-        'gmm_reg_covar': 'dividemix_gmm_reg_covar',
-    },
+    check=check,
 )

@@ -19,18 +19,18 @@ from rmdnet_jax.methods import base
 CLAMP = 1e-4  # the reference clamps probabilities to [1e-4, 1 - 1e-4] so log(1 - <t, p>) stays finite
 
 
-def init_targets(num_examples: int, num_classes: int, **unused_hyperparameters) -> dict:
-  del unused_hyperparameters
+def init_targets(num_examples: int, num_classes: int, settings: base.Settings) -> dict:
+  del settings
   return {'targets': jnp.zeros((num_examples, num_classes), jnp.float32)}
 
 
-def elr_loss(inputs: base.LossInputs, *, elr_lambda: float, beta: float) -> base.LossOutputs:
+def elr_loss(inputs: base.LossInputs, settings: base.Settings) -> base.LossOutputs:
   """CE + lambda * mean log(1 - <t_i, p_i>), after updating the targets of this global batch.
 
   Args:
     inputs: the step's inputs (uses logits[0], labels, index and method_state['targets']).
-    elr_lambda: weight of the regulariser (the paper: 3 on CIFAR-10, 7 on CIFAR-100).
-    beta: momentum of the target average (the paper: 0.7 on CIFAR-10, 0.9 on CIFAR-100).
+    settings: `config.method.elr`: reg_lambda, the weight lambda of the regulariser (the paper: 3 on CIFAR-10,
+      7 on CIFAR-100); beta, the momentum of the target average (the paper: 0.7 on CIFAR-10, 0.9 on CIFAR-100).
 
   Returns:
     The loss, the new targets, and the regulariser as a metric.
@@ -41,6 +41,7 @@ def elr_loss(inputs: base.LossInputs, *, elr_lambda: float, beta: float) -> base
   targets = inputs.method_state['targets']
   # Global update: every device scatters all examples of the global batch (indices are unique within a batch).
   index = parallel.all_gather(inputs.index)
+  beta = settings.beta
   new_rows = beta * targets[index] + (1.0 - beta) * parallel.all_gather(
       detached / jnp.sum(detached, axis=-1, keepdims=True)
   )
@@ -49,12 +50,17 @@ def elr_loss(inputs: base.LossInputs, *, elr_lambda: float, beta: float) -> base
   regulariser = jnp.mean(jnp.log(1.0 - jnp.sum(local_targets * probs, axis=-1)))
   ce = jnp.mean(base.per_example_cross_entropy(logits, inputs.labels))
   return base.LossOutputs(
-      losses=(ce + elr_lambda * regulariser,),
+      losses=(ce + settings.reg_lambda * regulariser,),
       method_state={'targets': targets},
       metrics={'elr_regulariser': regulariser, 'ce': ce},
   )
 
 
-METHOD = base.Method(
-    name='elr', loss=elr_loss, init_state=init_targets, hyperparameters={'elr_lambda': 'elr_lambda', 'beta': 'elr_beta'}
-)
+def check(settings: base.Settings) -> None:
+  base.require(
+      settings.reg_lambda >= 0 and 0 <= settings.beta < 1,
+      f'method.elr.reg_lambda={settings.reg_lambda} must be >= 0 and method.elr.beta={settings.beta} in [0, 1).',
+  )
+
+
+METHOD = base.Method(name='elr', loss=elr_loss, init_state=init_targets, check=check)

@@ -7,6 +7,8 @@ low-confidence examples makes it robust to the mislabelled ones, at the cost of 
 import jax
 import jax.numpy as jnp
 
+from rmdnet_jax.methods import base
+
 
 def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, *, q: float = 0.7) -> jax.Array:
   """Mean GCE loss.
@@ -24,3 +26,10 @@ def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, *, q: float 
   log_p_y = jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   # p_y^q = exp(q log p_y) stays finite and differentiable where p_y underflows; -expm1 keeps precision as q -> 0.
   return jnp.mean(-jnp.expm1(q * log_p_y) / q)
+
+
+def check(settings: base.Settings) -> None:
+  base.require(0 < settings.q <= 1, f'method.gce.q={settings.q} must be in (0, 1] (0.7 in Zhang & Sabuncu).')
+
+
+METHOD = base.mean_loss_method('gce', generalized_cross_entropy, check)  # settings: q

@@ -6,8 +6,6 @@ loss: agreement is pushed on the examples the two already find easy, which are m
 as in Co-teaching.
 """
 
-import jax.numpy as jnp
-
 from rmdnet_jax.methods import base
 
 
@@ -17,39 +15,30 @@ def jocor_per_example_loss(logits_1, logits_2, labels, co_lambda: float):
   return (1.0 - co_lambda) * ce + co_lambda * kl
 
 
-def jocor_loss(
-    inputs: base.LossInputs, *, co_lambda: float, forget_rate: float, gradual_epochs: int, exponent: float
-) -> base.LossOutputs:
+def jocor_loss(inputs: base.LossInputs, settings: base.Settings) -> base.LossOutputs:
   """The joint loss over the small-joint-loss examples of the global batch.
 
   Args:
     inputs: the step's inputs; `logits` holds the two networks' outputs on the same view.
-    co_lambda: weight of the symmetric KL co-regularisation (the paper: 0.9 on CIFAR-10; its code's default
-      is 0.1).
-    forget_rate, gradual_epochs, exponent: the drop-rate schedule, as in Co-teaching.
+    settings: `config.method.jocor`: co_lambda, the weight of the symmetric KL co-regularisation (the paper: 0.9
+      on CIFAR-10; its code's default is 0.1); forget_rate, forget_gradual_epochs, forget_exponent: the
+      drop-rate schedule, as in Co-teaching.
 
   Returns:
     The joint loss split equally between the two networks (their sum is the objective; the gradient reaches both
     networks through both halves), and the drop rate as a metric.
   """
   logits_1, logits_2 = inputs.logits
-  joint = jocor_per_example_loss(logits_1, logits_2, inputs.labels, co_lambda)
-  rate = base.forget_rate_schedule(
-      jnp.floor(inputs.progress), forget_rate=forget_rate, gradual_epochs=gradual_epochs, exponent=exponent
-  )
+  joint = jocor_per_example_loss(logits_1, logits_2, inputs.labels, settings.co_lambda)
+  rate = base.scheduled_forget_rate(inputs.progress, settings)
   keep = base.num_to_keep(rate, base.global_batch_size(joint.shape[0]))
   loss = base.global_masked_mean(joint, base.small_loss_mask(joint, keep))
   return base.LossOutputs(losses=(0.5 * loss, 0.5 * loss), metrics={'forget_rate': rate})
 
 
-METHOD = base.Method(
-    name='jocor',
-    loss=jocor_loss,
-    num_networks=2,
-    hyperparameters={
-        'co_lambda': 'jocor_lambda',
-        'forget_rate': 'forget_rate',
-        'gradual_epochs': 'forget_gradual_epochs',
-        'exponent': 'forget_exponent',
-    },
-)
+def check(settings: base.Settings) -> None:
+  base.require(0 <= settings.co_lambda <= 1, f'method.jocor.co_lambda={settings.co_lambda} must be in [0, 1].')
+  base.check_forget_schedule('jocor', settings)
+
+
+METHOD = base.Method(name='jocor', loss=jocor_loss, num_networks=2, check=check)

@@ -7,6 +7,8 @@ so it is clamped to A (the paper uses A = -4); RCE then equals -A * (1 - p_y), a
 import jax
 import jax.numpy as jnp
 
+from rmdnet_jax.methods import base
+
 
 def symmetric_cross_entropy(
     logits: jax.Array, labels: jax.Array, *, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0
@@ -32,3 +34,13 @@ def symmetric_cross_entropy(
   log_target = (1.0 - one_hot) * log_zero
   rce = -jnp.sum(jnp.exp(log_p) * log_target, axis=-1)
   return jnp.mean(alpha * ce + beta * rce)
+
+
+def check(settings: base.Settings) -> None:
+  base.require(
+      settings.alpha >= 0 and settings.beta >= 0,
+      f'method.sce.alpha={settings.alpha} and method.sce.beta={settings.beta} must be >= 0.',
+  )
+
+
+METHOD = base.mean_loss_method('sce', symmetric_cross_entropy, check)  # settings: alpha, beta, log_zero
