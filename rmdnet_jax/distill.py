@@ -128,7 +128,7 @@ def distill_step(
     ctx: broadcast extras: ctx['teacher'], the frozen teacher's variables (unused by the baseline).
     teacher_apply: `simsiam.encoder_apply_fn(...)` of the teacher's layer, or None for the method-only baseline
       (no teacher forward at all).
-    method: the plugged-in noisy-label method, hyperparameters bound (`methods.make_method(config.method)`).
+    method: the plugged-in noisy-label method, its settings bound (`methods.make_method(config.method)`).
     K: weight of the relation terms; the baseline passes teacher_apply=None instead of K=0 so it skips the teacher.
     relation_kwargs: arguments of `relation.relation_distillation_loss`.
     view_kwargs: arguments of `augment.pad_crop_flip`.

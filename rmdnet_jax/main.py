@@ -71,6 +71,9 @@ def _config_flag_error(argv, error: Exception) -> str:
           '(the README\'s "Configs" lists them).'
       )
   if isinstance(error, (KeyError, AttributeError)):
+    renamed = config_checks.renamed_override_message(argv)
+    if renamed:
+      return renamed
     key = str(error).strip('\'"')
     override = next(
         (a for a in argv if a.startswith('--config.') and key in a.split('=', 1)[0].split('.')), f'--config...{key}'

@@ -350,7 +350,7 @@ def test_cli_refuses_an_old_method_key_with_one_line(tmp_path):
   result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}/w', '--config.method.gce_q=0.5')
   assert result.returncode != 0
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(errors) == 1 and 'gce_q' in errors[0], result.stderr
+  assert len(errors) == 1 and 'is now --config.method.gce.q' in errors[0], result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'w').exists()
 

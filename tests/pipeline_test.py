@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -190,3 +191,50 @@ def test_resident_data_gives_the_same_run_as_host_batches(tmp_path):
   assert states[True][0] == states[False][0] == 8
   for a, b in zip(jax.tree.leaves(states[True][1]), jax.tree.leaves(states[False][1])):
     np.testing.assert_array_equal(a, b)
+
+
+# config.method as rmdnet_jax wrote it before the method settings were nested (commit ea084db), with its defaults.
+FLAT_METHOD_BLOCK = {
+    'name': 'ce',
+    'distill': True,
+    'gce_q': 0.7,
+    'sce_alpha': 0.1,
+    'sce_beta': 1.0,
+    'sce_log_zero': -4.0,
+    'forget_rate': 0.5,
+    'forget_gradual_epochs': 10,
+    'forget_exponent': 1.0,
+    'jocor_lambda': 0.9,
+    'elr_lambda': 3.0,
+    'elr_beta': 0.7,
+    'dividemix_warmup_epochs': 10,
+    'dividemix_p_threshold': 0.5,
+    'dividemix_temperature': 0.5,
+    'dividemix_alpha': 4.0,
+    'dividemix_lambda_u': 25.0,
+    'dividemix_rampup_epochs': 16,
+    'dividemix_confidence_penalty': False,
+    'dividemix_gmm_iterations': 10,
+    'dividemix_gmm_tol': 0.01,
+    'dividemix_gmm_reg_covar': 0.0005,
+}
+
+
+def test_work_directory_with_flat_method_keys_resumes_or_is_refused_in_one_sentence(finished_run, tmp_path):
+  reference_dir, reference = finished_run
+  workdir = str(tmp_path / 'old')
+  shutil.copytree(reference_dir, workdir)
+  path = os.path.join(workdir, 'config.json')
+  saved = json.load(open(path))
+  saved['method'] = dict(FLAT_METHOD_BLOCK)
+  json.dump(saved, open(path, 'w'))
+  # The same settings under their old names: the finished run is accepted and not trained again.
+  again = pipeline.run(_config(), workdir)
+  assert again['test_accuracy_last'] == reference['test_accuracy_last']
+  # An old value that differs from today's is a config change, named with the key's new name.
+  saved['method'] = {**FLAT_METHOD_BLOCK, 'gce_q': 0.5}
+  json.dump(saved, open(path, 'w'))
+  with pytest.raises(workdir_lib.WorkdirConfigMismatch) as refused:
+    pipeline.run(_config(), workdir)
+  message = str(refused.value)
+  assert 'method.gce.q: 0.5 -> 0.7' in message and '\n' not in message
