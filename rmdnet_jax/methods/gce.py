@@ -21,8 +21,8 @@ def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, *, q: float 
   Returns:
     The mean of (1 - p_y^q) / q over the batch.
   """
-  # bfloat16 logits are promoted: powers of probabilities lose too much precision in 8 mantissa bits.
-  log_p = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+  # Promoted: powers of probabilities lose too much precision in bfloat16's 8 mantissa bits.
+  log_p = jax.nn.log_softmax(base.float32(logits), axis=-1)
   log_p_y = jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   # p_y^q = exp(q log p_y) stays finite and differentiable where p_y underflows; -expm1 keeps precision as q -> 0.
   return jnp.mean(-jnp.expm1(q * log_p_y) / q)

@@ -25,8 +25,7 @@ def symmetric_cross_entropy(
   Returns:
     The mean of alpha * CE + beta * RCE over the batch.
   """
-  # bfloat16 logits are promoted, as in gce: float64 stays float64 for exact reference checks.
-  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  logits = base.float32(logits)  # float64 stays float64 for exact reference checks
   log_p = jax.nn.log_softmax(logits, axis=-1)
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   ce = -jnp.sum(one_hot * log_p, axis=-1)
