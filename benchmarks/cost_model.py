@@ -9,7 +9,7 @@ Two steps, two commands:
   python -m benchmarks.cost_model table --mfu=0.35 --alt_mfu=0.15 --out=benchmarks/results/cost_model
 
 The model: a stage's work is epochs x images per epoch x FLOP per image of its train step (XLA's count), plus its
-evaluation's forward passes (XLA's count of the pipeline's own eval functions) and, for the kNN monitor, the
+evaluation's forward passes (XLA's count of the stages' own eval functions) and, for the kNN monitor, the
 similarity matmul (an analytic count). A system does it in
 
   seconds = FLOP / (chips x peak dense bf16 FLOP/s per chip x MFU)
@@ -27,15 +27,15 @@ import os
 import shlex
 import subprocess
 import sys
-import types
+import time
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common, relation_graph, throughput
+from benchmarks import throughput
 from configs import default
-from rmdnet_jax import augment, distill, models, pipeline
+from rmdnet_jax import data, distill, models, parallel, simsiam
 
 # As rmdnet_jax.main: the steps whose FLOPs are counted are the ones training compiles.
 jax.config.update('jax_threefry_partitionable', False)
@@ -167,7 +167,7 @@ def stage_work(
     stage: 'rm' (SimSiam + kNN monitor), 'rgrl' (RMDNet) or 'ce' (the baseline), the latter two with test
       accuracy (and, with `track_memorization`, a pass over the training set) at each evaluation.
     epochs, batch: the stage's epochs and global batch; an epoch is train_size // batch steps, as
-      `pipeline.stage_schedule` makes it.
+      `loop.Schedule.for_stage` makes it.
     chips: every chip computes the RGRL relation loss on the gathered global batch, so chips - 1 extra copies of
       it (XLA's count at the measured batch) are added per step; the measured step already holds one.
   """
@@ -244,7 +244,7 @@ def list_grid(grid: str = 'paper') -> list[str]:
   """The cells `launch/grid.sh --list --grid=GRID` prints, one per line."""
   done = subprocess.run(
       ['bash', os.path.join('launch', 'grid.sh'), '--list', f'--grid={grid}'],
-      cwd=common.REPO_ROOT,
+      cwd=throughput.REPO_ROOT,
       capture_output=True,
       text=True,
       check=False,
@@ -259,7 +259,7 @@ def list_grid(grid: str = 'paper') -> list[str]:
 
 def _eval_flops(fn, variables, batch: int, image_size: int) -> dict:
   images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8)
-  _, flops = common.compile_with_flops(jax.jit(fn).lower(variables, images))
+  _, flops = throughput.compile_with_flops(jax.jit(fn).lower(jax.device_get(variables), images))
   return {
       'batch': batch,
       'flops_per_step': flops['flops'],
@@ -269,23 +269,27 @@ def _eval_flops(fn, variables, batch: int, image_size: int) -> dict:
 
 
 def measure(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
-  """XLA's FLOPs per image of the train steps and eval forwards at the given model; writes OUT/flops.json."""
-  kinds = common.parse_str_list(args.steps, STEPS, 'steps')
+  """XLA's FLOPs per image of the stages' train steps (the `.lower()` of `parallel.pmap_step(stage.step)`, as
+  `benchmarks.throughput` times it) and of their eval functions, at the given model; writes OUT/flops.json."""
+  kinds = throughput.parse_list(args.steps, 'steps', STEPS)
   devices = jax.device_count()
   for name in ('rm_batch', 'rgrl_batch', 'eval_batch'):
     if getattr(args, name) % devices:
       raise ValueError(f'--{name}={getattr(args, name)} does not split over the {devices} devices; use a multiple.')
-  image_shape = (args.image_size, args.image_size, 3)
-  environment = common.environment('benchmarks.cost_model', ['measure'] + list(argv))
+  args.seed, args.train_size = 0, CIFAR_TRAIN
+  environment = throughput.environment('benchmarks.cost_model', ['measure'] + list(argv))
   config = throughput.make_config(args, args.dtype, args.rgrl_batch)
-  states = throughput.initial_states(config, image_shape, 0, ('simsiam', 'rgrl'))
+  dataset = data.load(config.data)
   steps = {}
   for kind in kinds:
     batch = args.rm_batch if kind == 'simsiam' else args.rgrl_batch
-    step_config = throughput.make_config(args, args.dtype, batch)
-    data = throughput.device_batch(throughput.host_batch(batch, args.image_size, args.num_classes, 0))
-    step_fn, sharded_argnums, step_args = throughput.step_inputs(kind, step_config, states, data)
-    compile_s, flops = throughput.compile_step(step_fn, sharded_argnums, (*step_args, throughput.step_keys(1, 1)[0]))
+    stage = throughput.build_stages(throughput.make_config(args, args.dtype, batch), dataset, (kind,))[kind]
+    start = time.perf_counter()
+    lowered = parallel.pmap_step(stage.step).lower(
+        stage.init_state, throughput.first_batch(stage), jax.random.fold_in(stage.rng, 0), stage.ctx
+    )
+    _, flops = throughput.compile_with_flops(lowered)
+    compile_s = time.perf_counter() - start
     per_chip = batch // devices
     steps[kind] = {
         'global_batch': batch,
@@ -302,15 +306,17 @@ def measure(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
         flush=True,
     )
 
-  dataset = types.SimpleNamespace(mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD)
+  stages = throughput.build_stages(config, dataset, ('rgrl',))
   eval_batch = args.eval_batch // devices
-  teacher = _eval_flops(pipeline.encoder_features_fn(config, dataset), states['teacher'], eval_batch, args.image_size)
-  teacher['dim'] = models.teacher_feature_dim(config.model, config.relation.teacher_layer)
-  student_vars = {'params': states['student'].params, 'batch_stats': states['student'].batch_stats}
-  student = _eval_flops(pipeline.logits_fn(config, dataset), student_vars, eval_batch, args.image_size)
-  relation = relation_graph.time_relation(
-      args.rgrl_batch, teacher['dim'], distill.relation_kwargs(config), steps=1, repeats=1, warmup=0, seed=0
+  layer = config.relation.teacher_layer
+  teacher_vars = stages['rgrl'].ctx['teacher']
+  teacher = _eval_flops(
+      simsiam.encoder_features_fn(config.model, dataset, layer), teacher_vars, eval_batch, args.image_size
   )
+  teacher['dim'] = models.teacher_feature_dim(config.model, layer)
+  student_vars = stages['rgrl'].init_state.variables
+  student = _eval_flops(distill.logits_fn(config, dataset), student_vars, eval_batch, args.image_size)
+  relation = throughput.relation_cost(args.rgrl_batch, teacher['dim'], distill.relation_kwargs(config))
   record = {
       'benchmark': 'cost_model_flops',
       'environment': environment,
@@ -330,12 +336,7 @@ def measure(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
       },
       'steps': steps,
       'forward': {'teacher_features': teacher, 'student_logits': student},
-      'relation': {
-          'global_batch': args.rgrl_batch,
-          'dim': teacher['dim'],
-          'flops': relation['flops'],
-          'flops_source': relation['flops_source'],
-      },
+      'relation': {k: relation[k] for k in ('global_batch', 'dim', 'flops', 'flops_source')},
   }
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'flops.json')
@@ -468,7 +469,7 @@ def torch_count_note(record: dict, path: str) -> Optional[str]:
     return None
   return (
       f"* XLA's count may be low: for the same steps on the CPU (`{path}`), PyTorch's FLOP counter gave "
-      f'{common.fmt_pct(min(ratios))} to {common.fmt_pct(max(ratios))} more (matmuls and convolutions only); '
+      f'{throughput.fmt_pct(min(ratios))} to {throughput.fmt_pct(max(ratios))} more (matmuls and convolutions only); '
       'the times would then be low by as much.'
   )
 
@@ -603,7 +604,7 @@ def build(
       f"chip | {rel['global_batch']} | {rel['flops'] / rel['global_batch'] / 1e9:.4g} | "
       f"{rel['flops_source']} |"
   )
-  shares = ', '.join(f"{r['name'].split(',')[0]} {common.fmt_pct(r['eval_share'])}" for r in results[:3])
+  shares = ', '.join(f"{r['name'].split(',')[0]} {throughput.fmt_pct(r['eval_share'])}" for r in results[:3])
   lines += ['', f'Evaluation share of the FLOP: {shares}.']
 
   if cpu_record:
@@ -646,7 +647,7 @@ def build(
       '',
       f'* time = FLOP / (chips x peak x MFU); MFU = {mfu:.0%} (`--mfu`) for every step and evaluation pass. '
       'The RGRL batch of 128 is 16 images per chip on 8 chips, where a real MFU is likely lower.',
-      f'* An epoch is {CIFAR_TRAIN:,} // batch steps (`pipeline.stage_schedule`). RGRL adds, per step, '
+      f'* An epoch is {CIFAR_TRAIN:,} // batch steps (`loop.Schedule.for_stage`). RGRL adds, per step, '
       'chips - 1 extra copies of the relation loss: every chip computes it on the gathered global batch.',
       '* Evaluation every epoch: RM encodes the training and test sets for the kNN monitor (forward passes, '
       "XLA's count) and compares every test feature with every training feature (2 x test x train x D FLOP, "
@@ -682,7 +683,7 @@ def reference_note(flops: dict, systems: Sequence[System]) -> str:
   h100 = next(x for x in SYSTEMS if x.key == 'h100')
   per_image = flops['steps']['simsiam']['flops_per_image']
   parts = [
-      f'{ips:,} images/s ({label}) would be {common.fmt_pct(ips * per_image / (h100.peak_tflops * 1e12))}'
+      f'{ips:,} images/s ({label}) would be {throughput.fmt_pct(ips * per_image / (h100.peak_tflops * 1e12))}'
       for label, ips in H100_SIMSIAM_REFERENCES
   ]
   return (
@@ -722,7 +723,7 @@ def table(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
       torch_record=torch_record,
       command=command,
   )
-  json_path, md_path = common.write_outputs(args.out, 'cost_model', record, markdown)
+  json_path, md_path = throughput.write_outputs(args.out, 'cost_model', record, markdown)
   print(markdown)
   print(f'Wrote {json_path} and {md_path}.', flush=True)
   return record

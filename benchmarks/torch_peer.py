@@ -42,6 +42,7 @@ Writes OUT/torch_peer.json and OUT/torch_peer.md.
 
 import argparse
 import functools
+import statistics
 import sys
 import time
 from typing import Callable, Optional, Sequence
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import common, throughput
+from benchmarks import throughput
 from rmdnet_jax import models as jax_models
 
 STEPS = throughput.STEPS
@@ -399,7 +400,11 @@ def measure(step: Callable, device: torch.device, *, steps: int, repeats: int, w
       step()
     _synchronize(device)
     seconds.append(time.perf_counter() - start)
-  return {'repeat_seconds': seconds, 'ms_per_step': 1e3 * common.median(seconds) / steps, 'first_step_s': first_step_s}
+  return {
+      'repeat_seconds': seconds,
+      'ms_per_step': 1e3 * statistics.median(seconds) / steps,
+      'first_step_s': first_step_s,
+  }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -465,12 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def environment(argv: Sequence[str], device: torch.device) -> dict:
-  """`common.host_environment` plus PyTorch's version, threads and device."""
-  record = common.host_environment('benchmarks.torch_peer', argv)
+  """`throughput.host_environment` plus PyTorch's version, threads and device."""
+  record = throughput.host_environment('benchmarks.torch_peer', argv)
   record['hardware'].update(
       {
           'platform': device.type,
-          'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else common.cpu_model(),
+          'device_kind': torch.cuda.get_device_name(device) if device.type == 'cuda' else throughput.cpu_model(),
           'device_count': 1,
       }
   )
@@ -495,9 +500,9 @@ def markdown(record: dict) -> str:
   ]
   for r in record['results']:
     lines.append(
-        f"| {r['step']} | {r['dtype']} | {r['batch']} | {common.fmt(r['images_per_s'], 0)} | "
-        f"{common.fmt(r['ms_per_step'], 2)} | {common.fmt_sig(r['gflop_per_image'])} | "
-        f"{common.fmt(r['first_step_s'], 1)} |"
+        f"| {r['step']} | {r['dtype']} | {r['batch']} | {throughput.fmt(r['images_per_s'], 0)} | "
+        f"{throughput.fmt(r['ms_per_step'], 2)} | {throughput.fmt_sig(r['gflop_per_image'])} | "
+        f"{throughput.fmt(r['first_step_s'], 1)} |"
     )
   hw, sw = env['hardware'], env['software']
   return '\n'.join(
@@ -527,9 +532,9 @@ def markdown(record: dict) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
   """Times every requested (batch, dtype, step); writes OUT/torch_peer.json and OUT/torch_peer.md."""
-  kinds = common.parse_str_list(args.bench, STEPS, 'bench')
-  dtypes = common.parse_str_list(args.dtype, DTYPES, 'dtype')
-  batches = sorted(common.parse_int_list(args.batch))
+  kinds = throughput.parse_list(args.bench, 'bench', STEPS)
+  dtypes = throughput.parse_list(args.dtype, 'dtype', DTYPES)
+  batches = sorted(throughput.parse_list(args.batch, 'batch'))
   for name in ('steps', 'repeats', 'warmup'):
     if getattr(args, name) < 1:
       raise ValueError(f'--{name} must be at least 1.')
@@ -573,7 +578,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
         results.append(row)
         print(
             f"torch {kind:8s} {dtype:9s} batch {batch:5d}: {row['images_per_s']:10.1f} images/s, "
-            f"{ms:9.2f} ms/step, {common.fmt_sig(row['gflop_per_image'])} GFLOP/image (matmul+conv)",
+            f"{ms:9.2f} ms/step, {throughput.fmt_sig(row['gflop_per_image'])} GFLOP/image (matmul+conv)",
             flush=True,
         )
         del step, eager_step
@@ -595,7 +600,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
       'parameters': parameter_counts(config),
       'results': results,
   }
-  json_path, md_path = common.write_outputs(args.out, 'torch_peer', record, markdown(record))
+  json_path, md_path = throughput.write_outputs(args.out, 'torch_peer', record, markdown(record))
   print(f'Wrote {json_path} and {md_path}.', flush=True)
   return record
 

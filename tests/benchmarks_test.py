@@ -1,9 +1,9 @@
 """Smoke tests of benchmarks/: each main runs end to end with the tiniest settings and writes sane JSON/markdown.
 
 The numbers themselves are not checked (they depend on the machine), only that they exist and are positive.
-Only the RGRL step is timed here: it goes through every part of the throughput benchmark (RM state, teacher,
+Only the RGRL step is timed here: it goes through every part of the throughput benchmark (RM stage, teacher,
 student, relation losses, cost analysis) and XLA compiles one step in ~15 s on a 2-core CPU, where all three
-steps take ~60 s; the SimSiam and CE steps differ only in the arguments `step_inputs` passes, checked below.
+steps take ~60 s; the SimSiam and CE steps are the stages' own steps, checked below without compiling them.
 Later runs of the same tiny RGRL step find it in the session's persistent compilation cache (tests/conftest.py).
 
 The PyTorch peer's tests skip where torch is not installed (CI installs only requirements.txt; torch is in
@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import epoch_time, relation_graph, throughput
-from rmdnet_jax import models, relation, simsiam
+from benchmarks import throughput
+from rmdnet_jax import data, distill, models, relation, simsiam
 
 # resnet_tiny at width 4 on 8x8 images, 2 images per (fake) device, one timed step.
 TINY_MODEL = ['--model=resnet_tiny', '--width=4', '--image_size=8', '--projector_dim=16']
@@ -38,58 +38,26 @@ def test_throughput_reports_the_rgrl_step(tmp_path):
     assert row['images_per_s_per_chip'] > 0
     assert row['flops_per_step_per_chip'] > 0 and row['gflop_per_image'] > 0
     assert row['mfu'] is None  # no --peak_tflops
+    assert row['flops_source'] == 'xla_cost_analysis_compiled'
+    assert row['first_step_s'] < row['compile_s']  # the timed pmap reuses the executable its .lower() compiled
+    assert 0 < row['relation_share'] < 1 and row['relation_dim'] == 32  # resnet_tiny width 4: 32-d teacher
   assert saved['environment']['hardware']['platform'] == 'cpu'
   table = (tmp_path / 'throughput.md').read_text()
   assert '| step | dtype | batch/device | images/s/chip | ms/step | GFLOP/image | MFU |' in table
+  assert 'relation share' in table
 
 
-def test_relation_graph_reports_cost_and_step_share(tmp_path):
-  record = relation_graph.main(
-      TINY_MODEL
-      + TINY_TIMING
-      + [
-          '--batch_sizes=16,32,64',
-          '--max_batch=32',
-          '--dim=32',
-          '--step_global_batch=16',
-          '--rgrl_step_ms=50',
-          '--peak_tflops=1',
-          f'--out={tmp_path}',
-      ]
-  )
-  saved = json.loads((tmp_path / 'relation_graph.json').read_text())
-  assert [r['global_batch'] for r in saved['results']] == [16, 32]  # --max_batch drops 64
-  for row in saved['results']:
-    assert row['images_per_s'] > 0 and row['flops'] > 0 and 0 < row['mfu']
-    # resnet_tiny width 4 has 32-d teacher features, so the share is projected for D = 32.
-    assert 0 < row['projected_step_share'] < 1
-  step = saved['rgrl_step']
-  assert step['ms_per_step'] == 50 and step['relation_dim'] == 32
-  assert step['relation_share'] == record['rgrl_step']['relation_share'] > 0
-  assert '## Share of the RGRL step' in (tmp_path / 'relation_graph.md').read_text()
-
-
-def test_step_inputs_match_the_pipeline_call_signatures(monkeypatch):
-  # Strings stand in for the states: only which state, teacher and batch each step receives is checked, and
-  # replication is recorded instead of performed.
-  monkeypatch.setattr(throughput.parallel, 'replicate', lambda tree: ('replicated', tree))
-  states = {'rm': 'rm_state', 'teacher': 'teacher', 'student': 'student_state'}
-  batch = {'images': 'images', 'labels': 'labels'}
-  config = throughput.make_config(throughput.build_parser().parse_args(TINY_MODEL), 'float32', 16)
-
-  fn, sharded, args = throughput.step_inputs('simsiam', config, states, batch)
-  assert fn.func is throughput.simsiam.simsiam_step and sharded == (1,)
-  assert args == (('replicated', 'rm_state'), {'images': 'images'})
-
-  fn, sharded, args = throughput.step_inputs('ce', config, states, batch)
-  assert fn.func is throughput.distill.distill_step and sharded == (2,)
-  assert fn.keywords['teacher_apply'] is None  # the CE baseline: no teacher forward, no relation terms
-  assert args == (('replicated', 'student_state'), None, batch)
-
-  fn, sharded, args = throughput.step_inputs('rgrl', config, states, batch)
-  assert fn.func is throughput.distill.distill_step and sharded == (2,)
-  assert fn.keywords['teacher_apply'] is not None
-  assert args == (('replicated', 'student_state'), ('replicated', 'teacher'), batch)
+def test_measured_steps_are_the_stages_steps():
+  # Nothing is compiled: which step each benchmark row times, with which teacher, is checked on the stages.
+  config = throughput.make_config(throughput.build_parser().parse_args(TINY_MODEL + TINY_TIMING), 'float32', 16)
+  stages = throughput.build_stages(config, data.load(config.data), throughput.STEPS)
+  assert stages['simsiam'].step.func is simsiam.simsiam_step
+  assert stages['rgrl'].step.func is stages['ce'].step.func is distill.distill_step
+  assert stages['rgrl'].step.keywords['teacher_apply'] is not None and stages['rgrl'].ctx['teacher'] is not None
+  assert stages['ce'].step.keywords['teacher_apply'] is None  # the CE baseline: no teacher forward, no relation
+  assert stages['rgrl'].ctx['teacher']['params']['backbone'] is stages['simsiam'].init_state.params['backbone']
+  batch = throughput.first_batch(stages['rgrl'])
+  assert batch['images'].shape == (8, 2, 8, 8, 3) and set(batch) == {'images', 'labels', 'index'}
 
 
 def test_throughput_profile_lists_the_slowest_ops(tmp_path):
@@ -124,32 +92,15 @@ def test_compare_torch_without_torch_names_the_requirements_file(monkeypatch, tm
   assert not (tmp_path / 'throughput.json').exists()
 
 
-def test_epoch_time_times_two_epochs_through_the_loop(tmp_path):
-  record = epoch_time.main(
-      TINY_MODEL
-      + [
-          '--train_size=48',
-          '--rgrl_batch=16',
-          '--stages=rgrl',
-          '--epochs=2',
-          f'--workdir={tmp_path / "work"}',
-          f'--out={tmp_path}',
-      ]
-  )
-  saved = json.loads((tmp_path / 'epoch_time.json').read_text())
-  [row] = saved['results']
-  assert row['step'] == 'rgrl' and row['resident'] is True  # --resident defaults to on
-  assert row['steps_per_epoch'] == 3 and len(row['epoch_seconds']) == 2
-  assert row['first_epoch_s'] > 0 and row['second_epoch_s'] > 0 and row['images_per_s_second_epoch'] > 0
-  assert row['compile_s'] > 0 and row['flops_per_step_per_chip'] > 0
-  # The loop really ran: one log per epoch, in the stage's metrics file.
-  assert len(row['loop_images_per_second']) == 2
-  logged = [
-      json.loads(line) for line in (tmp_path / 'work' / 'rgrl_resident' / 'metrics.jsonl').read_text().splitlines()
-  ]
-  assert [row['rgrl/epoch'] for row in logged if 'rgrl/epoch' in row] == [1.0, 2.0]
-  assert record['settings']['resident'] == ['on']
-  assert '| rgrl | resident | 16 | 3 |' in (tmp_path / 'epoch_time.md').read_text()
+def test_loop_epochs_run_the_stage_through_the_training_loop(tmp_path):
+  args = throughput.build_parser().parse_args(TINY_MODEL + ['--train_size=48'])
+  config = throughput.make_config(args, 'float32', 16)
+  [stage] = throughput.build_stages(config, data.load(config.data), ('ce',)).values()
+  result = throughput.loop_epochs(stage, 2, resident=True, workdir=str(tmp_path))
+  assert result['steps_per_epoch'] == 3 and len(result['images_per_s_per_epoch']) == 2  # one log per epoch
+  assert result['images_per_s_per_chip'] == pytest.approx(result['images_per_s_per_epoch'][-1] / 8)
+  assert (tmp_path / 'rgrl').is_dir()  # the loop's checkpoint directory: loop.train really ran
+  assert stage.init_state.step == 0  # the loop trained a copy; the stage's state was not donated
 
 
 @pytest.fixture
@@ -190,9 +141,7 @@ def test_torch_losses_match_the_jax_losses(torch_peer):
   t, s, p1, p2, z1, z2 = (rng.normal(size=(12, 6)).astype(np.float32) for _ in range(6))
   config = throughput.make_config(throughput.build_parser().parse_args(TINY_MODEL), 'float32', 16)
   node, edge = torch_peer.relation_losses(torch.tensor(t), torch.tensor(s), config.relation)
-  _, parts = relation.relation_distillation_loss(
-      t, s, **{k: v for k, v in throughput.distill.relation_kwargs(config).items()}
-  )
+  _, parts = relation.relation_distillation_loss(t, s, **distill.relation_kwargs(config))
   np.testing.assert_allclose([float(node), float(edge)], [parts['node'], parts['edge']], rtol=1e-5)
   np.testing.assert_allclose(
       float(torch_peer.simsiam_loss(*map(torch.tensor, (p1, p2, z1, z2)))),
