@@ -3,7 +3,7 @@
 The work directory (a file, under a file, not writable, in use by another run, a damaged run file), data that is
 refused after a start (no config.json or labels are left behind to refuse the corrected command), and the
 command line itself for one case of each error class. The data files' own refusals are in tests/data_test.py and
-tests/cifar_n_test.py.
+tests/cifar_n_test.py; WORKDIR/run.lock and the saved config's own behaviour in tests/workdir_test.py.
 """
 
 import json
@@ -11,23 +11,17 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, data, fileio, metrics, noise, pipeline
+from rmdnet_jax import checkpoints, data, metrics, noise, pipeline
 from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
+from tests.helpers import assert_one_sentence, lock_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILES = ('config.json', 'noisy_labels.npz', workdir_lib.LOCK_FILE, 'metrics.jsonl')
-
-
-def assert_one_sentence(text: str):
-  assert '\n' not in text and text.endswith('.'), text
-  assert text.count('. ') <= text.count('e.g. '), text
 
 
 def refused(config, workdir, error=(workdir_lib.WorkdirError, noise.NoisyLabelsFileError), match=None) -> str:
@@ -66,24 +60,6 @@ def assert_user_error(result, *needles) -> str:
   for needle in needles:
     assert needle in sentence, sentence
   return sentence
-
-
-def lock_of(pid: int, host: str = None, **extra) -> str:
-  return json.dumps(
-      {
-          'pid': pid,
-          'host': host or socket.gethostname(),
-          'started': '2026-01-01 00:00:00 UTC',
-          'process_start': workdir_lib._process_start_time(pid),
-          **extra,
-      }
-  )
-
-
-def dead_pid() -> int:
-  process = subprocess.Popen(['true'])
-  process.wait()
-  return process.pid
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -236,97 +212,6 @@ def test_noisy_labels_of_another_shape_are_refused(tmp_path):
 def test_damaged_config_json_is_one_sentence(tmp_path):
   (tmp_path / 'config.json').write_text('{"seed": 0, "rm": {')
   refused(helpers.tiny_config(), tmp_path, match='config.json is damaged .JSONDecodeError')
-
-
-# --------------------------------------------------------------------------------------------------------------
-# One run per work directory: WORKDIR/run.lock.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def test_lock_refuses_a_live_run_and_names_it(tmp_path):
-  path = tmp_path / 'run.lock'
-  path.write_text(lock_of(os.getpid()))
-  with pytest.raises(workdir_lib.WorkdirError) as info:
-    with workdir_lib.lock(str(tmp_path)):
-      pytest.fail('took a lock that a live process holds')
-  message = str(info.value)
-  assert_one_sentence(message)
-  assert f'process {os.getpid()} on host {socket.gethostname()} (started 2026-01-01 00:00:00 UTC)' in message
-  assert f'delete {path}' in message
-  assert json.loads(path.read_text())['pid'] == os.getpid()
-
-
-def test_lock_of_another_host_is_refused_even_if_its_pid_is_free_here(tmp_path):
-  (tmp_path / 'run.lock').write_text(lock_of(dead_pid(), host='other-host'))
-  with pytest.raises(workdir_lib.WorkdirError, match='on host other-host'):
-    with workdir_lib.lock(str(tmp_path)):
-      pass
-
-
-def test_lock_of_a_lost_host_is_taken_over_once_its_heartbeat_stops(tmp_path):
-  # A preempted VM can die before removing its lock, and a recreated VM has another host name.
-  path = tmp_path / 'run.lock'
-  path.write_text(lock_of(1234, host='lost-host', heartbeat=time.time() - 60))
-  with pytest.raises(workdir_lib.WorkdirError, match=r'on host lost-host \(started .*, last heartbeat 60 s ago\)'):
-    with workdir_lib.lock(str(tmp_path)):
-      pass
-  path.write_text(lock_of(1234, host='lost-host', heartbeat=time.time() - workdir_lib.STALE_AFTER_SECS - 1))
-  with workdir_lib.lock(str(tmp_path)):
-    assert json.loads(path.read_text())['pid'] == os.getpid()
-  assert not path.exists()
-
-
-def test_lock_heartbeat_is_refreshed_while_the_run_runs(tmp_path, monkeypatch):
-  monkeypatch.setattr(workdir_lib, 'HEARTBEAT_SECS', 0.02)
-  path = tmp_path / 'run.lock'
-  with workdir_lib.lock(str(tmp_path)):
-    first = json.loads(path.read_text())['heartbeat']
-    deadline = time.time() + 5
-    while json.loads(path.read_text())['heartbeat'] == first and time.time() < deadline:
-      time.sleep(0.01)
-    assert json.loads(path.read_text())['heartbeat'] > first
-  assert not path.exists()  # released although the heartbeat had rewritten it
-
-
-@pytest.mark.parametrize('how', ['dead pid', 'reused pid'])
-def test_stale_lock_is_taken_over_and_released(tmp_path, how):
-  path = tmp_path / 'run.lock'
-  stale = lock_of(dead_pid()) if how == 'dead pid' else lock_of(os.getpid(), process_start='1')
-  if how == 'reused pid' and workdir_lib._process_start_time(os.getpid()) is None:
-    pytest.skip('no /proc: a reused pid cannot be told apart')
-  path.write_text(stale)
-  with workdir_lib.lock(str(tmp_path)):
-    held = json.loads(path.read_text())
-    assert held['pid'] == os.getpid() and held['process_start'] == workdir_lib._process_start_time(os.getpid())
-    assert sorted(os.listdir(tmp_path)) == ['run.lock']  # the stale lock moved aside was removed
-  assert not path.exists()
-
-
-def test_lock_is_released_when_the_run_fails(tmp_path):
-  with pytest.raises(ZeroDivisionError):
-    with workdir_lib.lock(str(tmp_path)):
-      assert (tmp_path / 'run.lock').exists()
-      1 / 0
-  assert not (tmp_path / 'run.lock').exists()
-  with workdir_lib.lock(str(tmp_path)):  # and the next run takes it
-    pass
-
-
-def test_only_process_zero_takes_the_lock(tmp_path, monkeypatch):
-  monkeypatch.setattr(jax, 'process_index', lambda: 1)
-  with workdir_lib.lock(str(tmp_path)):
-    assert not (tmp_path / 'run.lock').exists()
-
-
-def test_bucket_lock_is_best_effort_but_refuses_a_live_run(tmp_path, monkeypatch):
-  # A gs:// work directory goes through etils' epath; a local path stands in for the bucket here.
-  monkeypatch.setattr(fileio, 'is_remote', lambda path: True)
-  with workdir_lib.lock(str(tmp_path)):
-    assert json.loads((tmp_path / 'run.lock').read_text())['pid'] == os.getpid()
-    with pytest.raises(workdir_lib.WorkdirError, match='is in use by process'):
-      with workdir_lib.lock(str(tmp_path)):
-        pass
-  assert not (tmp_path / 'run.lock').exists()
 
 
 def test_pipeline_refuses_a_workdir_in_use_before_any_work(tmp_path):

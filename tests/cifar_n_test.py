@@ -1,5 +1,5 @@
 """CIFAR-N real human noise: tfds' cifar10_n / cifar100_n (path A), a CIFAR-N label file joined by id (path B),
-their equality, noise.kind=human in a run, prepare_data's CIFAR-N files, and every refusal.
+their equality, noise.kind=human in a run, and every refusal (prepare_data's CIFAR-N files: tests/prepare_data_test.py).
 
 Path A runs under `tfds.testing.mock_data` and on fake data sources; path B on fabricated label files (the real
 ones are CC BY-NC and never in the repository). The real CIFAR-10 + CIFAR-10N of ../shared is used by the tests
@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from configs import default, noisy_cifar
 from rmdnet_jax import checkpoints, data, noise, pipeline, prepare_data, results
 from tests import helpers
+from tests.helpers import assert_one_sentence
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared'
 NUM_MOCK = 24
@@ -39,11 +40,6 @@ def data_config(**overrides):
 
 def tfds_config(name, **overrides):
   return data_config(source='tfds', name=name, num_classes=data.DATASETS[name]['num_classes'], **overrides)
-
-
-def assert_one_sentence(text: str):
-  assert '\n' not in text and text.endswith('.'), text
-  assert text.count('. ') <= text.count('e.g. '), text
 
 
 class FakeSource:
@@ -554,89 +550,6 @@ def test_pipeline_refuses_human_noise_without_columns(tmp_path):
   config.noise.kind, config.noise.human_label = 'human', 'aggre'
   refusal(helpers.noisy_labels_for_run, config, small_dataset(), str(tmp_path), match='none were loaded')
   assert not os.path.exists(tmp_path / 'noisy_labels.npz')
-
-
-# --------------------------------------------------------------------------------------------------------------
-# prepare_data: the CIFAR-N files tfds reads from its manual directory.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def save_ordered_npy(path, contents: dict):
-  np.save(path, np.array(contents, dtype=object), allow_pickle=True)
-
-
-def test_manual_files_missing_is_one_sentence(tmp_path):
-  message = refusal(
-      prepare_data.check_manual_files,
-      'cifar10_n',
-      str(tmp_path),
-      error=prepare_data.PrepareError,
-      match='needs CIFAR-N files that tfds cannot download',
-  )
-  for needed in (
-      'side_info_cifar10N.csv',
-      'image_order_c10.npy',
-      'CIFAR-10_human_ordered.npy',
-      str(tmp_path),
-      'github.com/UCSC-REAL/cifar-10-100n',
-      'CC BY-NC 4.0',
-  ):
-    assert needed in message
-
-
-@pytest.mark.parametrize('name', ['cifar10_n', 'cifar100_n'])
-def test_ordered_npy_is_converted_into_the_csv_the_builder_reads(tmp_path, name):
-  rng = np.random.default_rng(0)
-  keys = ('clean_label',) + (C10N_KEYS if name == 'cifar10_n' else ('noise_label',))
-  # Shuffled key order and lists, as the repository's pickles may have: the CSV goes by name.
-  contents = {key: list(rng.integers(0, 10, 30)) for key in reversed(keys)}
-  csv_name, side_info, order = prepare_data.CIFAR_N_MANUAL_FILES[name]
-  save_ordered_npy(tmp_path / prepare_data.CIFAR_N_ORDERED_NPY[name], contents)
-  (tmp_path / side_info).write_text('header\n')
-  np.save(tmp_path / order, np.arange(30))
-  prepare_data.check_manual_files(name, str(tmp_path))
-  # Parsed exactly as tfds' builder parses it (np.genfromtxt, header skipped, columns by position).
-  table = np.genfromtxt(tmp_path / csv_name, delimiter=',', skip_header=1)
-  builder_columns = (
-      {1: 'aggre_label', 2: 'worse_label', 3: 'random_label1', 4: 'random_label2', 5: 'random_label3'}
-      if name == 'cifar10_n'
-      else {1: 'noise_label'}
-  )
-  for position, key in builder_columns.items():
-    np.testing.assert_array_equal(table[:, position], contents[key])
-
-
-def test_ordered_npy_that_is_not_a_dict_is_refused(tmp_path):
-  save_ordered_npy(tmp_path / 'CIFAR-10_human_ordered.npy', [1, 2, 3])
-  (tmp_path / 'side_info_cifar10N.csv').write_text('header\n')
-  np.save(tmp_path / 'image_order_c10.npy', np.arange(3))
-  refusal(
-      prepare_data.check_manual_files,
-      'cifar10_n',
-      str(tmp_path),
-      error=prepare_data.PrepareError,
-      match='not the dict of label arrays',
-  )
-  save_ordered_npy(tmp_path / 'CIFAR-10_human_ordered.npy', {'clean_label': [1], 'aggre_label': [1]})
-  refusal(
-      prepare_data.check_manual_files,
-      'cifar10_n',
-      str(tmp_path),
-      error=prepare_data.PrepareError,
-      match="lacks \\['worse_label'",
-  )
-
-
-def test_prepare_cifar_n_checks_manual_files_before_downloading(tmp_path, monkeypatch):
-  monkeypatch.setattr(prepare_data.requests, 'head', lambda *a, **k: pytest.fail('probed before the files'))
-  message = refusal(
-      prepare_data.prepare,
-      'cifar100_n',
-      str(tmp_path / 'tfds'),
-      error=prepare_data.PrepareError,
-      match='needs CIFAR-N files',
-  )
-  assert str(tmp_path / 'tfds' / 'downloads' / 'manual') in message
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for rmdnet_jax.data and rmdnet_jax.prepare_data: the three sources, id order, errors, batches, hosts.
+"""Tests for rmdnet_jax.data: the three sources, id order, errors, batches, hosts (prepare_data: its own test file).
 
 tfds is exercised through `tfds.testing.mock_data` (random records, no files) and a fake data source; the real
 CIFAR-10 in ../shared is read by one test that skips where ../shared is absent.
@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-import requests
 import tensorflow_datasets as tfds
 
 from configs import default
-from rmdnet_jax import data, parallel, prepare_data
+from rmdnet_jax import data, parallel
 from tests import helpers
+from tests.helpers import assert_one_sentence
 
 NUM_MOCK = 24
 
@@ -160,11 +160,6 @@ def test_npz_lacking_keys(tmp_path):
   assert "lacks arrays ['x_test', 'y_test']" in str(info.value)
 
 
-def assert_one_sentence(text: str):
-  assert '\n' not in text and text.endswith('.'), text
-  assert text.count('. ') <= text.count('e.g. '), text
-
-
 def npz_arrays(n_train=20, n_test=8, size=4):
   rng = np.random.default_rng(0)
   return {
@@ -283,66 +278,6 @@ def test_real_corrupted_tfds_file_is_one_sentence(shared_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# prepare_data.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
-def test_npz_round_trip(tmp_path, name):
-  with tfds.testing.mock_data(num_examples=NUM_MOCK):
-    from_tfds = data.load(tfds_config(name))
-  path = tmp_path / 'sub' / 'cifar'  # no .npz suffix and a missing directory: both must work
-  prepare_data.write_npz(from_tfds, str(path))
-  assert [p.name for p in path.parent.iterdir()] == ['cifar']  # the temporary file is gone
-
-  from_npz = data.load(data_config(source='npz', name=name, num_classes=from_tfds.num_classes, npz_path=str(path)))
-  helpers.assert_same_dataset(from_tfds, from_npz)
-  with np.load(path) as f:
-    # Mock ids are not CIFAR indices (train_NNNNN), so no ids_train: it would claim they are.
-    expected = {'x_train', 'y_train', 'x_test', 'y_test'} | ({'coarse_train'} if name == 'cifar100' else set())
-    assert set(f.files) == expected
-
-
-def test_write_npz_replaces_atomically(tmp_path):
-  small = data.load(data_config(source='synthetic', synthetic_train_size=8, synthetic_test_size=4))
-  path = tmp_path / 'd.npz'
-  path.write_bytes(b'old')
-  prepare_data.write_npz(small, str(path), compress=True)
-  with np.load(path) as f:
-    np.testing.assert_array_equal(f['x_train'], small.train_images)
-  assert [p.name for p in tmp_path.iterdir()] == ['d.npz']
-
-
-def test_prepare_offline_is_one_sentence(tmp_path, monkeypatch):
-  def unreachable(url, **kwargs):
-    raise requests.ConnectionError('Name or service not known')
-
-  monkeypatch.setattr(prepare_data.requests, 'head', unreachable)
-  with pytest.raises(prepare_data.PrepareError) as info:
-    prepare_data.prepare('cifar10', str(tmp_path / 'tfds'))
-  message = str(info.value)
-  assert '\n' not in message and message.count('. ') == 0 and message.endswith('.')
-  for needed in ('cifar10', 'internet', str(tmp_path / 'tfds'), '--config.data.source=npz'):
-    assert needed in message
-  assert not (tmp_path / 'tfds').exists()
-
-
-def test_prepare_rejects_tfrecord_preparation(tmp_path):
-  # What an earlier `tfds.load` leaves behind: a prepared dataset in TFRecord, which data_source cannot read.
-  builder = tfds.builder('cifar10', data_dir=str(tmp_path))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)
-  with pytest.raises(prepare_data.PrepareError, match='tfrecord') as info:
-    prepare_data.prepare('cifar10', str(tmp_path))
-  assert 'convert_format' in str(info.value)
-
-
-def test_prepare_reuses_prepared_array_record(shared_dir):
-  tfds_dir = shared_dir / 'data' / 'tfds'
-  assert prepare_data.prepare('cifar10', str(tfds_dir)) == str(tfds_dir / 'cifar10' / '3.0.2')
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Synthetic source and subsets.
 # --------------------------------------------------------------------------------------------------------------
 
@@ -429,11 +364,6 @@ def test_host_slices_partition_the_global_batch(process_count):
   for step, batch in enumerate(whole):
     joined = np.concatenate([host[step]['index'] for host in per_host])
     np.testing.assert_array_equal(joined, batch['index'])
-
-
-def test_host_slice_rejects_uneven_split():
-  with pytest.raises(ValueError, match='hosts'):
-    parallel.host_batch_slice(30, 0, 4)
 
 
 # --------------------------------------------------------------------------------------------------------------

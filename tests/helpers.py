@@ -1,10 +1,15 @@
-"""Shared test fixtures: a tiny config and random uint8 batches."""
+"""Shared test fixtures: a tiny config, random uint8 batches, one-sentence errors and run.lock files."""
+
+import json
+import socket
+import subprocess
 
 import jax
 import numpy as np
 
 from configs import tiny
 from rmdnet_jax import noise, parallel
+from rmdnet_jax import workdir as workdir_lib
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -87,3 +92,29 @@ def noisy_labels_for_run(config, dataset, workdir):
   noisy, save = noise.labels_for_run(config.noise, dataset, str(workdir))
   save()
   return noisy
+
+
+def assert_one_sentence(text: str):
+  """An error message for a user: one line, one sentence (an 'e.g. ' does not end it), ending with a full stop."""
+  assert '\n' not in text and text.endswith('.'), text
+  assert text.count('. ') <= text.count('e.g. '), text
+
+
+def lock_of(pid: int, host: str = None, **extra) -> str:
+  """The text of a WORKDIR/run.lock held by process `pid` on `host` (this host by default)."""
+  return json.dumps(
+      {
+          'pid': pid,
+          'host': host or socket.gethostname(),
+          'started': '2026-01-01 00:00:00 UTC',
+          'process_start': workdir_lib._process_start_time(pid),
+          **extra,
+      }
+  )
+
+
+def dead_pid() -> int:
+  """The pid of a process that has ended."""
+  process = subprocess.Popen(['true'])
+  process.wait()
+  return process.pid

@@ -1,7 +1,8 @@
 """The package: pyproject.toml, the requirement files, console commands and the configs from any directory.
 
 .ci/run also builds the wheel, installs it in a fresh virtual environment and runs `rmdnet-train` with the
-packaged tiny config from another directory; these are the checks that need no build.
+packaged tiny config from another directory; these are the checks that need no build. The console commands'
+functions are tested in tests/cli_test.py, the config path resolution in tests/config_files_test.py.
 """
 
 import os
@@ -12,10 +13,6 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-
-import pytest
-
-from rmdnet_jax import cli, config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / 'pyproject.toml').read_text())
@@ -39,14 +36,6 @@ def test_project_metadata_build_backend_and_python_floor():
   assert PYPROJECT['build-system']['build-backend'] == 'setuptools.build_meta'
   assert PYPROJECT['project']['requires-python'] == '>=3.11'
   assert set(PYPROJECT['project']['optional-dependencies']) == {'tpu', 'cuda', 'prepare', 'wandb', 'dev'}
-  assert PYPROJECT['project']['scripts'] == {
-      'rmdnet-train': 'rmdnet_jax.cli:train',
-      'rmdnet-prepare': 'rmdnet_jax.cli:prepare',
-      'rmdnet-results': 'rmdnet_jax.cli:results',
-      'rmdnet-analyse': 'rmdnet_jax.cli:analyse',
-  }
-  for target in PYPROJECT['project']['scripts'].values():
-    assert callable(getattr(cli, target.split(':')[1]))
 
 
 def test_every_package_ships_and_configs_only_inside_rmdnet_jax():
@@ -83,27 +72,6 @@ def test_ci_builds_the_wheel_and_runs_the_packaged_tiny_config_elsewhere():
   assert 'pip install -q -r requirements-dev.txt' in script and 'python -m pytest -q' in script
   assert 'python -m build --wheel' in script
   assert 'bin/rmdnet-train" --config=configs/tiny.py' in script and 'cd "$ELSEWHERE"' in script
-
-
-def test_config_paths_resolve_to_the_packaged_files_from_another_directory(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  tiny = config_files.resolve('configs/tiny.py')
-  assert os.path.isabs(tiny) and os.path.samefile(tiny, ROOT / 'configs' / 'tiny.py')
-  assert config_files.resolve('configs/noisy_cifar.py:dataset=cifar100,seed=1').endswith(
-      'noisy_cifar.py:dataset=cifar100,seed=1'
-  )
-  assert config_files.resolve('configs/nonexistent.py') == 'configs/nonexistent.py'  # config_flags names it
-  assert config_files.resolve('other/tiny.py') == 'other/tiny.py'
-  assert config_files.resolve_argv(['x', '--config', 'configs/tiny.py', '--workdir=w']) == [
-      'x',
-      '--config',
-      tiny,
-      '--workdir=w',
-  ]
-  # A file of that name in the current directory wins, as before.
-  (tmp_path / 'configs').mkdir()
-  (tmp_path / 'configs' / 'tiny.py').write_text('')
-  assert config_files.resolve('configs/tiny.py') == 'configs/tiny.py'
 
 
 def test_configs_import_default_from_the_installed_package_layout(tmp_path):

@@ -1,5 +1,6 @@
 """The CPU study's machinery on tiny data: a teacher from a chosen RM step, the weak-teacher warning, the relation
-diagnostics in metrics.jsonl, the per-run results table and K figure, and the teacher-geometry measurement."""
+diagnostics in metrics.jsonl, the per-run results table and K figure (the teacher-geometry measurement is in
+tests/teacher_geometry_test.py)."""
 
 import json
 import logging
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, config_checks, data, distill, pipeline, results, simsiam, teacher_geometry
+from rmdnet_jax import checkpoints, config_checks, data, distill, pipeline, results, simsiam
 from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 
@@ -93,24 +94,6 @@ def test_per_run_table_and_k_figure(study, capsys):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_teacher_geometry_of_relu_features(study):
-  _, rm_dir, _ = study
-  config = helpers.tiny_config(**{'rm.epochs': 2, 'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm')})
-  dataset = data.load(config.data)
-  teacher = simsiam.load_teacher(config, dataset, workdir='')
-  out = teacher_geometry.measure(config, dataset, teacher, batch=32)
-  assert set(out) == {name for name, *_ in teacher_geometry.FORMS}
-  # Pooled features after a ReLU are non-negative: every pair of images has a positive cosine...
-  assert out['backbone']['teacher_graph_mean'] > 0.2
-  # ...and centring over the batch makes the graph's off-diagonal mean exactly -1/(B-1) for a full-rank batch or 0
-  # for zero rows; either way near 0.
-  assert abs(out['backbone+batch_center']['teacher_graph_mean']) < 0.05
-  assert out['backbone']['collapsed_node_loss'] == pytest.approx(np.sqrt(32))
-  assert all(0.0 < r['top_direction_share'] <= 1.0 for r in out.values())
-  table = teacher_geometry.format_table(out)
-  assert table.count('\n') == len(out) + 1
-
-
 def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   _, _, runs = study
   workdir, summary = runs['k01']
@@ -136,37 +119,3 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   config.relation.teacher_step = RM_STEPS_PER_EPOCH
   with pytest.raises(workdir_lib.WorkdirConfigMismatch, match='relation.teacher_step: 0 -> 4'):
     pipeline.run(config, workdir)
-
-
-def test_teacher_geometry_command_prints_the_table(study, tmp_path):
-  import subprocess, sys  # noqa: E401,PLC0415
-
-  _, rm_dir, _ = study
-  out = tmp_path / 'geometry.json'
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'rmdnet_jax.teacher_geometry',
-          '--config=configs/tiny.py',
-          '--config.data.synthetic_image_size=8',
-          '--config.data.synthetic_train_size=64',
-          '--config.model.width=4',
-          '--config.student.width=4',
-          '--config.model.projector_dim=16',
-          '--config.model.predictor_dim=32',
-          '--config.rm.batch_size=16',
-          '--config.rgrl.batch_size=16',
-          '--config.rm.knn_k=5',
-          '--config.rm.epochs=2',
-          '--batch=16',
-          f'--config.relation.teacher_checkpoint={rm_dir}/rm',
-          f'--out={out}',
-      ],
-      capture_output=True,
-      text=True,
-      timeout=300,
-      cwd=os.path.dirname(os.path.dirname(__file__)),
-  )
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert '| backbone |' in proc.stdout and set(json.load(open(out))) == {n for n, *_ in teacher_geometry.FORMS}
