@@ -154,7 +154,7 @@ def _stage(*, epochs, batch_size, learning_rate, scale_lr_by_batch) -> ml_collec
   stage.batch_size = batch_size  # global batch over all devices and hosts
   stage.learning_rate = learning_rate  # peak; with scale_lr_by_batch, per 256 images
   stage.scale_lr_by_batch = scale_lr_by_batch
-  stage.warmup_epochs = 0
+  stage.warmup_epochs = 0.0  # may be fractional (warm-up over part of an epoch)
   stage.momentum = 0.9
   stage.nesterov = False
   stage.weight_decay = 5e-4

@@ -70,7 +70,7 @@ SLOWEST_FILES = (
     'analysis_test.py',
     'distill_test.py',
     'study_test.py',
-    'config_test.py',
+    'config_checks_test.py',
     'dividemix_pipeline_test.py',
     'simsiam_test.py',
     'benchmarks_test.py',
