@@ -65,7 +65,6 @@ def _release_compiled_programs():
 # longest ones keeps one worker from running a long file alone at the end (longest-processing-time-first).
 SLOWEST_FILES = (
     'multihost_test.py',
-    'noisy_methods_test.py',
     'pipeline_test.py',
     'analysis_test.py',
     'distill_test.py',
@@ -74,11 +73,15 @@ SLOWEST_FILES = (
     'dividemix_pipeline_test.py',
     'simsiam_test.py',
     'benchmarks_test.py',
+    'dividemix_test.py',
     'notebook_test.py',
     'teacher_geometry_test.py',
     'cifar_n_test.py',
     'device_data_test.py',
     'data_test.py',
+    'coteaching_test.py',
+    'jocor_test.py',
+    'elr_test.py',
 )
 
 
