@@ -626,7 +626,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     fix = (
         f'write the .npz again with `python -m rmdnet_jax.prepare_data --dataset={cfg.name} --npz=FILE`'
         if cfg.source == 'npz'
-        else f'delete that dataset and prepare it again from the official CIFAR-N files (README "CIFAR-N")'
+        else 'delete that dataset and prepare it again from the official CIFAR-N files (README "CIFAR-N")'
     )
     check_human_label_rates(dataset, where, fix)
   if cfg.train_subset:

@@ -287,17 +287,8 @@ def csv_text(table: Table) -> str:
 
 
 # Config keys that never tell two runs' results apart (paths, logging, bookkeeping): left out of the per-run view.
-# Not workdir.RESUMABLE_KEYS: the teacher's checkpoint path stays, it tells which runs distilled from a teacher.
-NOT_SETTINGS = (
-    'stages',
-    'log_every_steps',
-    'allow_config_change',
-    'eval_batch_size',
-    'data.data_dir',
-    'data.npz_path',
-    'max_to_keep',
-    'data.resident_on_device',
-)
+# The teacher's checkpoint path stays: it tells which runs distilled from a teacher.
+NOT_SETTINGS = tuple(k for k in workdir_lib.RESUMABLE_KEYS if k != 'relation.teacher_checkpoint')
 # Final training diagnostics of the relation terms, read from the last RGRL row of metrics.jsonl.
 DIAGNOSTICS = (
     'node',

@@ -11,12 +11,11 @@ and the relations it models between samples are what RGRL distils.
 
 import functools
 import os
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from rmdnet_jax import augment, checkpoints, data, loop, metrics, models, parallel, relation

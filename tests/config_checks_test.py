@@ -273,33 +273,6 @@ def test_a_section_replaced_by_a_value_is_refused():
     config_checks.validate(_from_dict(tree), num_devices=8)
 
 
-# The method keys of a config.json saved before method settings were nested (configs/default.py's values).
-FLAT_METHOD_DEFAULTS = {
-    'method.name': 'ce',
-    'method.distill': True,
-    'method.gce_q': 0.7,
-    'method.sce_alpha': 0.1,
-    'method.sce_beta': 1.0,
-    'method.sce_log_zero': -4.0,
-    'method.forget_rate': 0.5,
-    'method.forget_gradual_epochs': 10,
-    'method.forget_exponent': 1.0,
-    'method.jocor_lambda': 0.9,
-    'method.elr_lambda': 3.0,
-    'method.elr_beta': 0.7,
-    'method.dividemix_warmup_epochs': 10,
-    'method.dividemix_p_threshold': 0.5,
-    'method.dividemix_temperature': 0.5,
-    'method.dividemix_alpha': 4.0,
-    'method.dividemix_lambda_u': 25.0,
-    'method.dividemix_rampup_epochs': 16,
-    'method.dividemix_confidence_penalty': False,
-    'method.dividemix_gmm_iterations': 10,
-    'method.dividemix_gmm_tol': 1e-2,
-    'method.dividemix_gmm_reg_covar': 5e-4,
-}
-
-
 def _flat_default():
   return json_flat(json.loads(default.get_config().to_json_best_effort()))
 
@@ -313,18 +286,20 @@ def json_flat(tree, prefix=''):
 
 def test_an_old_flat_config_json_upgrades_to_exactly_todays_default_keys():
   today = _flat_default()
-  old = {k: v for k, v in today.items() if not k.startswith('method.')} | FLAT_METHOD_DEFAULTS
+  old = {k: v for k, v in today.items() if not k.startswith('method.')} | helpers.FLAT_METHOD_DEFAULTS
   for key in config_checks.KEYS_ADDED_LATER:
     del old[key]  # older still: saved before these keys existed
   assert config_checks.upgrade_saved_config(old) == today
-  assert set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS) == set(FLAT_METHOD_DEFAULTS) - {
+  assert set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS) == set(helpers.FLAT_METHOD_DEFAULTS) - {
       'method.name',
       'method.distill',
   }
 
 
 def test_upgrade_keeps_the_runs_values_and_todays_keys():
-  old = dict(FLAT_METHOD_DEFAULTS, **{'method.name': 'jocor', 'method.forget_rate': 0.3, 'method.jocor_lambda': 0.1})
+  old = dict(
+      helpers.FLAT_METHOD_DEFAULTS, **{'method.name': 'jocor', 'method.forget_rate': 0.3, 'method.jocor_lambda': 0.1}
+  )
   new = config_checks.upgrade_saved_config({**old, 'relation.teacher_step': 4})
   # The shared schedule was the setting of both methods: the run's method gets it, and so does the other.
   assert new['method.jocor.forget_rate'] == new['method.coteaching.forget_rate'] == 0.3

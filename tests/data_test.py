@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
 from rmdnet_jax import data, parallel
 from tests import helpers
 from tests.helpers import assert_one_sentence
@@ -18,16 +17,7 @@ from tests.helpers import assert_one_sentence
 NUM_MOCK = 24
 
 
-def data_config(**overrides):
-  """`configs/default.py`'s data config with `overrides` applied."""
-  cfg = default.get_config().data
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
-
-
-def tfds_config(name: str, **overrides):
-  return data_config(source='tfds', name=name, num_classes=data.DATASETS[name]['num_classes'], **overrides)
+data_config, tfds_config = helpers.data_config, helpers.tfds_config
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import subprocess
 import jax
 import numpy as np
 
-from configs import tiny
-from rmdnet_jax import noise, parallel
+from configs import default, tiny
+from rmdnet_jax import data, noise, parallel
 from rmdnet_jax import workdir as workdir_lib
 
 IMAGE_SHAPE = (8, 8, 3)
@@ -118,3 +118,43 @@ def dead_pid() -> int:
   process = subprocess.Popen(['true'])
   process.wait()
   return process.pid
+
+
+# The method keys of a config.json saved before method settings were nested (commit ea084db; configs/default.py's
+# values then), as dotted keys.
+FLAT_METHOD_DEFAULTS = {
+    'method.name': 'ce',
+    'method.distill': True,
+    'method.gce_q': 0.7,
+    'method.sce_alpha': 0.1,
+    'method.sce_beta': 1.0,
+    'method.sce_log_zero': -4.0,
+    'method.forget_rate': 0.5,
+    'method.forget_gradual_epochs': 10,
+    'method.forget_exponent': 1.0,
+    'method.jocor_lambda': 0.9,
+    'method.elr_lambda': 3.0,
+    'method.elr_beta': 0.7,
+    'method.dividemix_warmup_epochs': 10,
+    'method.dividemix_p_threshold': 0.5,
+    'method.dividemix_temperature': 0.5,
+    'method.dividemix_alpha': 4.0,
+    'method.dividemix_lambda_u': 25.0,
+    'method.dividemix_rampup_epochs': 16,
+    'method.dividemix_confidence_penalty': False,
+    'method.dividemix_gmm_iterations': 10,
+    'method.dividemix_gmm_tol': 1e-2,
+    'method.dividemix_gmm_reg_covar': 5e-4,
+}
+
+
+def data_config(**overrides):
+  """`configs/default.py`'s data config with `overrides` applied."""
+  cfg = default.get_config().data
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def tfds_config(name: str, **overrides):
+  return data_config(source='tfds', name=name, num_classes=data.DATASETS[name]['num_classes'], **overrides)

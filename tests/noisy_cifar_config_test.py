@@ -8,6 +8,7 @@ import pytest
 
 from configs import default, noisy_cifar
 from rmdnet_jax import config_checks, methods
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,30 +208,7 @@ FLAT_CELLS = {
     },
     'noise=c10n_worst,method=jocor': {'method.name': 'jocor', 'method.forget_rate': 0.4021},
 }
-FLAT_DEFAULTS = {
-    'method.name': 'ce',
-    'method.distill': True,
-    'method.gce_q': 0.7,
-    'method.sce_alpha': 0.1,
-    'method.sce_beta': 1.0,
-    'method.sce_log_zero': -4.0,
-    'method.forget_rate': 0.5,
-    'method.forget_gradual_epochs': 10,
-    'method.forget_exponent': 1.0,
-    'method.jocor_lambda': 0.9,
-    'method.elr_lambda': 3.0,
-    'method.elr_beta': 0.7,
-    'method.dividemix_warmup_epochs': 10,
-    'method.dividemix_p_threshold': 0.5,
-    'method.dividemix_temperature': 0.5,
-    'method.dividemix_alpha': 4.0,
-    'method.dividemix_lambda_u': 25.0,
-    'method.dividemix_rampup_epochs': 16,
-    'method.dividemix_confidence_penalty': False,
-    'method.dividemix_gmm_iterations': 10,
-    'method.dividemix_gmm_tol': 1e-2,
-    'method.dividemix_gmm_reg_covar': 5e-4,
-}
+FLAT_DEFAULTS = helpers.FLAT_METHOD_DEFAULTS
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:

@@ -194,30 +194,7 @@ def test_resident_data_gives_the_same_run_as_host_batches(tmp_path):
 
 
 # config.method as rmdnet_jax wrote it before the method settings were nested (commit ea084db), with its defaults.
-FLAT_METHOD_BLOCK = {
-    'name': 'ce',
-    'distill': True,
-    'gce_q': 0.7,
-    'sce_alpha': 0.1,
-    'sce_beta': 1.0,
-    'sce_log_zero': -4.0,
-    'forget_rate': 0.5,
-    'forget_gradual_epochs': 10,
-    'forget_exponent': 1.0,
-    'jocor_lambda': 0.9,
-    'elr_lambda': 3.0,
-    'elr_beta': 0.7,
-    'dividemix_warmup_epochs': 10,
-    'dividemix_p_threshold': 0.5,
-    'dividemix_temperature': 0.5,
-    'dividemix_alpha': 4.0,
-    'dividemix_lambda_u': 25.0,
-    'dividemix_rampup_epochs': 16,
-    'dividemix_confidence_penalty': False,
-    'dividemix_gmm_iterations': 10,
-    'dividemix_gmm_tol': 0.01,
-    'dividemix_gmm_reg_covar': 0.0005,
-}
+FLAT_METHOD_BLOCK = {k.split('.', 1)[1]: v for k, v in helpers.FLAT_METHOD_DEFAULTS.items()}
 
 
 def test_work_directory_with_flat_method_keys_resumes_or_is_refused_in_one_sentence(finished_run, tmp_path):

@@ -10,7 +10,6 @@ import pytest
 import requests
 import tensorflow_datasets as tfds
 
-from configs import default
 from rmdnet_jax import data, prepare_data
 from tests import helpers
 from tests.helpers import assert_one_sentence
@@ -19,16 +18,7 @@ NUM_MOCK = 24
 C10N_KEYS = ('aggre_label', 'worse_label', 'random_label1', 'random_label2', 'random_label3')
 
 
-def data_config(**overrides):
-  """`configs/default.py`'s data config with `overrides` applied."""
-  cfg = default.get_config().data
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
-
-
-def tfds_config(name: str, **overrides):
-  return data_config(source='tfds', name=name, num_classes=data.DATASETS[name]['num_classes'], **overrides)
+data_config, tfds_config = helpers.data_config, helpers.tfds_config
 
 
 def refusal(fn, *args, error, match=None):
