@@ -52,6 +52,20 @@ def view_kwargs(augment_config: ml_collections.ConfigDict, mean, std) -> dict:
   return dict(mean=tuple(mean), std=tuple(std), pad=augment_config.pad, flip_prob=augment_config.flip_prob)
 
 
+def student_net(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> models.StudentNet:
+  """The RGRL network of `config.student`, its classifier over data.num_classes and its projection head
+  (relation.projection_head) into the teacher's feature space (model, relation.teacher_layer)."""
+  return models.StudentNet(
+      backbone_name=config.student.name,
+      width=config.student.width,
+      num_classes=config.data.num_classes,
+      embedding_dim=models.teacher_feature_dim(config.model, config.relation.teacher_layer),
+      projection_head=config.relation.projection_head,
+      dtype=models.compute_dtype(config.model.dtype),
+      axis_name=axis_name,
+  )
+
+
 def network(tree: Any, i: int, num_networks: int) -> Any:
   """Network i's slice of a (possibly stacked) params / batch_stats tree."""
   return tree if num_networks == 1 else jax.tree.map(lambda x: x[i], tree)
@@ -77,8 +91,8 @@ def create_distill_state(
   per-example method state (ELR, DivideMix); methods without it ignore it.
   """
   method = method or methods.make_method(config.method)
-  model = models.student_net(config, axis_name=parallel.AXIS)
-  init_model = models.student_net(config, axis_name=None)
+  model = student_net(config, axis_name=parallel.AXIS)
+  init_model = student_net(config, axis_name=None)
   init = jax.jit(init_model.init, static_argnames='train')
   dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   per_network = []
@@ -224,7 +238,7 @@ def classify_fn(config: ml_collections.ConfigDict) -> Callable:
   A two-network student predicts as its method says (`Method.eval_networks`): the first network, or the mean of
   both networks' logits (DivideMix); features are the first network's.
   """
-  net = models.student_net(config, axis_name=None)
+  net = student_net(config, axis_name=None)
   method = methods.get_method(config.method.name)
   n = method.num_networks
 
@@ -239,7 +253,7 @@ def classify_fn(config: ml_collections.ConfigDict) -> Callable:
 def network_logits_fn(config: ml_collections.ConfigDict) -> Callable:
   """apply(variables, images_float) -> [b, num_networks, C] logits of every network, inference mode (the input of
   epoch hooks such as DivideMix's division)."""
-  net = models.student_net(config, axis_name=None)
+  net = student_net(config, axis_name=None)
   n = methods.get_method(config.method.name).num_networks
 
   def apply(variables, images):

@@ -264,16 +264,3 @@ def teacher_feature_dim(model_config, teacher_layer: str) -> int:
   if teacher_layer == 'projector':
     return model_config.projector_dim
   raise ValueError(f"Unknown relation.teacher_layer {teacher_layer!r}; use 'backbone' or 'projector'.")
-
-
-def student_net(config, axis_name: Optional[str] = None) -> StudentNet:
-  """The RGRL network named by `config.model` and `config.relation`."""
-  return StudentNet(
-      backbone_name=config.student.name,
-      width=config.student.width,
-      num_classes=config.data.num_classes,
-      embedding_dim=teacher_feature_dim(config.model, config.relation.teacher_layer),
-      projection_head=config.relation.projection_head,
-      dtype=compute_dtype(config.model.dtype),
-      axis_name=axis_name,
-  )

@@ -132,7 +132,7 @@ def test_torch_networks_have_the_jax_parameter_counts(torch_peer):
   counts = torch_peer.parameter_counts(config)
   assert counts['backbone'] == _jax_parameter_count(models.make_backbone('resnet_tiny', 4, np.float32, None))
   assert counts['simsiam_net'] == _jax_parameter_count(models.simsiam_net(config.model))
-  assert counts['student_net'] == _jax_parameter_count(models.student_net(config))
+  assert counts['student_net'] == _jax_parameter_count(distill.student_net(config))
 
 
 def test_torch_losses_match_the_jax_losses(torch_peer):

@@ -196,7 +196,7 @@ def _check_networks(config) -> None:
 
   def shapes():
     rm_out, _ = jax.eval_shape(lambda: models.simsiam_net(m).init_with_output(rng, images, train=False))
-    student_out, _ = jax.eval_shape(lambda: models.student_net(config).init_with_output(rng, images, train=False))
+    student_out, _ = jax.eval_shape(lambda: distill.student_net(config).init_with_output(rng, images, train=False))
     return rm_out, student_out
 
   rm_out, student_out = _cached(arch, shapes)
@@ -254,7 +254,7 @@ def _check_data_and_noise(config) -> None:
 def _check_construction(config) -> None:
   """Everything a run builds from its config before compiling; raises on the first failure."""
   models.simsiam_net(config.model)
-  models.student_net(config)
+  distill.student_net(config)
   config_checks.parse_stages(config.stages)
   distill.relation_kwargs(config)
   methods.make_method(config.method)

@@ -86,7 +86,7 @@ def test_distill_loss_equals_hand_computed_objective():
       keys, batch['images'], **distill.view_kwargs(config.rgrl.augment, data.CIFAR10_MEAN, data.CIFAR10_STD)
   )
   t = simsiam.encoder_apply_fn(config.model, config.relation.teacher_layer)(teacher, views)
-  out = distill.models.student_net(config).apply(
+  out = distill.student_net(config).apply(
       {'params': state.params, 'batch_stats': state.batch_stats}, views, train=True, mutable=['batch_stats']
   )[0]
   ce = optax.softmax_cross_entropy_with_integer_labels(out['logits'], batch['labels']).mean()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmdnet_jax import models
+from rmdnet_jax import distill, models
 from tests import helpers
 
 
@@ -34,7 +34,7 @@ def test_simsiam_and_student_output_shapes():
   assert 'BatchNorm_2' in variables['batch_stats']['projector']
   assert 'BatchNorm_2' not in variables['params']['projector']
   assert 'scale' in variables['params']['projector']['BatchNorm_1']
-  student = models.student_net(config)
+  student = distill.student_net(config)
   out = student.apply(student.init(jax.random.key(1), x, train=False), x, train=False)
   assert out['logits'].shape == (4, 10) and out['embedding'].shape == (4, 32)  # teacher backbone dim
 
