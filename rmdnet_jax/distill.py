@@ -279,8 +279,9 @@ def stage(
 ) -> loop.Stage:
   """The student trained on the noisy labels with (method.distill) or without the relation terms.
 
-  `teacher`: the frozen teacher (`simsiam.load_teacher`), or None when `needs_teacher` is False. Before its
-  first step the stage measures the teacher's kNN accuracy (into `report`, and a warning when it is weak).
+  `teacher`: the frozen teacher (`simsiam.load_teacher`); may be None when `needs_teacher` is False, and is unused
+  then. Before its first step a distilling stage measures the teacher's kNN accuracy (into `report`, and a warning
+  when it is weak).
   """
   schedule = loop.Schedule.for_stage(config.rgrl, len(dataset.train_images), config.log_every_steps)
   lr_fn = train_state_lib.learning_rate_schedule(config.rgrl, schedule.steps_per_epoch)

@@ -64,9 +64,9 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: list) -
       teacher = teacher or simsiam.load_teacher(config, dataset, workdir)
       results.update(linear_probe.teacher_monitors(config, dataset, teacher, writer))
     elif name == 'rgrl':
-      if distill.needs_teacher(config):
+      if distill.needs_teacher(config):  # the teacher of this run's RM stage, restored once it is finished
         teacher = teacher or simsiam.load_teacher(config, dataset, workdir)
-      stage = distill.stage(config, dataset, noisy, teacher if distill.needs_teacher(config) else None, writer)
+      stage = distill.stage(config, dataset, noisy, teacher, writer)
       loop.train(stage, workdir=workdir, writer=writer, options=options)
       results.update(stage.report)
       results['rgrl_checkpoints'] = os.path.join(fileio.absolute(workdir), 'rgrl')
