@@ -373,7 +373,7 @@ def measure_augment(kind: str, stage: loop.Stage, images, args) -> dict:
   def views(rng, x):
     return _AUGMENT[kind](parallel.per_example_keys(rng, x.shape[0]), x, **view_kwargs)
 
-  fn = jax.pmap(views, axis_name=parallel.AXIS, in_axes=(None, 0))
+  fn = parallel.pmap_apply(views)
   keys = [parallel.replicate(jax.random.fold_in(stage.rng, i)) for i in range(args.warmup + args.steps)]
   jax.block_until_ready([fn(k, images) for k in keys[: args.warmup]])
   seconds = time_repeats(lambda: [fn(k, images) for k in keys[args.warmup :]], args.repeats)

@@ -153,7 +153,9 @@ def host_batch_slice(global_batch_size: int, process_index: int, process_count: 
 
 
 @functools.lru_cache(maxsize=None)
-def _pmapped_apply(apply_fn: Callable) -> Callable:
+def pmap_apply(apply_fn: Callable) -> Callable:
+  """`apply_fn(broadcast, sharded)` pmapped: the first argument (variables, a key) broadcast, the second split on
+  its leading (device) axis, outputs per device. Cached per function, so a function built once compiles once."""
   return jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0))
 
 
@@ -165,7 +167,7 @@ def map_batches(apply_fn: Callable, variables: Any, images: np.ndarray, batch_si
   """
   n_dev = local_device_count()
   batch_size = max(n_dev, batch_size - batch_size % n_dev)
-  fn = _pmapped_apply(apply_fn)
+  fn = pmap_apply(apply_fn)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
