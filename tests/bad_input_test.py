@@ -9,8 +9,6 @@ tests/cifar_n_test.py; WORKDIR/run.lock and the saved config's own behaviour in 
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import assert_one_sentence, lock_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FILES = ('config.json', 'noisy_labels.npz', workdir_lib.LOCK_FILE, 'metrics.jsonl')
 
 
@@ -32,34 +29,11 @@ def refused(config, workdir, error=(workdir_lib.WorkdirError, noise.NoisyLabelsF
 
 
 def main(*args, timeout=240):
-  """`python -m rmdnet_jax.main ARGS` as a user types it (one device, tests/conftest.py's fast-compile flags)."""
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
-  )
-  return subprocess.run(
-      [sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/tiny.py', *args],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-  )
+  """`python -m rmdnet_jax.main --config=configs/tiny.py ARGS` as a user types it."""
+  return helpers.run_main('--config=configs/tiny.py', *args, timeout=timeout)
 
 
-def assert_user_error(result, *needles) -> str:
-  """The command failed with one `error: ...` sentence and no traceback; returns that sentence."""
-  assert result.returncode != 0, result.stdout[-2000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
-  assert len(lines) == 1, result.stderr[-3000:]
-  sentence = lines[0][len('error: ') :]
-  assert_one_sentence(sentence)
-  for needle in needles:
-    assert needle in sentence, sentence
-  return sentence
+assert_user_error = helpers.assert_user_error
 
 
 # --------------------------------------------------------------------------------------------------------------

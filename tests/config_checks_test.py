@@ -3,8 +3,6 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -169,22 +167,7 @@ def test_ce_baseline_differs_from_rmdnet_only_in_the_switch():
   assert a == b
 
 
-def _main(*args, timeout=240):
-  # One device, and the same fast-compile flags as tests/conftest.py.
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
-  )
-  return subprocess.run(
-      [sys.executable, '-m', 'rmdnet_jax.main', *args],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-  )
+_main = helpers.run_main
 
 
 def test_cli_rejects_unknown_key(tmp_path):

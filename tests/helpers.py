@@ -1,8 +1,10 @@
 """Shared test fixtures: a tiny config, random uint8 batches, one-sentence errors and run.lock files."""
 
 import json
+import os
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -158,3 +160,39 @@ def data_config(**overrides):
 
 def tfds_config(name: str, **overrides):
   return data_config(source='tfds', name=name, num_classes=data.DATASETS[name]['num_classes'], **overrides)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, timeout=300):
+  """`python -m rmdnet_jax.main ARGS` as a user types it, from the repository root (one CPU device, and the
+  fast-compile flags of tests/conftest.py)."""
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+  )
+  return subprocess.run(
+      [sys.executable, '-m', 'rmdnet_jax.main', *args],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+
+
+def assert_user_error(result, *needles) -> str:
+  """The command failed with one `error: ...` sentence containing every needle, and no traceback; returns the
+  sentence."""
+  assert result.returncode != 0, result.stdout[-2000:]
+  assert 'Traceback' not in result.stderr and 'Traceback' not in result.stdout, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(lines) == 1, result.stderr[-3000:]
+  sentence = lines[0][len('error: ') :]
+  assert_one_sentence(sentence)
+  for needle in needles:
+    assert needle in sentence, sentence
+  return sentence

@@ -1,25 +1,13 @@
 """The command line as a user meets it (subprocesses of `python -m rmdnet_jax.main`): a bad --config flag is one
 sentence, and a diverging run stops with one sentence once its pending checkpoint is written."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests import helpers
 
-
-def _main(*args, timeout=300):
-  return subprocess.run(
-      [sys.executable, '-m', 'rmdnet_jax.main', *args],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-      env=dict(os.environ),
-  )
+_main = helpers.run_main
 
 
 def _assert_one_sentence(proc, *words):
