@@ -1,8 +1,6 @@
 """The command line as a user meets it (subprocesses of `python -m rmdnet_jax.main`): a bad --config flag is one
 sentence, and a diverging run stops with one sentence once its pending checkpoint is written."""
 
-import pathlib
-
 import pytest
 
 from tests import helpers
