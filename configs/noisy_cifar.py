@@ -24,7 +24,7 @@ try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
 except ModuleNotFoundError:
   from configs import default  # a source checkout
-from rmdnet_jax import methods
+from rmdnet_jax import data, methods
 
 DATASETS = {'cifar10': 10, 'cifar100': 100}
 NOISES = {
@@ -49,14 +49,7 @@ HUMAN_NOISES = {
 }
 # Realised rates of the CIFAR-N label sets (Wei et al.; measured on the files, see README "CIFAR-N"): the noise
 # rate that Co-teaching and JoCoR assume known.
-HUMAN_RATES = {
-    'aggre': 0.0901,
-    'worst': 0.4021,
-    'random1': 0.1723,
-    'random2': 0.1812,
-    'random3': 0.1764,
-    'noisy': 0.4020,
-}
+HUMAN_RATES = data.PUBLISHED_NOISE_RATES
 # DivideMix's lambda_u per cell (Li et al., ICLR 2020, CIFAR settings); other cells take the dataset's default.
 DIVIDEMIX_LAMBDA_U = {
     'cifar10': {'sym20': 0.0, 'sym50': 25.0, 'sym80': 25.0, 'sym90': 50.0, 'asym40': 0.0},
