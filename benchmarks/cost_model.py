@@ -474,6 +474,20 @@ def torch_count_note(record: dict, path: str) -> Optional[str]:
   )
 
 
+def _system_rows(results, names, key: str, alt_mfu, field: str, fmt, *, with_pflop: bool) -> list:
+  """One table row per configuration (and, with `alt_mfu`, the paper grid at that MFU): `fmt` of `field`
+  ('seconds' or 'usd') on every system, after the name (and the one-chip PFLOP)."""
+  rows = []
+  for r in results:
+    lead = f"| {r['name']} | {r['flop_one_chip'] / 1e15:,.0f} | " if with_pflop else f"| {r['name']} | "
+    rows.append(lead + ' | '.join(fmt(r['systems'][n]['mfu'][key][field]) for n in names) + ' |')
+  if alt_mfu:
+    grid = results[-1]
+    lead = f'| paper grid at {alt_mfu:.0%} MFU | ' + ('| ' if with_pflop else '')
+    rows.append(lead + ' | '.join(fmt(grid['systems'][n]['mfu'][str(alt_mfu)][field]) for n in names) + ' |')
+  return rows
+
+
 def build(
     flops: dict,
     cells: Sequence[dict],
@@ -509,16 +523,7 @@ def build(
       '| configuration | PFLOP (1 chip) | ' + ' | '.join(names) + ' |',
       '|---|---|' + '---|' * len(names),
   ]
-  for r in results:
-    cells_ = [fmt_time(r['systems'][n]['mfu'][key]['seconds']) for n in names]
-    lines.append(f"| {r['name']} | {r['flop_one_chip'] / 1e15:,.0f} | " + ' | '.join(cells_) + ' |')
-  if alt_mfu:
-    grid = results[-1]
-    lines.append(
-        f'| paper grid at {alt_mfu:.0%} MFU | | '
-        + ' | '.join(fmt_time(grid['systems'][n]['mfu'][str(alt_mfu)]['seconds']) for n in names)
-        + ' |'
-    )
+  lines += _system_rows(results, names, key, alt_mfu, 'seconds', fmt_time, with_pflop=True)
   lines += [
       '',
       f'## On-demand cost (ESTIMATE, USD, at {mfu:.0%} MFU)',
@@ -526,15 +531,7 @@ def build(
       '| configuration | ' + ' | '.join(names) + ' |',
       '|---|' + '---|' * len(names),
   ]
-  for r in results:
-    lines.append(f"| {r['name']} | " + ' | '.join(fmt_usd(r['systems'][n]['mfu'][key]['usd']) for n in names) + ' |')
-  if alt_mfu:
-    grid = results[-1]
-    lines.append(
-        f'| paper grid at {alt_mfu:.0%} MFU | '
-        + ' | '.join(fmt_usd(grid['systems'][n]['mfu'][str(alt_mfu)]['usd']) for n in names)
-        + ' |'
-    )
+  lines += _system_rows(results, names, key, alt_mfu, 'usd', fmt_usd, with_pflop=False)
 
   default_cfg = default.get_config()
   lines += [
