@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rmdnet_jax import checkpoints, config_checks, data, distill, loop, metrics, noise, parallel, simsiam  # noqa: E402
+from rmdnet_jax import checkpoints, config_checks, config_files, data, distill, loop, metrics, noise, parallel, simsiam  # noqa: E402
 from rmdnet_jax import train_state as train_state_lib  # noqa: E402
 from rmdnet_jax import workdir as workdir_lib  # noqa: E402
 
@@ -298,7 +298,7 @@ def load_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
     )
   try:
     # Brought up to date: a run saved before a key was renamed or added reads as today's config.
-    config = ml_collections.ConfigDict(workdir_lib.unflatten(workdir_lib.read_saved_config(workdir)))
+    config = ml_collections.ConfigDict(config_files.unflatten(workdir_lib.read_saved_config(workdir)))
   except workdir_lib.WorkdirError as e:
     raise AnalysisError(str(e)) from e
   except (TypeError, ValueError) as e:

@@ -71,7 +71,7 @@ def _config_flag_error(argv, error: Exception) -> str:
           '(the README\'s "Configs" lists them).'
       )
   if isinstance(error, (KeyError, AttributeError)):
-    renamed = config_checks.renamed_override_message(argv)
+    renamed = config_files.renamed_override_message(argv)
     if renamed:
       return renamed
     key = str(error).strip('\'"')

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from rmdnet_jax import config_checks, data, distill, fileio, linear_probe, loop, metrics, noise, simsiam
+from rmdnet_jax import config_checks, config_files, data, distill, fileio, linear_probe, loop, metrics, noise, simsiam
 from rmdnet_jax import workdir as workdir_lib
 
 
@@ -42,7 +42,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: list) -
   save_noisy_labels()
   writer = metrics.create_writer(workdir, config.get('logging'))
   if jax.process_index() == 0:
-    writer.write_hparams(workdir_lib.flatten(json.loads(config.to_json_best_effort())))
+    writer.write_hparams(config_files.flatten(json.loads(config.to_json_best_effort())))
   options = loop.Options.from_config(config)
   results = {
       'workdir': fileio.absolute(workdir),

@@ -22,8 +22,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from rmdnet_jax import fileio
-from rmdnet_jax import workdir as workdir_lib
+from rmdnet_jax import config_files, fileio
 
 # Best test accuracy (%) published by other papers (PreAct ResNet-18, DivideMix protocol), copied from
 # shared/paper/rmdnet.md, keyed by (dataset, noise kind, rate). These are comparison points, not RMDNet's numbers.
@@ -288,7 +287,7 @@ def csv_text(table: Table) -> str:
 
 # Config keys that never tell two runs' results apart (paths, logging, bookkeeping): left out of the per-run view.
 # The teacher's checkpoint path stays: it tells which runs distilled from a teacher.
-NOT_SETTINGS = tuple(k for k in workdir_lib.RESUMABLE_KEYS if k != 'relation.teacher_checkpoint')
+NOT_SETTINGS = tuple(k for k in config_files.RESUMABLE_KEYS if k != 'relation.teacher_checkpoint')
 # Final training diagnostics of the relation terms, read from the last RGRL row of metrics.jsonl.
 DIAGNOSTICS = (
     'node',
@@ -311,7 +310,7 @@ def run_rows(workdirs: Sequence[str]) -> tuple:
   configs, rows = {}, []
   for w in workdirs:
     # Brought up to date, so that runs saved before a key was renamed or added line up with newer ones.
-    config = workdir_lib.read_saved_config(w) or {}
+    config = config_files.read_saved_config(w) or {}
     if 'rgrl' in str(config.get('stages', '')).split(','):
       configs[w] = {k: v for k, v in config.items() if k not in NOT_SETTINGS and not k.startswith('logging.')}
   keys = sorted({k for c in configs.values() for k in c if len({repr(o.get(k)) for o in configs.values()}) > 1})

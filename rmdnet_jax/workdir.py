@@ -2,7 +2,8 @@
 
     prepare(workdir)   creates it; a path that is a file, lies under a file or cannot be written is refused
     check_config(config, workdir)
-                       a later run must have the config saved in WORKDIR/config.json (but RESUMABLE_KEYS);
+                       a later run must have the config saved in WORKDIR/config.json (but
+                       config_files.RESUMABLE_KEYS);
                        `save` writes it
     lock(workdir)      WORKDIR/run.lock (pid, host, start time, heartbeat) for the duration of the run; a second
                        run on the same directory is refused; a lock left by a dead process on this host, or one
@@ -31,40 +32,13 @@ import jax
 from absl import logging
 from etils import epath
 
-from rmdnet_jax import config_checks, data, fileio
+from rmdnet_jax import config_files, data, fileio
 
 LOCK_FILE = 'run.lock'
 # The holder refreshes the lock's heartbeat this often; another host's lock not refreshed for STALE_AFTER_SECS is
 # taken as left by a lost host (generous: clocks of hosts differ, and a bucket write can stall).
 HEARTBEAT_SECS = 60.0
 STALE_AFTER_SECS = 15 * 60.0
-
-
-# Keys whose change does not change the results: a run may be resumed with different values.
-RESUMABLE_KEYS = (
-    'stages',
-    'log_every_steps',
-    'allow_config_change',
-    'eval_batch_size',
-    'data.data_dir',
-    'data.npz_path',
-    'data.cifar_n_labels',
-    'data.resident_on_device',
-    'max_to_keep',
-    'relation.teacher_checkpoint',
-    # Monitors and logging: the linear probe is recomputed by its stage; these keys are newer than
-    # some work directories, whose config.json lacks them.
-    'linear_probe.epochs',
-    'linear_probe.batch_size',
-    'linear_probe.learning_rate',
-    'linear_probe.momentum',
-    'linear_probe.weight_decay',
-    'logging.progress_bar',
-    'logging.progress_every_secs',
-    'logging.wandb_project',
-    'logging.wandb_entity',
-    'logging.wandb_mode',
-)
 
 
 class WorkdirError(RuntimeError):
@@ -75,53 +49,28 @@ class WorkdirConfigMismatch(RuntimeError):
   """The work directory holds a run with another config."""
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}: a nested (config) dict with dotted keys."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def unflatten(flat: dict) -> dict:
-  """The inverse of `flatten`: {'a.b': 1} -> {'a': {'b': 1}}."""
-  tree = {}
-  for key, value in flat.items():
-    *sections, leaf = key.split('.')
-    node = tree
-    for section in sections:
-      node = node.setdefault(section, {})
-    node[leaf] = value
-  return tree
-
-
 def read_saved_config(workdir: str) -> Optional[dict]:
-  """WORKDIR/config.json flattened to dotted keys and brought up to date (`config_checks.upgrade_saved_config`:
-  renamed keys, keys added later), or None when there is none."""
-  path = os.path.join(workdir, 'config.json')
-  if not fileio.exists(path):
-    return None
+  """`config_files.read_saved_config` (flattened, brought up to date, or None), a damaged file refused as a
+  WorkdirError in one sentence."""
   try:
-    saved = json.loads(fileio.read_text(path))
+    return config_files.read_saved_config(workdir)
   except ValueError as e:
     raise WorkdirError(
-        f"{path} is damaged ({data.brief_error(e)}); restore it, or delete it to adopt this run's config "
-        '(only if the run in that directory had this config).'
+        f'{os.path.join(workdir, config_files.SAVED_CONFIG)} is damaged ({data.brief_error(e)}); restore it, or '
+        "delete it to adopt this run's config (only if the run in that directory had this config)."
     ) from e
-  return config_checks.upgrade_saved_config(flatten(saved))
 
 
 def check_config(config, workdir: str, *, save: bool = True) -> None:
-  """Later runs in a work directory must have the config in its WORKDIR/config.json (but RESUMABLE_KEYS); `save`
+  """Later runs in a work directory must have the config in its WORKDIR/config.json (but config_files.RESUMABLE_KEYS); `save`
   writes the file. The run checks first and saves only once the data, labels and teacher are found good, so a
   refused start leaves no config behind that would refuse the corrected command."""
   saved = read_saved_config(workdir)
   if saved is not None:
-    current = flatten(json.loads(config.to_json_best_effort()))
-    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+    current = config_files.flatten(json.loads(config.to_json_best_effort()))
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in config_files.RESUMABLE_KEYS and saved.get(k) != current.get(k)
+    )
     if changed and not config.allow_config_change:
       detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in changed[:5])
       raise WorkdirConfigMismatch(
@@ -129,7 +78,7 @@ def check_config(config, workdir: str, *, save: bool = True) -> None:
           '--config.allow_config_change=True to resume it with the new values.'
       )
   if save and jax.process_index() == 0:
-    fileio.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    fileio.write_text(os.path.join(workdir, config_files.SAVED_CONFIG), config.to_json_best_effort(indent=2))
 
 
 def _first_existing_ancestor(path: str) -> str:

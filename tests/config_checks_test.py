@@ -1,17 +1,13 @@
 """Config validation (one clear sentence per rule), the CLI's override handling, and the config files."""
 
-import glob
-import json
 import os
 
 import ml_collections
 import pytest
 
 from configs import cifar10_rmdnet, cifar100_rmdnet, default, simsiam_cifar10, tiny
-from rmdnet_jax import config_checks, workdir
+from rmdnet_jax import config_checks
 from tests import helpers
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
@@ -256,54 +252,6 @@ def test_a_section_replaced_by_a_value_is_refused():
     config_checks.validate(_from_dict(tree), num_devices=8)
 
 
-def _flat_default():
-  return json_flat(json.loads(default.get_config().to_json_best_effort()))
-
-
-def json_flat(tree, prefix=''):
-  out = {}
-  for k, v in tree.items():
-    out.update(json_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-  return out
-
-
-def test_an_old_flat_config_json_upgrades_to_exactly_todays_default_keys():
-  today = _flat_default()
-  old = {k: v for k, v in today.items() if not k.startswith('method.')} | helpers.FLAT_METHOD_DEFAULTS
-  for key in config_checks.KEYS_ADDED_LATER:
-    del old[key]  # older still: saved before these keys existed
-  assert config_checks.upgrade_saved_config(old) == today
-  assert set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS) == set(helpers.FLAT_METHOD_DEFAULTS) - {
-      'method.name',
-      'method.distill',
-  }
-
-
-def test_upgrade_keeps_the_runs_values_and_todays_keys():
-  old = dict(
-      helpers.FLAT_METHOD_DEFAULTS, **{'method.name': 'jocor', 'method.forget_rate': 0.3, 'method.jocor_lambda': 0.1}
-  )
-  new = config_checks.upgrade_saved_config({**old, 'relation.teacher_step': 4})
-  # The shared schedule was the setting of both methods: the run's method gets it, and so does the other.
-  assert new['method.jocor.forget_rate'] == new['method.coteaching.forget_rate'] == 0.3
-  assert new['method.jocor.co_lambda'] == 0.1
-  assert new['relation.teacher_step'] == 4  # a saved value is never replaced by KEYS_ADDED_LATER's
-  assert not set(new) & (set(config_checks.RENAMED_KEYS) | set(config_checks.SPLIT_KEYS))
-  # A config already of today's shape is returned as it is (and a stray old key never overrides a new one).
-  today = _flat_default()
-  assert config_checks.upgrade_saved_config(today) == today
-  assert config_checks.upgrade_saved_config({**today, 'method.gce_q': 0.1})['method.gce.q'] == 0.7
-
-
-def test_an_old_key_override_is_named_with_its_new_key():
-  message = config_checks.renamed_override_message(['prog', '--config=configs/tiny.py', '--config.method.gce_q=0.5'])
-  assert message.startswith('--config.method.gce_q is now --config.method.gce.q:')
-  assert '--config.method.coteaching.forget_rate or --config.method.jocor.forget_rate' in (
-      config_checks.renamed_override_message(['--config.method.forget_rate=0.2'])
-  )
-  assert config_checks.renamed_override_message(['--config.rgrl.epochz=3']) is None
-
-
 def test_cli_refuses_an_old_method_key_with_one_line(tmp_path):
   result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}/w', '--config.method.gce_q=0.5')
   assert result.returncode != 0
@@ -311,16 +259,3 @@ def test_cli_refuses_an_old_method_key_with_one_line(tmp_path):
   assert len(errors) == 1 and 'is now --config.method.gce.q' in errors[0], result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'w').exists()
-
-
-def test_the_committed_study_runs_config_json_upgrade_to_todays_keys():
-  """results/cpu_study/runs/*/config.json were written with the flat method keys: upgraded, each has today's keys
-  (but the keys a run may resume without, which are newer than the study)."""
-  paths = sorted(glob.glob(os.path.join(ROOT, 'results', 'cpu_study', 'runs', '*', 'config.json')))
-  assert paths
-  today = set(_flat_default())
-  for path in paths:
-    with open(path) as f:
-      upgraded = config_checks.upgrade_saved_config(json_flat(json.load(f)))
-    assert set(upgraded) <= today, (path, set(upgraded) - today)
-    assert today - set(upgraded) <= set(workdir.RESUMABLE_KEYS), (path, today - set(upgraded))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import default, noisy_cifar
-from rmdnet_jax import config_checks, methods
+from rmdnet_jax import config_checks, config_files, methods
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,4 +222,4 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 def test_a_flat_key_cells_saved_config_upgrades_to_todays_cell(arg):
   today = _flat(noisy_cifar.get_config(arg).to_dict())
   saved = {k: v for k, v in today.items() if not k.startswith('method.')} | FLAT_DEFAULTS | FLAT_CELLS[arg]
-  assert config_checks.upgrade_saved_config(saved) == today
+  assert config_files.upgrade_saved_config(saved) == today

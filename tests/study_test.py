@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, config_checks, data, distill, pipeline, results, simsiam
+from rmdnet_jax import checkpoints, config_files, data, distill, pipeline, results, simsiam
 from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 
@@ -99,7 +99,7 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   workdir, summary = runs['k01']
   path = os.path.join(workdir, 'config.json')
   saved = json.load(open(path))
-  for key in config_checks.KEYS_ADDED_LATER:
+  for key in config_files.KEYS_ADDED_LATER:
     section, leaf = key.split('.')
     saved[section].pop(leaf)
   with open(path, 'w') as f:

@@ -12,7 +12,7 @@ import time
 import jax
 import pytest
 
-from rmdnet_jax import config_checks, fileio
+from rmdnet_jax import config_files, fileio
 from rmdnet_jax import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import assert_one_sentence, dead_pid, lock_of
@@ -45,18 +45,8 @@ def test_prepare_refuses_a_file_and_a_path_under_a_file(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The saved config: flatten, read_saved_config, check_config.
+# The saved config: read_saved_config, check_config.
 # --------------------------------------------------------------------------------------------------------------
-
-
-def test_flatten_gives_dotted_keys_of_every_leaf():
-  assert workdir_lib.flatten({'a': {'b': 1, 'c': {'d': [2, 3]}}, 'e': None, 'f': {}}) == {
-      'a.b': 1,
-      'a.c.d': [2, 3],
-      'e': None,
-  }
-  assert workdir_lib.flatten({'x': 1}, prefix='p.') == {'p.x': 1}
-  assert workdir_lib.flatten({}) == {}
 
 
 def test_read_saved_config_is_none_without_a_file(tmp_path):
@@ -68,15 +58,15 @@ def test_read_saved_config_is_flat_and_brought_up_to_date(tmp_path):
   config = helpers.tiny_config()
   workdir_lib.check_config(config, str(tmp_path))
   saved = workdir_lib.read_saved_config(str(tmp_path))
-  assert saved == workdir_lib.flatten(json.loads(config.to_json_best_effort()))
+  assert saved == config_files.flatten(json.loads(config.to_json_best_effort()))
   # A config.json of an older version: a key added later is missing; it reads as the value those runs had.
   raw = json.loads((tmp_path / 'config.json').read_text())
-  key = next(iter(config_checks.KEYS_ADDED_LATER))
+  key = next(iter(config_files.KEYS_ADDED_LATER))
   section, leaf = key.split('.')
   del raw[section][leaf]
   (tmp_path / 'config.json').write_text(json.dumps(raw))
   old = workdir_lib.read_saved_config(str(tmp_path))
-  assert old[key] == config_checks.KEYS_ADDED_LATER[key] and old == saved | {key: old[key]}
+  assert old[key] == config_files.KEYS_ADDED_LATER[key] and old == saved | {key: old[key]}
 
 
 def test_check_config_saves_only_when_asked(tmp_path):
@@ -127,7 +117,7 @@ def test_check_config_accepts_resumable_keys_and_allow_config_change(tmp_path):
       'relation.teacher_checkpoint': '/elsewhere/rm',
       'logging.progress_bar': False,
   }
-  assert set(resumable) <= set(workdir_lib.RESUMABLE_KEYS)
+  assert set(resumable) <= set(config_files.RESUMABLE_KEYS)
   workdir_lib.check_config(helpers.tiny_config(**resumable), str(tmp_path))
   assert json.loads((tmp_path / 'config.json').read_text())['stages'] == 'rgrl'  # saved: the latest run's values
   # A result-changing key with allow_config_change=True: accepted, and the new values are saved.
