@@ -24,7 +24,7 @@ import io
 import json
 import math
 import os
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -633,8 +633,9 @@ def labels_digest(labels: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:16]
 
 
-def run_meta(noise_config, dataset) -> dict:
-  """What the noisy labels of a run depend on, saved with them and checked on every reload."""
+def run_meta(noise_config, dataset, human_column: Optional[np.ndarray] = None) -> dict:
+  """What the noisy labels of a run depend on, saved with them and checked on every reload (`human_column`: a
+  kind=human run's CIFAR-N column, `data.human_noisy_labels`)."""
   common = {
       'dataset': dataset.name,
       'num_examples': int(len(dataset.train_labels)),
@@ -642,12 +643,11 @@ def run_meta(noise_config, dataset) -> dict:
   }
   if noise_config.kind == 'human':
     # The labels' digest too: another CIFAR-N file (or version) must not resume this run silently.
-    column = data.human_noisy_labels(dataset, noise_config.human_label)
     return {
         'kind': 'human',
         'human_label': noise_config.human_label,
         **common,
-        'noisy_labels_sha256': labels_digest(column),
+        'noisy_labels_sha256': labels_digest(human_column),
     }
   return {
       'kind': noise_config.kind,
@@ -659,11 +659,12 @@ def run_meta(noise_config, dataset) -> dict:
   }
 
 
-def make_run_labels(noise_config, dataset) -> NoisyLabels:
-  """The noisy labels `noise_config` gives on `dataset`: drawn, or with kind=human the CIFAR-N column
-  noise.human_label (rate and seed play no part; the realised rate and transition matrix are then empirical)."""
+def make_run_labels(noise_config, dataset, human_column: Optional[np.ndarray] = None) -> NoisyLabels:
+  """The noisy labels `noise_config` gives on `dataset`: drawn, or with kind=human `human_column`, the CIFAR-N
+  column noise.human_label (rate and seed play no part; the realised rate and transition matrix are then
+  empirical)."""
   if noise_config.kind == 'human':
-    labels = np.asarray(data.human_noisy_labels(dataset, noise_config.human_label), np.int64)
+    labels = np.asarray(human_column, np.int64)
     return NoisyLabels(
         labels=labels,
         realized_rate=float(np.mean(labels != dataset.train_labels)),
@@ -689,7 +690,9 @@ def labels_for_run(noise_config, dataset, workdir: str) -> tuple[NoisyLabels, Ca
       NoisyLabelsMismatch: the saved file was made from other data or another noise config.
   """
   path = os.path.join(workdir, NOISY_LABELS_FILE)
-  meta = run_meta(noise_config, dataset)
+  human = noise_config.kind == 'human'
+  column = data.human_noisy_labels(dataset, noise_config.human_label) if human else None  # looked up once
+  meta = run_meta(noise_config, dataset, column)
   if fileio.exists(path):
     noisy, saved = load_noisy_labels(path)
     mismatched = [k for k in meta if saved.get(k) != meta[k]]
@@ -705,7 +708,7 @@ def labels_for_run(noise_config, dataset, workdir: str) -> tuple[NoisyLabels, Ca
       )
     logging.info('Reloaded noisy labels from %s (realised rate %.4f).', path, noisy.realized_rate)
     return noisy, lambda: None
-  noisy = make_run_labels(noise_config, dataset)
+  noisy = make_run_labels(noise_config, dataset, column)
 
   def save():
     if jax.process_index() == 0:
