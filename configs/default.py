@@ -46,16 +46,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = 'resnet18'  # resnet18 | resnet34 | preact_resnet18 | resnet_tiny (tests)
   config.model.width = 64  # channels of the first stage
   config.model.projector_dim = 2048
-  config.model.projector_layers = 3
+  config.model.projector_layers = 2  # SimSiam's CIFAR recipe (its paper's appendix D); 3 is its ImageNet recipe
   config.model.predictor_dim = 512  # predictor bottleneck
   config.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  config.model.init = 'torch'  # torch (the PyTorch references' initialisers) | flax (flax defaults, before Dec 2026)
+  config.model.zero_init_residual = False  # True: each residual block's last BN scale starts at 0 (BasicBlock only)
 
   # The RGRL student.
   config.student = ml_collections.ConfigDict()
   config.student.name = 'resnet18'  # the paper notes: same ResNet-18 as the teacher (option preact_resnet18)
   config.student.width = 64
+  config.student.init = 'torch'  # torch | flax, as model.init
 
-  config.rm = _stage(epochs=800, batch_size=512, learning_rate=0.06, scale_lr_by_batch=True)
+  # SimSiam's CIFAR recipe: lr 0.03 per 256 images (0.06 at batch 512), SGD momentum 0.9, wd 5e-4, cosine.
+  config.rm = _stage(epochs=800, batch_size=512, learning_rate=0.03, scale_lr_by_batch=True)
   config.rm.augment = ml_collections.ConfigDict()
   config.rm.augment.crop_scale_min = 0.2
   config.rm.augment.brightness = 0.4

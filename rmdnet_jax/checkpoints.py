@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from rmdnet_jax import data, fileio, parallel
+from rmdnet_jax import data, fileio, methods, parallel
 
 # What must agree between an RM checkpoint and the RGRL run that uses it as a teacher.
 TEACHER_KEYS = (
@@ -235,22 +235,45 @@ def check_meta(found: dict, expected: dict, where: str, keys) -> None:
       )
 
 
+def teacher_directory(directory: str) -> str:
+  """The stage checkpoint directory `relation.teacher_checkpoint` names: itself, or in a work directory holding
+  exactly one of rm/ and rgrl/, that one."""
+  if '://' in directory or not os.path.isdir(directory) or any(n.isdigit() for n in os.listdir(directory)):
+    return directory
+  stages = [name for name in ('rm', 'rgrl') if os.path.isdir(os.path.join(directory, name))]
+  if len(stages) == 2:
+    raise CheckpointError(
+        f'{directory} is a work directory with both an RM and an RGRL stage; set '
+        f'--config.relation.teacher_checkpoint={os.path.join(directory, "rm")} (its SimSiam teacher) or '
+        f'{os.path.join(directory, "rgrl")} (its student).'
+    )
+  return os.path.join(directory, stages[0]) if stages else directory
+
+
 def restore_teacher(
     directory: str, rm_target: Any, expected_meta: dict, step: int = 0, finished_step: Optional[int] = None
-) -> tuple[Any, int]:
-  """The RM state in `directory`, checked to match this run's architecture, width and dataset.
+) -> tuple[dict, int]:
+  """The teacher's variables {'params', 'batch_stats'} in `directory`, checked to fit this run, and their step.
+
+  Two kinds of checkpoint make a teacher:
+    * an RM checkpoint (WORKDIR/rm): the SimSiam network, all of it (backbone, projector, predictor), checked to
+      match this run's model (architecture, width, heads) and dataset;
+    * an RGRL checkpoint (WORKDIR/rgrl): a student trained by any method, e.g. CE on clean labels (a diagnostic
+      teacher of known quality). Only its backbone is restored (of its first network, for two-network methods),
+      checked to be the network this run's `model.name` and `model.width` describe.
 
   Args:
-    directory: an RM stage checkpoint directory (default WORKDIR/rm).
-    rm_target: a freshly initialised RM state giving structure, shapes and shardings.
+    directory: a stage checkpoint directory (default WORKDIR/rm), or a work directory with one of rm/ and rgrl/.
+    rm_target: a freshly initialised RM state giving structure, shapes and shardings of an RM checkpoint.
     expected_meta: `stage_meta(config, 'rm', image_shape)` of this run.
     step: the checkpoint to take (`relation.teacher_step`); 0 = the latest.
     finished_step: when given, the RM stage's last step: an earlier checkpoint is refused (an unfinished RM stage
       of this run is not a teacher).
 
   Returns:
-    (the RM state, its step).
+    (the teacher's variables, its step).
   """
+  directory = teacher_directory(directory)
   if '://' not in directory and not os.path.isdir(directory):
     raise CheckpointError(
         f'No RM (SimSiam) checkpoint at {directory}; run the rm stage first (--config.stages=rm,rgrl) or set '
@@ -277,10 +300,52 @@ def restore_teacher(
         '(run with --config.stages=rm,rgrl) or set --config.relation.teacher_checkpoint explicitly.'
     )
   try:
+    meta = restore_meta(mngr, step)
+  except Exception:  # noqa: BLE001  unreadable: _restore_checked names the damage below
+    meta = {}
+  try:
+    if isinstance(meta, dict) and meta.get('stage') == 'rgrl':
+      return _restore_student_backbone(mngr, step, meta, expected_meta), step
     state = _restore_checked(mngr, step, rm_target, expected_meta, TEACHER_KEYS)
   except DamagedCheckpointError as e:
     raise CheckpointError(
-        f'The RM checkpoint {_step_dir(mngr, step)} is damaged ({e}); remove that directory and rerun with '
-        '--config.stages=rm,rgrl to retrain its steps from the checkpoint before it.'
+        f'The teacher checkpoint {_step_dir(mngr, step)} is damaged ({e}); remove that directory and rerun its '
+        'stage to retrain its steps from the checkpoint before it.'
     ) from None
-  return state, step
+  return state.variables, step
+
+
+def _restore_student_backbone(mngr, step: int, meta: dict, expected_meta: dict) -> dict:
+  """{'params': {'backbone'}, 'batch_stats': {'backbone'}} of the first network of the RGRL checkpoint at `step`,
+  after checking that its images and backbone are those of this run's teacher network (`expected_meta`, RM)."""
+  check_meta(meta, expected_meta, str(mngr.directory), ('dataset', 'image_shape'))
+  found = (meta.get('student'), meta.get('student_width'))
+  wanted = (expected_meta.get('model'), expected_meta.get('width'))
+  if found != wanted:
+    raise CheckpointError(
+        f'The teacher checkpoint in {mngr.directory} holds a student {found[0]} of width {found[1]}, but this run '
+        f"describes its teacher network as {wanted[0]} of width {wanted[1]} (model.name, model.width); set "
+        f'--config.model.name={found[0]} --config.model.width={found[1]}, or use another checkpoint.'
+    )
+  path = epath.Path(_step_dir(mngr, step)) / 'state'
+  try:
+    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    sharding = parallel.replicated_sharding()
+    abstract = {
+        part: {'backbone': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)}
+        for part, tree in ((part, saved[part]['backbone']) for part in ('params', 'batch_stats'))
+    }
+    # Only the backbone is read (the student's heads, optimizer and method state are not the teacher's). The digest
+    # covers the whole state, so it cannot be checked here; an unreadable file still raises.
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True
+        ),
+    )
+  except Exception as e:  # noqa: BLE001  Orbax and tensorstore raise many types for unreadable files.
+    raise DamagedCheckpointError(f'its state cannot be read ({type(e).__name__}: {_first_line(e)})') from e
+  variables = parallel.to_local(restored)
+  if methods.get_method(meta.get('method', 'ce')).num_networks > 1:  # leaves stacked [networks, ...]
+    variables = jax.tree.map(lambda x: x[0], variables)
+  return variables

@@ -224,6 +224,14 @@ def check_models(config: ml_collections.ConfigDict) -> None:
       m.projector_layers <= MAX_PROJECTOR_LAYERS,
       f'model.projector_layers={m.projector_layers} exceeds {MAX_PROJECTOR_LAYERS}; SimSiam uses 2 or 3.',
   )
+  for key in ('model', 'student'):
+    init = config[key].init
+    _require(init in models.INITS, f'{key}.init={init!r} is not one of {", ".join(models.INITS)}.')
+  _require(
+      not m.zero_init_residual or models.BACKBONES[m.name].keywords['block_cls'] is models.BasicBlock,
+      f'model.zero_init_residual=True needs a post-activation ResNet (resnet18, resnet34, resnet_tiny), not '
+      f'{m.name}, whose residual branch ends in a convolution.',
+  )
 
 
 def check_stage(config: ml_collections.ConfigDict, stage: str, num_devices: int) -> None:
@@ -235,12 +243,13 @@ def check_stage(config: ml_collections.ConfigDict, stage: str, num_devices: int)
       f'{stage}.batch_size={s.batch_size} must be a positive multiple of the {num_devices} devices; '
       f'e.g. --config.{stage}.batch_size={max(num_devices, s.batch_size - s.batch_size % num_devices)}.',
   )
-  _require(s.learning_rate > 0, f'{stage}.learning_rate={s.learning_rate} must be positive.')
+  # 0 is allowed: it trains nothing but the BatchNorm statistics (with rm: a random-init teacher, calibrated).
+  _require(s.learning_rate >= 0, f'{stage}.learning_rate={s.learning_rate} must be >= 0.')
   peak = s.learning_rate * (s.batch_size / 256 if s.scale_lr_by_batch else 1.0)
   _require(
       peak < float(np.finfo(np.float32).max) / 2,
       f'{stage}.learning_rate={s.learning_rate} gives a peak rate of {peak:.3g}, which overflows the '
-      'float32 schedule; use a realistic rate (the paper notes: 0.06 per 256 images for rm, 0.02 for rgrl).',
+      'float32 schedule; use a realistic rate (the paper notes: 0.03 per 256 images for rm, 0.02 for rgrl).',
   )
   _require(s.weight_decay >= 0, f'{stage}.weight_decay={s.weight_decay} must be >= 0.')
   _require(0 <= s.momentum < 1, f'{stage}.momentum={s.momentum} must be in [0, 1).')

@@ -125,7 +125,27 @@ def read_saved_config(workdir: str) -> Optional[dict]:
 
 # Keys added after some work directories were made, with the value that gives the behaviour those runs had: a saved
 # config.json without the key had this value.
-KEYS_ADDED_LATER = {'relation.batch_center': False, 'relation.normalize': 'none', 'relation.teacher_step': 0}
+KEYS_ADDED_LATER = {
+    'relation.batch_center': False,
+    'relation.normalize': 'none',
+    'relation.teacher_step': 0,
+    # Before the SimSiam recipe was checked against a PyTorch reference, every network started from flax's
+    # initialisers and no residual block was zero-initialised.
+    'model.init': 'flax',
+    'model.zero_init_residual': False,
+    'student.init': 'flax',
+}
+
+# Keys whose default changed after some work directories were made (configs/default.py says why): a run resumed
+# in such a directory with today's default keeps the value it was started with, so the same command resumes it.
+# A value set explicitly to something else is a config change, refused as any other.
+DEFAULTS_CHANGED = (
+    'rm.learning_rate',  # 0.06 -> 0.03 per 256 images (SimSiam's CIFAR recipe)
+    'model.projector_layers',  # 3 -> 2 (SimSiam's CIFAR recipe)
+    'model.init',  # flax -> torch
+    'model.zero_init_residual',
+    'student.init',  # flax -> torch
+)
 
 # Old key -> today's key: the method settings were flat keys `method.<name>_<setting>` before they were nested.
 RENAMED_KEYS = {
@@ -164,6 +184,16 @@ SPLIT_KEYS = {
 def renamed_keys(key: str) -> tuple:
   """Today's key(s) for an old key ('method.gce_q' -> ('method.gce.q',)); () for any other key."""
   return SPLIT_KEYS.get(key) or ((RENAMED_KEYS[key],) if key in RENAMED_KEYS else ())
+
+
+def kept_saved_values(saved: dict, current: dict, defaults: dict) -> dict:
+  """{key: saved value} of the DEFAULTS_CHANGED keys a resumed run keeps: those the run has at today's default
+  (`defaults`, flattened configs/default.py) while its work directory saved another value."""
+  return {
+      key: saved[key]
+      for key in DEFAULTS_CHANGED
+      if key in saved and saved[key] != current.get(key) and current.get(key) == defaults.get(key)
+  }
 
 
 def upgrade_saved_config(flat: dict) -> dict:

@@ -63,6 +63,7 @@ def student_net(config: ml_collections.ConfigDict, axis_name: Optional[str] = No
       projection_head=config.relation.projection_head,
       dtype=models.compute_dtype(config.model.dtype),
       axis_name=axis_name,
+      initializer=config.student.init,
   )
 
 

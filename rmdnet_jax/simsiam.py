@@ -5,7 +5,7 @@ and the relations it models between samples are what RGRL distils.
 
   simsiam_step(state, batch, rng, ctx)   the pure update, pmapped by `parallel.pmap_step`
   stage(config, dataset)                 the RM stage as a `loop.Stage` (its eval: the kNN monitor)
-  load_teacher(config, dataset, workdir) the frozen teacher from an RM checkpoint
+  load_teacher(config, dataset, workdir) the frozen teacher from an RM (or a student's RGRL) checkpoint
   encoder_features_fn, knn_monitor       the encoder's features and their kNN accuracy (a monitor)
 """
 
@@ -157,10 +157,14 @@ def encoder_apply_fn(model_config: ml_collections.ConfigDict, layer: str) -> Cal
   """apply(variables, float images) -> the encoder's features [b, D] of `layer` ('backbone': pooled features,
   'projector': z). BatchNorm in inference mode: as a teacher the encoder is frozen, its statistics part of it."""
   net = models.simsiam_net(model_config, axis_name=None)
-  key = {'backbone': 'features', 'projector': 'z'}[layer]
+  if layer == 'backbone':
+    def apply(variables, images):
+      return net.apply(variables, images, train=False, method=models.SimSiamNet.backbone_features)
+
+    return apply
 
   def apply(variables, images):
-    return net.apply(variables, images, train=False, method=models.SimSiamNet.encode)[key]
+    return net.apply(variables, images, train=False, method=models.SimSiamNet.encode)['z']
 
   return apply
 
@@ -189,27 +193,36 @@ def knn_accuracy(rm_config, dataset: data.Dataset, train_features, test_features
 
 
 def teacher_variables(rm_variables: Mapping[str, Any]) -> dict:
-  """The frozen teacher: the RM network's params and BatchNorm statistics, without the predictor."""
+  """The frozen teacher: the network's params and BatchNorm statistics, without the predictor (if it has one)."""
   return {part: {k: v for k, v in rm_variables[part].items() if k != 'predictor'} for part in ('params', 'batch_stats')}
 
 
 def load_teacher(config: ml_collections.ConfigDict, dataset: data.Dataset, workdir: str) -> dict:
-  """The frozen teacher from the RM checkpoint (relation.teacher_checkpoint, or WORKDIR/rm; the step
+  """The frozen teacher from a checkpoint (relation.teacher_checkpoint, or WORKDIR/rm; the step
   relation.teacher_step, or the latest), refusing one of another architecture or dataset, or an unfinished RM
-  stage of this run."""
+  stage of this run.
+
+  An RM checkpoint gives the SimSiam encoder (backbone and projector). An RGRL checkpoint (a student's, e.g. CE on
+  clean labels: a teacher of controlled quality) gives its backbone only; then config.model must describe that
+  backbone and relation.teacher_layer must be 'backbone'."""
   directory = config.relation.teacher_checkpoint or os.path.join(workdir, 'rm')
   finished = None
   if not config.relation.teacher_checkpoint:
     finished = loop.Schedule.for_stage(config.rm, len(dataset.train_images)).num_steps
-  rm_state, step = checkpoints.restore_teacher(
+  variables, step = checkpoints.restore_teacher(
       directory,
       abstract_state(config, dataset.image_shape),
       checkpoints.stage_meta(config, 'rm', dataset.image_shape),
       step=config.relation.teacher_step,
       finished_step=finished,
   )
-  logging.info('Teacher: RM checkpoint %s at step %d.', directory, step)
-  return teacher_variables(rm_state.variables)
+  if 'projector' not in variables['params'] and config.relation.teacher_layer != 'backbone':
+    raise checkpoints.CheckpointError(
+        f'The teacher checkpoint in {directory} is an RGRL student, which has no projector; set '
+        "--config.relation.teacher_layer=backbone."
+    )
+  logging.info('Teacher: checkpoint %s at step %d.', directory, step)
+  return teacher_variables(variables)
 
 
 def teacher_knn(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, writer) -> dict:

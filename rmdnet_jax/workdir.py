@@ -3,8 +3,8 @@
     prepare(workdir)   creates it; a path that is a file, lies under a file or cannot be written is refused
     check_config(config, workdir)
                        a later run must have the config saved in WORKDIR/config.json (but
-                       config_files.RESUMABLE_KEYS);
-                       `save` writes it
+                       config_files.RESUMABLE_KEYS); a key whose default changed since (DEFAULTS_CHANGED) keeps
+                       its saved value when the run has today's default; `save` writes it
     lock(workdir)      WORKDIR/run.lock (pid, host, start time, heartbeat) for the duration of the run; a second
                        run on the same directory is refused; a lock left by a dead process on this host, or one
                        whose heartbeat stopped STALE_AFTER_SECS ago (a lost host), is taken over
@@ -32,7 +32,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from rmdnet_jax import config_files, data, fileio
+from rmdnet_jax import config_checks, config_files, data, fileio
 
 LOCK_FILE = 'run.lock'
 # The holder refreshes the lock's heartbeat this often; another host's lock not refreshed for STALE_AFTER_SECS is
@@ -68,6 +68,15 @@ def check_config(config, workdir: str, *, save: bool = True) -> None:
   saved = read_saved_config(workdir)
   if saved is not None:
     current = config_files.flatten(json.loads(config.to_json_best_effort()))
+    kept = config_files.kept_saved_values(saved, current, _default_values())
+    for key, value in kept.items():
+      logging.info('%s: resuming with its saved %s=%r (today\'s default is %r).', workdir, key, value, current[key])
+      *sections, leaf = key.split('.')
+      block = config
+      for section in sections:
+        block = block[section]
+      block[leaf] = value
+      current[key] = value
     changed = sorted(
         k for k in set(saved) | set(current) if k not in config_files.RESUMABLE_KEYS and saved.get(k) != current.get(k)
     )
@@ -79,6 +88,11 @@ def check_config(config, workdir: str, *, save: bool = True) -> None:
       )
   if save and jax.process_index() == 0:
     fileio.write_text(os.path.join(workdir, config_files.SAVED_CONFIG), config.to_json_best_effort(indent=2))
+
+
+def _default_values() -> dict:
+  """configs/default.py, flattened to dotted keys."""
+  return config_files.flatten(json.loads(config_checks.default.get_config().to_json_best_effort()))
 
 
 def _first_existing_ancestor(path: str) -> str:

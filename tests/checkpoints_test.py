@@ -135,6 +135,6 @@ def test_damaged_teacher_is_refused_with_the_directory_to_remove(stage_dir):
   _other_bytes_that_load(stage_dir / '3')
   with pytest.raises(
       checkpoints.CheckpointError,
-      match=f'The RM checkpoint {stage_dir / "3"} is damaged .*digest.*remove that directory',
+      match=f'The teacher checkpoint {stage_dir / "3"} is damaged .*digest.*remove that directory',
   ):
     checkpoints.restore_teacher(str(stage_dir), _target(), META)

@@ -52,7 +52,9 @@ def test_shipped_configs_are_valid(get_config):
         ('model.dtype', 'float16', 'model.dtype'),
         ('rm.epochs', -1, 'epochs'),
         ('rgrl.momentum', 1.0, 'momentum'),
-        ('rm.learning_rate', 0.0, 'learning_rate'),
+        ('rm.learning_rate', -0.1, 'learning_rate'),
+        ('model.init', 'xavier', 'model.init'),
+        ('student.init', 'xavier', 'student.init'),
         ('rgrl.learning_rate', 1e308, 'overflows the float32 schedule'),
     ],
 )

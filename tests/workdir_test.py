@@ -98,6 +98,27 @@ def test_check_config_refuses_a_changed_key_in_one_sentence(tmp_path):
     workdir_lib.check_config(helpers.tiny_config(), str(tmp_path), save=False)
 
 
+def test_a_run_saved_before_the_recipe_changed_resumes_with_its_saved_recipe(tmp_path):
+  """A config.json from before the CIFAR recipe (lr 0.06 per 256, 3-layer projector, no init keys) is resumed by the
+  same command, which keeps those values; an explicit other value is a change, refused."""
+  workdir_lib.check_config(helpers.tiny_config(), str(tmp_path))
+  raw = json.loads((tmp_path / 'config.json').read_text())
+  raw['rm']['learning_rate'], raw['model']['projector_layers'] = 0.06, 3
+  for block in ('model', 'student'):
+    del raw[block]['init']
+  del raw['model']['zero_init_residual']
+  (tmp_path / 'config.json').write_text(json.dumps(raw))
+  config = helpers.tiny_config()
+  assert (config.rm.learning_rate, config.model.projector_layers, config.model.init) == (0.03, 2, 'torch')
+  workdir_lib.check_config(config, str(tmp_path))
+  assert (config.rm.learning_rate, config.model.projector_layers) == (0.06, 3)
+  assert (config.model.init, config.student.init, config.model.zero_init_residual) == ('flax', 'flax', False)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model']['init'] == 'flax' and saved['rm']['learning_rate'] == 0.06
+  with pytest.raises(workdir_lib.WorkdirConfigMismatch, match=r'model.projector_layers: 3 -> 4'):
+    workdir_lib.check_config(helpers.tiny_config(**{'model.projector_layers': 4}), str(tmp_path))
+
+
 def test_check_config_names_at_most_five_changes(tmp_path):
   workdir_lib.check_config(helpers.tiny_config(), str(tmp_path))
   changes = {'seed': 3, 'relation.K': 2.5, 'rm.epochs': 3, 'rgrl.epochs': 3, 'rm.batch_size': 32, 'rgrl.batch_size': 32}
