@@ -140,6 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Watching a run (README "Watching a run"). None of these changes the results: a run resumes with other values.
   config.logging = ml_collections.ConfigDict()
   config.logging.progress_bar = True  # tqdm bar when stderr is an interactive terminal; else log lines
+  config.logging.term_gradient_norms = False  # diagnostic: log each loss term's gradient norm (3 backward passes)
   config.logging.progress_every_secs = 60.0  # without a bar: one progress line this often (and at a stage's end)
   config.logging.wandb_project = ''  # Weights & Biases project; '' = no W&B (needs `pip install wandb`)
   config.logging.wandb_entity = ''  # W&B team or user ('' = your default entity)

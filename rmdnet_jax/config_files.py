@@ -85,6 +85,7 @@ RESUMABLE_KEYS = (
     'linear_probe.weight_decay',
     'logging.progress_bar',
     'logging.progress_every_secs',
+    'logging.term_gradient_norms',
     'logging.wandb_project',
     'logging.wandb_entity',
     'logging.wandb_mode',

@@ -132,6 +132,7 @@ def distill_step(
     relation_kwargs: Mapping[str, Any],
     view_kwargs: Mapping[str, Any],
     steps_per_epoch: int = 1,
+    term_gradient_norms: bool = False,
 ):
   """One RGRL update on this device's part of the global batch (run under `parallel.pmap_step`).
 
@@ -148,6 +149,9 @@ def distill_step(
     relation_kwargs: arguments of `relation.relation_distillation_loss`.
     view_kwargs: arguments of `augment.pad_crop_flip`.
     steps_per_epoch: converts the step count into the epoch progress that methods' schedules read.
+    term_gradient_norms: also log each term's gradient norm (`logging.term_gradient_norms`, a diagnostic): the
+      method's, K w_node L_node's and K w_edge L_edge's, and the cosine between the method's gradient and the
+      relation terms'. One forward, three backward passes; the update is their sum, the same as without it.
 
   Returns:
     (new_state, metrics) averaged over devices; metrics hold each loss term separately (for two networks, the
@@ -202,11 +206,48 @@ def distill_step(
     new_method_state = state.method_state if result.method_state is None else result.method_state
     return loss, (terms, outs[0]['logits'], stack_networks([s['batch_stats'] for s in stats]), new_method_state)
 
-  (loss, (terms, logits, batch_stats, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = parallel.global_mean(grads)
+  if term_gradient_norms and distill:
+    loss, grads, (terms, logits, batch_stats, method_state) = _per_term_gradients(
+        loss_fn, state.params, K * num_networks, relation_kwargs
+    )
+  else:
+    (loss, (terms, logits, batch_stats, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = parallel.global_mean(grads)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, method_state=method_state)
   metrics = {'loss': loss, **terms, 'noisy_label_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
   return new_state, parallel.global_mean(metrics)
+
+
+def _per_term_gradients(loss_fn: Callable, params, scale: float, relation_kwargs: Mapping[str, Any]) -> tuple:
+  """(loss, the global-mean gradient, aux with the per-term gradient diagnostics in its terms) of `loss_fn`,
+  whose objective is method + scale * (w_node * node + w_edge * edge) (`scale` = K times the number of networks,
+  since the logged node and edge terms are means over the networks)."""
+
+  def parts_fn(p):
+    loss, aux = loss_fn(p)
+    terms = aux[0]
+    node = scale * relation_kwargs['node_weight'] * terms['node']
+    edge = scale * relation_kwargs['edge_weight'] * terms['edge']
+    return jnp.stack([loss - node - edge, node, edge]), (loss, aux)
+
+  _, vjp_fn, (loss, aux) = jax.vjp(parts_fn, params, has_aux=True)
+  (per_term,) = jax.vmap(vjp_fn)(jnp.eye(3))  # the gradient of each part: leading axis 3
+  per_term = parallel.global_mean(per_term)
+  grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), per_term)
+  leaves = jax.tree.leaves(per_term)
+  flat = [g.reshape(3, -1) for g in leaves]
+  norms = jnp.sqrt(sum(jnp.sum(jnp.square(g), axis=1) for g in flat))
+  relation = [g[1] + g[2] for g in flat]
+  dot = sum(jnp.sum(g[0] * r) for g, r in zip(flat, relation))
+  relation_norm = jnp.sqrt(sum(jnp.sum(jnp.square(r)) for r in relation))
+  terms = dict(aux[0])
+  terms.update(
+      grad_norm_method=norms[0],
+      grad_norm_node=norms[1],
+      grad_norm_edge=norms[2],
+      grad_cos_method_relation=dot / jnp.maximum(norms[0] * relation_norm, 1e-12),
+  )
+  return loss, grads, (terms,) + tuple(aux[1:])
 
 
 def relation_terms(teacher_features: jax.Array, outs, relation_kwargs: Mapping[str, Any]) -> tuple:
@@ -300,6 +341,7 @@ def stage(
       relation_kwargs=relation_kwargs(config),
       view_kwargs=view_kwargs(config.rgrl.augment, dataset.mean, dataset.std),
       steps_per_epoch=schedule.steps_per_epoch,
+      term_gradient_norms=config.logging.term_gradient_norms,
   )
   report = {}
   apply_logits = logits_fn(config, dataset)

@@ -342,7 +342,9 @@ def relation_diagnostics(teacher_features, student_features, *, center=False, ba
   Returns:
     {"node_diag_cos": mean_i N_ii, "node_offdiag_rms": sqrt(mean_{i != j} N_ij^2),
      "teacher_graph_mean": mean_{i != j} A^T_ij, "student_graph_mean": mean_{i != j} A^S_ij,
-     "edge_offdiag_rms": sqrt(mean_{i != j} (A^T_ij - A^S_ij)^2)}, scalars.
+     "edge_offdiag_rms": sqrt(mean_{i != j} (A^T_ij - A^S_ij)^2),
+     "graph_corr": the Pearson correlation of A^T_ij and A^S_ij over i != j (graph agreement up to offset and
+     scale: 1 = the student orders its pairs as the teacher does)}, scalars.
   """
   graphs = dict(center=center, batch_center=batch_center)
   t = jax.lax.stop_gradient(teacher_features)
@@ -363,4 +365,12 @@ def relation_diagnostics(teacher_features, student_features, *, center=False, ba
       'teacher_graph_mean': off_mean(a_t),
       'student_graph_mean': off_mean(a_s),
       'edge_offdiag_rms': jnp.sqrt(off_mean(jnp.square(a_t - a_s))),
+      'graph_corr': _offdiag_correlation(a_t, a_s, off),
   }
+
+
+def _offdiag_correlation(a, b, off):
+  n = jnp.maximum(jnp.sum(off), 1)
+  da = jnp.where(off, a - jnp.sum(jnp.where(off, a, 0.0)) / n, 0.0)
+  db = jnp.where(off, b - jnp.sum(jnp.where(off, b, 0.0)) / n, 0.0)
+  return jnp.sum(da * db) / jnp.maximum(jnp.sqrt(jnp.sum(da * da) * jnp.sum(db * db)), 1e-12)

@@ -1,6 +1,7 @@
 """The results table of a set of runs: mean ± std over seeds, the gain RMDNet brings, published numbers beside.
 
   python -m rmdnet_jax.results 'workdirs/grid/*' [--markdown=results.md] [--csv=results.csv]
+  python -m rmdnet_jax.results --ladder results/ladder/runs   # the teacher-quality ladder (rmdnet_jax.ladder)
 
 Each WORKDIR (local globs are expanded here, so quote them; gs:// paths are taken literally) is a run of
 rmdnet_jax.main. Its config.json gives the row, (dataset, noise kind, rate), and the column, (method, RMDNet on or
@@ -297,6 +298,7 @@ DIAGNOSTICS = (
     'node_offdiag_rms',
     'teacher_graph_mean',
     'student_graph_mean',
+    'graph_corr',
 )
 
 
@@ -448,7 +450,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       'the table over seeds',
   )
   parser.add_argument('--k_figure', help='with --per_run: also plot best test accuracy against relation.K (PNG)')
+  parser.add_argument(
+      '--ladder',
+      action='store_true',
+      help='the teacher-quality ladder (rmdnet_jax.ladder) of the runs under each directory given',
+  )
+  parser.add_argument('--figure', help='with --ladder: also plot accuracy against teacher kNN (PNG)')
+  parser.add_argument('--wide', help='with --ladder: also write every results.json number per run (markdown)')
   args = parser.parse_args(argv)
+  if args.ladder:
+    from rmdnet_jax import ladder  # noqa: PLC0415
+
+    runs = [run for directory in expand(args.workdirs) for run in ladder.load_runs(directory)]
+    table = ladder.build(runs)
+    text = ladder.markdown(table)
+    print(text)
+    if args.markdown:
+      fileio.write_text(args.markdown, text + '\n')
+    if args.wide:
+      fileio.write_text(args.wide, ladder.wide_markdown(table) + '\n')
+    if args.figure:
+      ladder.figure(table, args.figure)
+    return 0
   if args.per_run:
     keys, rows = run_rows(expand(args.workdirs))
     text = per_run_markdown(keys, rows)

@@ -144,3 +144,44 @@ def test_bfloat16_distillation_trains_with_float32_master_weights():
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
   floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
   assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+def test_term_gradient_norms_log_each_term_and_leave_the_update_unchanged():
+  """The diagnostic's update is the sum of its per-term gradients, i.e. the plain step's; each norm is that of the
+  gradient of its term alone (node_weight=0 gives a zero node gradient); 8 devices log what 1 device does."""
+  config = _config()
+  state, teacher, step = _setup(config)
+  diag_step = functools.partial(step.func, **{**step.keywords, 'term_gradient_norms': True})
+  batch = _batch()
+  s_plain, m_plain = helpers.run_rgrl_steps(step, state, teacher, batch, 8)
+  s_diag, m_diag = helpers.run_rgrl_steps(diag_step, state, teacher, batch, 8)
+  helpers.assert_trees_close(s_diag.params, s_plain.params, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m_diag['loss'], m_plain['loss'], rtol=1e-6)
+  assert 'grad_norm_node' not in m_plain
+  for key in ('grad_norm_method', 'grad_norm_node', 'grad_norm_edge'):
+    assert float(m_diag[key]) > 0, key
+  assert -1.0 <= float(m_diag['grad_cos_method_relation']) <= 1.0
+  _, m_diag1 = helpers.run_rgrl_steps(diag_step, state, teacher, batch, 1)
+  for key in ('grad_norm_method', 'grad_norm_node', 'grad_norm_edge', 'grad_cos_method_relation'):
+    np.testing.assert_allclose(m_diag1[key], m_diag[key], rtol=2e-4, err_msg=key)
+
+  # The method's gradient norm is that of the method's loss alone: the K=0 step's gradient.
+  kwargs = {**step.keywords, 'term_gradient_norms': True, 'K': 0.0}
+  _, m_k0 = helpers.run_rgrl_steps(functools.partial(step.func, **kwargs), state, teacher, batch, 1, steps=1)
+  _, m_k1 = helpers.run_rgrl_steps(diag_step, state, teacher, batch, 1, steps=1)
+  np.testing.assert_allclose(m_k0['grad_norm_method'], m_k1['grad_norm_method'], rtol=1e-4)
+  assert float(m_k0['grad_norm_node']) == 0 and float(m_k0['grad_norm_edge']) == 0
+
+
+def test_graph_corr_is_one_for_the_teachers_own_graph_and_drops_for_noise():
+  t = jax.random.normal(jax.random.key(0), (16, 8))
+  same = relation.relation_diagnostics(t, t)
+  np.testing.assert_allclose(same['graph_corr'], 1.0, rtol=1e-5)
+  other = relation.relation_diagnostics(t, jax.random.normal(jax.random.key(1), (16, 8)))
+  assert abs(float(other['graph_corr'])) < 0.5
+  # numpy reference on the off-diagonal entries
+  a = np.asarray(relation.relation_graph(t))
+  s = jax.random.normal(jax.random.key(1), (16, 8))
+  b = np.asarray(relation.relation_graph(s))
+  off = ~np.eye(16, dtype=bool)
+  np.testing.assert_allclose(other['graph_corr'], np.corrcoef(a[off], b[off])[0, 1], rtol=1e-4)
