@@ -29,6 +29,7 @@ class LadderRun:
   name: str
   config: dict
   results: dict
+  path: str = ''
 
   def get(self, dotted: str, default=None):
     node = self.config
@@ -50,9 +51,26 @@ def load_runs(directory: str) -> list:
     path = os.path.join(directory, name)
     if fileio.exists(os.path.join(path, 'config.json')):
       runs.append(
-          LadderRun(name, _read_json(os.path.join(path, 'config.json')), _read_json(os.path.join(path, 'results.json')))
+          LadderRun(
+              name, _read_json(os.path.join(path, 'config.json')), _read_json(os.path.join(path, 'results.json')), path
+          )
       )
   return runs
+
+
+def rm_curve(run: LadderRun) -> list:
+  """[(epoch, loss, z_std, kNN accuracy)] at every kNN evaluation of an RM run's metrics.jsonl."""
+  path = os.path.join(run.path, 'metrics.jsonl')
+  by_step = {}
+  for line in fileio.read_text(path).splitlines() if run.path and fileio.exists(path) else []:
+    if line.strip():
+      row = json.loads(line)
+      by_step.setdefault(row['step'], {}).update(row)
+  return [
+      (r.get('rm/epoch'), r.get('rm/loss'), r.get('rm/z_std'), r['rm/knn_accuracy'])
+      for _, r in sorted(by_step.items())
+      if 'rm/knn_accuracy' in r
+  ]
 
 
 def _stages(run: LadderRun) -> list:
@@ -164,6 +182,17 @@ def markdown(ladder: Ladder) -> str:
   for name, kind, run in ladder.teachers:
     own = run.results.get('test_accuracy_best')
     lines.append(f'| {name} | {kind} | {_fmt((own, None)) if own is not None else "—"} |')
+  for name, kind, run in ladder.teachers:
+    curve = rm_curve(run)
+    if len(curve) > 1:
+      lines += [
+          '',
+          f'{name} ({kind}), its kNN monitor by epoch:',
+          '',
+          '| epoch | loss | z_std | kNN |',
+          '|---|---|---|---|',
+      ]
+      lines += [f'| {e:g} | {loss:.3f} | {z:.4f} | {100 * knn:.1f} |' for e, loss, z, knn in curve]
   lines += [
       '',
       "Accuracies in % (mean ± sample std over seeds where there are several). teacher kNN: the teacher's "

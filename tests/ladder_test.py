@@ -75,3 +75,18 @@ def test_table_rows_sorted_by_teacher_knn_with_gains_over_ce(tmp_path, capsys):
   assert 'Unfinished (no results.json): unfinished' in text
   assert png.read_bytes()[:4] == b'\x89PNG'
   assert 'clean_K1_cosine' in wide.read_text() and 'teacher_knn_accuracy' in wide.read_text()
+
+
+def test_a_simsiam_teachers_knn_curve_is_listed(tmp_path):
+  root = _ladder_dir(tmp_path)
+  _run(root, 'simsiam', {'stages': 'rm', 'rm': {'learning_rate': 0.03, 'epochs': 10}, 'data': {'train_subset': 64}})
+  rows = [
+      {'step': 2, 'rm/loss': -0.5, 'rm/z_std': 0.03, 'rm/epoch': 1.0},
+      {'step': 2, 'rm/knn_accuracy': 0.2},
+      {'step': 4, 'rm/loss': -0.7, 'rm/z_std': 0.02, 'rm/epoch': 2.0},
+      {'step': 4, 'rm/knn_accuracy': 0.25},
+  ]
+  (root / 'simsiam' / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  text = ladder.markdown(ladder.build(ladder.load_runs(str(root))))
+  assert 'simsiam (SimSiam, 10 epochs on 64 images), its kNN monitor by epoch:' in text
+  assert '| 1 | -0.500 | 0.0300 | 20.0 |' in text and '| 2 | -0.700 | 0.0200 | 25.0 |' in text
