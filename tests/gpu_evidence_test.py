@@ -163,6 +163,7 @@ def test_presets_fit_the_call_and_name_existing_keys(name, tmp_path):
   flags = evidence.run_flags('W', *preset.rm_overrides, *preset.rgrl_overrides)
   for _, overrides in evidence.cells('T'):
     flags += list(overrides)
+  assert [name for name, _ in evidence.cells(None)] == ['ce']  # without a SimSiam checkpoint, CE alone
   keys = _default_keys()
   for flag in flags:
     match = re.fullmatch(r'--config\.([\w.]+)=.*', flag)
@@ -190,6 +191,8 @@ def test_epochs_are_what_the_measured_throughput_fits():
   per_epoch = 15_000 / (30_000 * 0.3) + 4 * 15_000 / (20_000 * 0.3)
   epochs, _ = gpu_evidence.plan_train(rows, names, 185, 15_000, preset)
   assert epochs == int((185 - (25 + 1.5 * 30) - 20) // per_epoch)
+  assert epochs == 8  # too few for CE to memorise (the preset's comment): h200 trains CE and RMDNet on 5,000
+  assert gpu_evidence.plan_train(rows, names, 185, preset.rgrl_subset, preset)[0] == 24
   assert gpu_evidence.plan_train({'ce': rows['ce']}, names, 185, 15_000, preset)[0] == preset.rgrl_epochs[1]
   assert gpu_evidence.every(36, 10) == 4 and gpu_evidence.every(1, 10) == 1
 
@@ -273,6 +276,7 @@ def test_run_tiny_produces_every_output_through_the_real_runs(prepared, tmp_path
   assert (out / 'accuracy_vs_k.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   report = (out / 'evidence.md').read_text()
   assert '| results | 30 |' in report  # rewritten after the results step
+  assert 'Planned: 2 epochs of 64 images each (no CE/RGRL measurement from step 1' in report
   assert re.search(r'\| rmdnet_K1_cosine \| True \| cosine \| simsiam/rm \| \d+\.\d\d \|', report)
   with tarfile.open(out / 'runs.tar.gz') as tar:
     names = set(tar.getnames())
