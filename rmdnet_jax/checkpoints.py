@@ -324,7 +324,7 @@ def _restore_student_backbone(mngr, step: int, meta: dict, expected_meta: dict) 
   if found != wanted:
     raise CheckpointError(
         f'The teacher checkpoint in {mngr.directory} holds a student {found[0]} of width {found[1]}, but this run '
-        f"describes its teacher network as {wanted[0]} of width {wanted[1]} (model.name, model.width); set "
+        f'describes its teacher network as {wanted[0]} of width {wanted[1]} (model.name, model.width); set '
         f'--config.model.name={found[0]} --config.model.width={found[1]}, or use another checkpoint.'
     )
   path = epath.Path(_step_dir(mngr, step)) / 'state'

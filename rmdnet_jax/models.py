@@ -122,7 +122,9 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME', **conv_init_kwargs(self.initializer))
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME', **conv_init_kwargs(self.initializer)
+    )
     # Cross-device statistics only matter in training; at inference the running averages are used.
     norm = functools.partial(
         nn.BatchNorm,

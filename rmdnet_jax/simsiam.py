@@ -158,6 +158,7 @@ def encoder_apply_fn(model_config: ml_collections.ConfigDict, layer: str) -> Cal
   'projector': z). BatchNorm in inference mode: as a teacher the encoder is frozen, its statistics part of it."""
   net = models.simsiam_net(model_config, axis_name=None)
   if layer == 'backbone':
+
     def apply(variables, images):
       return net.apply(variables, images, train=False, method=models.SimSiamNet.backbone_features)
 
@@ -219,7 +220,7 @@ def load_teacher(config: ml_collections.ConfigDict, dataset: data.Dataset, workd
   if 'projector' not in variables['params'] and config.relation.teacher_layer != 'backbone':
     raise checkpoints.CheckpointError(
         f'The teacher checkpoint in {directory} is an RGRL student, which has no projector; set '
-        "--config.relation.teacher_layer=backbone."
+        '--config.relation.teacher_layer=backbone.'
     )
   logging.info('Teacher: checkpoint %s at step %d.', directory, step)
   return teacher_variables(variables)

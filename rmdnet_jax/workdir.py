@@ -70,7 +70,7 @@ def check_config(config, workdir: str, *, save: bool = True) -> None:
     current = config_files.flatten(json.loads(config.to_json_best_effort()))
     kept = config_files.kept_saved_values(saved, current, _default_values())
     for key, value in kept.items():
-      logging.info('%s: resuming with its saved %s=%r (today\'s default is %r).', workdir, key, value, current[key])
+      logging.info("%s: resuming with its saved %s=%r (today's default is %r).", workdir, key, value, current[key])
       *sections, leaf = key.split('.')
       block = config
       for section in sections:

@@ -73,6 +73,7 @@ SLOWEST_FILES = (
     'dividemix_pipeline_test.py',
     'simsiam_test.py',
     'benchmarks_test.py',
+    'gpu_evidence_test.py',
     'dividemix_test.py',
     'notebook_test.py',
     'teacher_geometry_test.py',

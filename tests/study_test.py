@@ -63,7 +63,9 @@ def test_teacher_step_selects_that_checkpoint_and_refuses_a_missing_one(study):
   first, step = checkpoints.restore_teacher(os.path.join(rm_dir, 'rm'), target, meta, step=RM_STEPS_PER_EPOCH)
   last, last_step = checkpoints.restore_teacher(os.path.join(rm_dir, 'rm'), target, meta)
   assert (step, last_step) == (RM_STEPS_PER_EPOCH, 2 * RM_STEPS_PER_EPOCH)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first['params']), jax.tree.leaves(last['params'])))
+  assert not all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first['params']), jax.tree.leaves(last['params']))
+  )
   with pytest.raises(checkpoints.CheckpointError, match=r'no RM checkpoint at step 5 \(it has steps 4, 8\)'):
     checkpoints.restore_teacher(os.path.join(rm_dir, 'rm'), target, meta, step=5)
 

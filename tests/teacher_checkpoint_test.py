@@ -46,7 +46,9 @@ def test_an_rgrl_work_directory_is_a_teacher_of_its_backbone(clean_teacher, tmp_
   teacher = simsiam.load_teacher(config, dataset, workdir='')
   assert sorted(teacher['params']) == ['backbone'] and sorted(teacher['batch_stats']) == ['backbone']
   mngr = checkpoints.manager(str(clean_teacher / 'rgrl'), read_only=True)
-  saved = mngr.restore(mngr.latest_step(), args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore()))
+  saved = mngr.restore(
+      mngr.latest_step(), args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore())
+  )
   for part in ('params', 'batch_stats'):
     for a, b in zip(jax.tree.leaves(teacher[part]['backbone']), jax.tree.leaves(saved['state'][part]['backbone'])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
