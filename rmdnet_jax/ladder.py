@@ -178,6 +178,27 @@ def markdown(ladder: Ladder) -> str:
         f'| {key[0]}{seeds} | {_fmt((knn, None)) if knn is not None else "—"} | {key[1]:g} | {key[2]} '
         f'| {_fmt(s["best"])} | {_fmt(s["last"])} | {_fmt(s["memorised"])} | {gains[0]} / {gains[1]} |'
     )
+  if base['best'] and base['last']:
+    lines += [
+        '',
+        'Where RMDNet starts to beat CE: the lowest teacher kNN whose cell beats the CE mean, per (K, node) '
+        '("none" where no teacher did; the cells above it need not all beat CE).',
+        '',
+        '| K | node | beats CE on best from teacher kNN | beats CE on last from teacher kNN |',
+        '|---|---|---|---|',
+    ]
+    for k, node in sorted({(k[1], k[2]) for k in ladder.cells}):
+      row = [f'{k:g}', node]
+      for m in ('best', 'last'):
+        wins = [
+            _teacher_knn(ladder, key)
+            for key in _sorted_cells(ladder)
+            if (key[1], key[2]) == (k, node)
+            and _teacher_knn(ladder, key) is not None
+            and ladder.stats(ladder.cells[key], dict(METRICS)[m])[0] > base[m][0] + 1e-9
+        ]
+        row.append(f'{100 * min(wins):.1f}%' if wins else 'none')
+      lines.append('| ' + ' | '.join(row) + ' |')
   lines += ['', '| teacher run | kind | its own test accuracy (best) |', '|---|---|---|']
   for name, kind, run in ladder.teachers:
     own = run.results.get('test_accuracy_best')
