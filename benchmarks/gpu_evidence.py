@@ -131,7 +131,7 @@ class Preset:
 
 
 # The h200 step 3 runs RGRL at the default recipe's batch 128 (lr 0.02): K means what it meant in the CPU study and
-# the README (the relation terms grow with the batch; "What is a reconstruction"), and CE gets 4x the updates of
+# docs/reconstruction.md (the relation terms grow with the batch; "What is a reconstruction"), and CE gets 4x the updates of
 # batch 512 for memorising. Its five runs share ~185 s of the GPU: at 30,000 / 20,000 images/s (CE / RGRL at batch
 # 512) `plan_train` gives them 8 epochs of all 15,000 images, too few for CE to memorise, and 24 of the first 5,000,
 # which they train on (--rgrl_subset=0: all); the teacher learns from all 15,000. SimSiam and the throughput table
@@ -786,7 +786,9 @@ class Evidence:
 
     workdirs = [r['workdir'] for r in self.record['runs'] if os.path.isfile(os.path.join(r['workdir'], 'config.json'))]
     keys, rows = results_lib.run_rows(workdirs) if workdirs else ([], [])
-    table = results_lib.per_run_markdown(keys, rows) if rows else 'No CE or RMDNet run wrote its config.'
+    table = (
+        results_lib.per_run_markdown(keys, rows, all_columns=True) if rows else 'No CE or RMDNet run wrote its config.'
+    )
     figure = 'no figure: no run finished'
     if any(r['results'].get('test_accuracy_best') is not None for r in rows):
       try:

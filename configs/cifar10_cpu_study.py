@@ -1,4 +1,4 @@
-"""The reduced real-data study that a 2-core CPU can run: when does RMDNet help? (README, "Evidence").
+"""The reduced real-data study that a 2-core CPU can run: when does RMDNet help? (docs/evidence.md).
 
 Real CIFAR-10, the first 4,096 training images and 1,000 test images, 50% symmetric noise, ResNet-18 at width 16,
 batch 128 in both stages, projector 512 / predictor 128; RM (SimSiam) 20 epochs, RGRL 10 epochs (test accuracy each

@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.method.dividemix.gmm_tol = 1e-2
   config.method.dividemix.gmm_reg_covar = 5e-4
 
-  # Reconstruction: EGA-style relation graph alignment (see README "What is a reconstruction").
+  # Reconstruction: EGA-style relation graph alignment (see docs/reconstruction.md).
   config.relation = ml_collections.ConfigDict()
   config.relation.K = 1.0  # weight of the relation terms
   config.relation.node_weight = 1.0  # w_node
@@ -137,11 +137,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_probe.momentum = 0.9
   config.linear_probe.weight_decay = 0.0
 
-  # Watching a run (README "Watching a run"). None of these changes the results: a run resumes with other values.
+  # Watching a run (docs/runs.md). None of these changes the results: a run resumes with other values.
   config.logging = ml_collections.ConfigDict()
   config.logging.progress_bar = True  # tqdm bar when stderr is an interactive terminal; else log lines
   config.logging.term_gradient_norms = False  # diagnostic: log each loss term's gradient norm (3 backward passes)
   config.logging.progress_every_secs = 60.0  # without a bar: one progress line this often (and at a stage's end)
+  config.logging.verbose = False  # True: also every logged scalar on the console, one `[step] name=value` line
   config.logging.wandb_project = ''  # Weights & Biases project; '' = no W&B (needs `pip install wandb`)
   config.logging.wandb_entity = ''  # W&B team or user ('' = your default entity)
   config.logging.wandb_mode = 'online'  # online | offline (no network; `wandb sync WORKDIR/wandb/...` later)

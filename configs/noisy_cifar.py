@@ -9,7 +9,7 @@ Keys (all optional; the defaults are those of configs/default.py: cifar10, sym50
            noise: c10n_aggre | c10n_worst | c10n_random1 | c10n_random2 | c10n_random3 (dataset cifar10, the
            default for them) and c100n_noisy (dataset cifar100). These read tfds' cifar10_n / cifar100_n
            (data.name); `--config.data.name=cifar10 --config.data.cifar_n_labels=FILE` takes the labels from a
-           CIFAR-N file instead (README, "CIFAR-N").
+           CIFAR-N file instead (docs/data.md, "CIFAR-N").
   method   a name in rmdnet_jax.methods.METHODS; the methods' config.method.<name>.* keys take their authors'
            settings for the cell (Co-teaching's forget rate = the noise rate, CIFAR-100 values of SCE/ELR/DivideMix,
            DivideMix's lambda_u per noise: see set_method_settings)
@@ -47,7 +47,7 @@ HUMAN_NOISES = {
     'c10n_random3': ('cifar10', 'random3'),
     'c100n_noisy': ('cifar100', 'noisy'),
 }
-# Realised rates of the CIFAR-N label sets (Wei et al.; measured on the files, see README "CIFAR-N"): the noise
+# Realised rates of the CIFAR-N label sets (Wei et al.; measured on the files, see docs/data.md, "CIFAR-N"): the noise
 # rate that Co-teaching and JoCoR assume known.
 HUMAN_RATES = data.PUBLISHED_NOISE_RATES
 # DivideMix's lambda_u per cell (Li et al., ICLR 2020, CIFAR settings); other cells take the dataset's default.

@@ -12,7 +12,7 @@
 #                                configs/noisy_cifar.py (synthetic and CIFAR-N), both datasets
 #                     ablations  CIFAR-10 sym50 RMDNet: node only, edge only, K in 0.1/0.5/2/5, projector
 #                                teacher layer, kl and mse edge losses, cosine node loss
-#                     study      the CPU study (configs/cifar10_cpu_study.py, README "Evidence"): one SimSiam
+#                     study      the CPU study (configs/cifar10_cpu_study.py, docs/evidence.md): one SimSiam
 #                                run whose epoch-5 and epoch-20 checkpoints are two teachers, CE, RMDNet at
 #                                K 0.1/0.3/1 with each teacher, the node-matching forms and the per_node scale
 #   --base=DIR      parent of the cells' work directories; gs://bucket/path is passed through [workdirs/grid]
@@ -45,7 +45,7 @@
 # must be unique.
 #
 # Rerunning the same command resumes the queue: a finished stage is skipped in seconds, an interrupted one continues
-# from its checkpoint (see README, "Resuming"). The exit status is 1 when a cell failed or was skipped.
+# from its checkpoint (see docs/reliability.md, "Resuming"). The exit status is 1 when a cell failed or was skipped.
 #
 # A cell that exits with status 75 (rmdnet_jax.main's "preempted": it got SIGTERM, checkpointed and stopped) is not
 # a failure: the queue stops there, since the machine is going away, and exits with 75 too. Rerunning the same
@@ -189,7 +189,7 @@ ablation_cells() {
   done
 }
 
-# The CPU study (README, "Evidence"). Teachers: the RM run's checkpoints at epoch 5 (step 160) and 20 (step 640, its
+# The CPU study (docs/evidence.md). Teachers: the RM run's checkpoints at epoch 5 (step 160) and 20 (step 640, its
 # last); 4,096 images / batch 128 = 32 steps per epoch.
 study_cells() {
   local config=configs/cifar10_cpu_study.py rgrl="--config.stages=rgrl"
@@ -202,7 +202,7 @@ study_cells() {
       echo "study_t${epoch}_K$k $config $rgrl $teacher --config.relation.teacher_step=$step --config.relation.K=$k"
     done
   done
-  # The node-matching forms (README, "Evidence": what avoids the collapse), with the stronger teacher at K = 1.
+  # The node-matching forms (docs/evidence.md: what avoids the collapse), with the stronger teacher at K = 1.
   for form in "node_cosine --config.relation.node_kind=cosine" "batch_center --config.relation.batch_center=True" \
               "teacher_projector --config.relation.teacher_layer=projector"; do
     read -r name overrides <<< "$form"

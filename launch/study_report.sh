@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# launch/study_report.sh: the committed result files of the CPU study (README, "Evidence") from its work directories.
+# launch/study_report.sh: the committed result files of the CPU study (docs/evidence.md) from its work directories.
 #
 # Usage: launch/study_report.sh BASE DATA_DIR [OUT]
 #   BASE      the --base of `launch/grid.sh --grid=study` (its cells' work directories)
@@ -28,6 +28,6 @@ for epoch in 5 20; do
     --config.data.data_dir="$data_dir" --config.relation.teacher_checkpoint="$base/study_simsiam/rm" \
     --config.relation.teacher_step=$((epoch * 32)) --out="$out/teacher_geometry_epoch$epoch.json" > /dev/null
 done
-"$python" -m rmdnet_jax.results "$out/runs/*" --per_run --markdown="$out/table.md" \
+"$python" -m rmdnet_jax.results "$out/runs/*" --per_run --all --markdown="$out/table.md" \
   --k_figure="$out/accuracy_vs_k.png" > /dev/null
 echo "wrote $out/table.md, $out/accuracy_vs_k.png, $out/teacher_geometry_epoch{5,20}.md and $out/runs/"

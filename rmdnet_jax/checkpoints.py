@@ -40,12 +40,27 @@ TEACHER_KEYS = (
 STATE_KEYS = TEACHER_KEYS + ('student', 'student_width', 'method')
 
 
+# Orbax warnings that say nothing to a user: a teacher (and an analysed run) is read through a read-only manager
+# (`manager(..., read_only=True)`), on purpose, and Orbax warns about that each time.
+ORBAX_WARNINGS_DROPPED = (
+    'Given directory is read only',
+    'CheckpointManagerOptions.read_only=True',
+)
+
+
 def quiet_orbax_logging() -> None:
-  """Drops Orbax's INFO records (one per save/load phase) from the console; its warnings and errors stay."""
+  """Drops Orbax's INFO records (one per save/load phase) and its ORBAX_WARNINGS_DROPPED from the console; its
+  other warnings and errors stay."""
 
   def keep(record) -> bool:
+    if 'orbax' not in record.pathname:
+      return True
     # Python's level (30): absl's logging.WARNING is its verbosity number (-1), which every record would pass.
-    return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
+    if record.levelno < py_logging.WARNING:
+      return False
+    return record.levelno > py_logging.WARNING or not any(
+        text in record.getMessage() for text in ORBAX_WARNINGS_DROPPED
+    )
 
   logging.get_absl_handler().addFilter(keep)
 

@@ -4,7 +4,7 @@ WORKDIR/config.json it saves, read back with today's keys.
 The wheel ships `configs/*.py` as `rmdnet_jax/configs/` (no top-level `configs` package lands in site-packages;
 the configs import `default` from either place). `--config=configs/tiny.py` names the file in the current
 directory when there is one, as always; otherwise the same file of the installed package (or of the source tree
-this `rmdnet_jax` was imported from), so the README's config paths work from any directory.
+this `rmdnet_jax` was imported from), so the config paths of the README and docs/ work from any directory.
 """
 
 import json
@@ -85,6 +85,7 @@ RESUMABLE_KEYS = (
     'linear_probe.weight_decay',
     'logging.progress_bar',
     'logging.progress_every_secs',
+    'logging.verbose',
     'logging.term_gradient_norms',
     'logging.wandb_project',
     'logging.wandb_entity',

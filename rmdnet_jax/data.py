@@ -151,7 +151,11 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types here (not found, wrong format, no access).
     where = data_dir or '~/tensorflow_datasets'
-    needs = 'needs internet and the CIFAR-N files of README "CIFAR-N"' if name in CIFAR_N_DATASETS else 'needs internet'
+    needs = (
+        'needs internet and the CIFAR-N files of docs/data.md, "CIFAR-N"'
+        if name in CIFAR_N_DATASETS
+        else 'needs internet'
+    )
     raise DataUnavailableError(
         f'Cannot read tfds dataset {name!r} (split {split!r}) from data_dir {where!r} ({type(e).__name__}); '
         f'prepare it once with `python -m rmdnet_jax.prepare_data --dataset={name} --data_dir={where}` '
@@ -626,7 +630,7 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     fix = (
         f'write the .npz again with `python -m rmdnet_jax.prepare_data --dataset={cfg.name} --npz=FILE`'
         if cfg.source == 'npz'
-        else 'delete that dataset and prepare it again from the official CIFAR-N files (README "CIFAR-N")'
+        else 'delete that dataset and prepare it again from the official CIFAR-N files (docs/data.md, "CIFAR-N")'
     )
     check_human_label_rates(dataset, where, fix)
   if cfg.train_subset:

@@ -306,7 +306,7 @@ def network_logits_fn(config: ml_collections.ConfigDict) -> Callable:
 
 # The RGRL stage's random stream (init, augmentation, data order): independent of the RM stage's.
 STREAM = 2
-# Teacher kNN accuracy (clean labels, monitor) below which the CPU study (README, "Evidence") saw RMDNet lose to
+# Teacher kNN accuracy (clean labels, monitor) below which the CPU study (docs/evidence.md) saw RMDNet lose to
 # plain CE at every K it tried: the RGRL stage warns below it.
 WEAK_TEACHER_KNN = 0.25
 
@@ -383,7 +383,7 @@ def warn_if_weak_teacher(knn_accuracy: float) -> None:
   if knn_accuracy < WEAK_TEACHER_KNN:
     logging.warning(
         "The teacher's kNN accuracy %.1f%% is below %.0f%%, where the CPU study saw RMDNet lose to plain CE at "
-        'every K (README, "Evidence"); train the RM stage longer, or lower --config.relation.K.',
+        'every K (docs/evidence.md); train the RM stage longer, or lower --config.relation.K.',
         100 * knn_accuracy,
         100 * WEAK_TEACHER_KNN,
     )

@@ -378,7 +378,9 @@ def _run_steps(stage: Stage, state, start: int, step_fn, batches, ctx, mngr, wri
           writer.write_scalars(step + 1, _log_scalars(stage, step, means, interval))
           interval.restart()
         if stage.evaluate is not None and _due(step, sched.eval_every_steps, sched.num_steps):
-          writer.write_scalars(step + 1, {f'{stage.name}/{k}': v for k, v in stage.evaluate(state).items()})
+          evaluation = stage.evaluate(state)
+          writer.write_scalars(step + 1, {f'{stage.name}/{k}': v for k, v in evaluation.items()})
+          report.evaluated(evaluation)
           interval.start = time.perf_counter()
         if _due(step, sched.checkpoint_every_steps, sched.num_steps) or stop:
           _check_finite(stage, step, interval.means(), state, last_saved, start, mngr)

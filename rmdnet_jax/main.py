@@ -68,7 +68,7 @@ def _config_flag_error(argv, error: Exception) -> str:
     if not os.path.isfile(path):
       return (
           f'{config_arg} names no config file; pass one that exists, such as --config=configs/tiny.py '
-          '(the README\'s "Configs" lists them).'
+          '(docs/configs.md lists them).'
       )
   if isinstance(error, (KeyError, AttributeError)):
     renamed = config_files.renamed_override_message(argv)

@@ -118,10 +118,15 @@ class MultiWriter(MetricWriter):
 
 
 class LoggingWriter(MetricWriter):
-  """Each `write_scalars` call as one INFO line: `[step] name=value, ...` (the console and the run's log)."""
+  """Each `write_scalars` call as one line, `[step] name=value, ...`: INFO (the console) when `verbose`, else
+  DEBUG, which absl shows only at --verbosity=1 or above. The console's own lines, the progress bar or lines and one
+  short line per evaluation, are `progress.Progress`'s; every scalar is in the other writers either way."""
+
+  def __init__(self, verbose: bool = False):
+    self._log = logging.info if verbose else logging.debug
 
   def write_scalars(self, step, scalars):
-    logging.info('[%d] %s', step, ', '.join(f'{k}={_format(v)}' for k, v in sorted(scalars.items())))
+    self._log('[%d] %s', step, ', '.join(f'{k}={_format(v)}' for k, v in sorted(scalars.items())))
 
 
 def _format(value) -> str:
@@ -279,12 +284,14 @@ class JsonlWriter(MetricWriter):
 
 
 def create_writer(workdir: str, logging_config=None) -> MetricWriter:
-  """The console log + TensorBoard (WORKDIR/tensorboard) + WORKDIR/metrics.jsonl, and Weights & Biases when
-  `logging_config.wandb_project` is set, on process 0; the console log only on the other hosts."""
+  """The log (every scalar on the console with `logging_config.verbose`) + TensorBoard (WORKDIR/tensorboard) +
+  WORKDIR/metrics.jsonl, and Weights & Biases when `logging_config.wandb_project` is set, on process 0; the log
+  only on the other hosts."""
+  verbose = bool(logging_config.get('verbose', False)) if logging_config is not None else False
   if jax.process_index() > 0:
-    return LoggingWriter()
+    return LoggingWriter(verbose)
   writers = [
-      LoggingWriter(),
+      LoggingWriter(verbose),
       TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
   ]

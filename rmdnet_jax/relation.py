@@ -114,7 +114,7 @@ def _prepare(features, center, batch_center=False):
     # Subtracting each feature's mean over the batch removes the direction every embedding shares. Pooled
     # features after a ReLU are non-negative, so without this any two images have a cosine near 0.7 and the
     # node term's N_ij -> 0 (j != i) can only be met by turning the student away from its own teacher node too
-    # (README, "Evidence": the node-matching collapse).
+    # (docs/evidence.md, the first CPU study: the node-matching collapse).
     features = features - jnp.mean(features, axis=0, keepdims=True)
   if center:
     # Pearson correlation = cosine of the mean-centred vectors (EGA's graph); a constant row, e.g. a zero

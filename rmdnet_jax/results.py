@@ -1,6 +1,7 @@
 """The results table of a set of runs: mean ± std over seeds, the gain RMDNet brings, published numbers beside.
 
   python -m rmdnet_jax.results 'workdirs/grid/*' [--markdown=results.md] [--csv=results.csv]
+  python -m rmdnet_jax.results 'workdirs/study/*' --per_run [--all]   # one row per run
   python -m rmdnet_jax.results --ladder results/ladder/runs   # the teacher-quality ladder (rmdnet_jax.ladder)
 
 Each WORKDIR (local globs are expanded here, so quote them; gs:// paths are taken literally) is a run of
@@ -343,40 +344,47 @@ def _pct(x) -> str:
   return '—' if x is None else f'{100 * x:.2f}'
 
 
-def per_run_markdown(keys: list, rows: list) -> str:
-  """One row per run: the settings in which runs differ, test accuracy, the teacher's kNN accuracy, memorisation of
-  the mislabelled examples and the final relation diagnostics."""
-  header = (
-      ['run']
-      + keys
-      + ['best', 'last', 'teacher kNN', 'memorised noisy', 'clean-subset train acc']
-      + [f'final {d}' for d in DIAGNOSTICS]
-  )
+# The per-run table's results.json columns (in %): (header, key). The first four are always shown; `all_columns`
+# adds the rest and the DIAGNOSTICS.
+PER_RUN_RESULTS = (
+    ('best', 'test_accuracy_best'),
+    ('last', 'test_accuracy_last'),
+    ('teacher kNN', 'teacher_knn_accuracy'),
+    ('memorised noisy', 'train_memorized_noisy_subset'),
+    ('clean-subset train acc', 'train_accuracy_clean_subset'),
+)
+PER_RUN_SHOWN = 4
+
+
+def per_run_markdown(keys: list, rows: list, *, all_columns: bool = False) -> str:
+  """One row per run: the settings in which runs differ, best and last test accuracy, the teacher's kNN accuracy and
+  memorisation of the mislabelled examples; `all_columns` adds the clean subset's training accuracy and the final
+  relation diagnostics."""
+  shown = PER_RUN_RESULTS if all_columns else PER_RUN_RESULTS[:PER_RUN_SHOWN]
+  diagnostics = DIAGNOSTICS if all_columns else ()
+  header = ['run'] + keys + [name for name, _ in shown] + [f'final {d}' for d in diagnostics]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in sorted(rows, key=lambda r: [repr(r['settings'][k]) for k in keys] + [r['workdir']]):
     res, diag = r['results'], r['diagnostics']
     cells = (
         [os.path.basename(r['workdir'].rstrip('/'))]
         + [_setting(r['settings'][k]) for k in keys]
-        + [
-            _pct(res.get(k))
-            for k in (
-                'test_accuracy_best',
-                'test_accuracy_last',
-                'teacher_knn_accuracy',
-                'train_memorized_noisy_subset',
-                'train_accuracy_clean_subset',
-            )
-        ]
-        + [f'{diag[d]:.3f}' if d in diag else '—' for d in DIAGNOSTICS]
+        + [_pct(res.get(key)) for _, key in shown]
+        + [f'{diag[d]:.3f}' if d in diag else '—' for d in diagnostics]
     )
     lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += [
-      '',
+  note = (
       'Accuracies in %. teacher kNN: the restored teacher on clean labels (a monitor). memorised noisy: '
-      'share of the mislabelled training examples predicted as their noisy label. final: last logged '
-      'training value; node_diag_cos = mean cos(t_i, s_i), node_offdiag_rms = RMS of cos(t_i, s_j), j != i.',
-  ]
+      'share of the mislabelled training examples predicted as their noisy label.'
+  )
+  if all_columns:
+    note += (
+        ' final: last logged training value; node_diag_cos = mean cos(t_i, s_i), node_offdiag_rms = RMS of '
+        'cos(t_i, s_j), j != i.'
+    )
+  else:
+    note += " --all adds the clean subset's training accuracy and the final relation diagnostics."
+  lines += ['', note]
   return '\n'.join(lines)
 
 
@@ -449,6 +457,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       help='one row per run (the settings in which runs differ, relation diagnostics) instead of '
       'the table over seeds',
   )
+  parser.add_argument(
+      '--all',
+      action='store_true',
+      help="with --per_run: every column (also the clean subset's training accuracy and the final relation "
+      'diagnostics)',
+  )
   parser.add_argument('--k_figure', help='with --per_run: also plot best test accuracy against relation.K (PNG)')
   parser.add_argument(
       '--ladder',
@@ -474,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   if args.per_run:
     keys, rows = run_rows(expand(args.workdirs))
-    text = per_run_markdown(keys, rows)
+    text = per_run_markdown(keys, rows, all_columns=args.all)
     print(text)
     if args.markdown:
       fileio.write_text(args.markdown, text + '\n')

@@ -179,7 +179,8 @@ def encoder_features_fn(model_config: ml_collections.ConfigDict, dataset: data.D
 def knn_monitor(config: ml_collections.ConfigDict, dataset: data.Dataset, variables, features_fn) -> float:
   """kNN accuracy of the encoder's features on the test set. Uses the CLEAN training labels: a monitor of
   representation quality only, never a reported noisy-label result."""
-  logging.info('kNN monitor: encoding %d train + %d test images.', len(dataset.train_images), len(dataset.test_images))
+  # DEBUG: each evaluation is one line on the console, its result (progress.Progress.evaluated).
+  logging.debug('kNN monitor: encoding %d train + %d test images.', len(dataset.train_images), len(dataset.test_images))
   train_features = parallel.map_batches(features_fn, variables, dataset.train_images, config.eval_batch_size)
   test_features = parallel.map_batches(features_fn, variables, dataset.test_images, config.eval_batch_size)
   return knn_accuracy(config.rm, dataset, train_features, test_features)

@@ -8,7 +8,7 @@ For one batch of training images (un-augmented, the first `--batch` of the run's
 variance (features centred over the batch) on its top singular direction, and the node term
 ||N - I||_F of a student that copies the teacher exactly (s_i = t_i), beside sqrt(B), the node term of a student
 orthogonal to every teacher embedding. Where the aligned student scores worse than sqrt(B), the node term's best
-reachable point is the orthogonal collapse, whatever the teacher's quality (README, "Evidence").
+reachable point is the orthogonal collapse, whatever the teacher's quality (docs/evidence.md, the first CPU study).
 """
 
 import json

@@ -2,6 +2,7 @@
 intact one with a warning, or refuses with one sentence naming the directory to remove)."""
 
 import json
+import logging as py_logging
 import os
 import pathlib
 import shutil
@@ -138,3 +139,26 @@ def test_damaged_teacher_is_refused_with_the_directory_to_remove(stage_dir):
       match=f'The teacher checkpoint {stage_dir / "3"} is damaged .*digest.*remove that directory',
   ):
     checkpoints.restore_teacher(str(stage_dir), _target(), META)
+
+
+def test_orbax_info_and_its_read_only_warnings_are_dropped_its_other_warnings_kept():
+  handler = logging.get_absl_handler()
+  before = list(handler.filters)
+  checkpoints.quiet_orbax_logging()
+  try:
+    [keep] = [f for f in handler.filters if f not in before]
+
+    def record(level, path, message):
+      return py_logging.LogRecord('absl', level, path, 1, message, None, None)
+
+    orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+    assert not keep(record(py_logging.INFO, orbax, 'Saving checkpoint'))
+    assert not keep(record(py_logging.WARNING, orbax, 'Given directory is read only=/w/rm'))
+    assert not keep(record(py_logging.WARNING, orbax, 'CheckpointManagerOptions.read_only=True, setting x=0.'))
+    assert keep(record(py_logging.WARNING, orbax, 'Something else went wrong'))
+    assert keep(record(py_logging.ERROR, orbax, 'Given directory is read only'))
+    assert keep(record(py_logging.INFO, '/rmdnet_jax/loop.py', 'rm: resuming from step 4'))
+  finally:
+    for f in handler.filters:
+      if f not in before:
+        handler.removeFilter(f)

@@ -1,5 +1,6 @@
-"""The kNN monitor against a plain numpy implementation."""
+"""The kNN monitor against a plain numpy implementation; what the writers put on the console."""
 
+import ml_collections
 import numpy as np
 
 from rmdnet_jax import metrics
@@ -35,3 +36,23 @@ def test_knn_separable_clusters_are_perfect():
   test_labels = np.repeat(np.arange(4), 5)
   test = centres[test_labels] + rng.normal(size=(20, 4))
   assert metrics.knn_accuracy(train, labels, test, test_labels, num_classes=4, k=200) == 1.0
+
+
+def test_every_scalar_reaches_the_console_only_when_verbose(monkeypatch, tmp_path):
+  logged = {'info': [], 'debug': []}
+  for level in logged:
+    monkeypatch.setattr(metrics.logging, level, lambda fmt, *args, level=level: logged[level].append(fmt % args))
+  config = ml_collections.ConfigDict({'wandb_project': '', 'verbose': False})
+  writer = metrics.create_writer(str(tmp_path / 'quiet'), config)
+  writer.write_scalars(4, {'rgrl/loss': 2.5, 'rgrl/edge': 1.0})
+  writer.close()
+  assert logged == {'info': [], 'debug': ['[4] rgrl/edge=1, rgrl/loss=2.5']}  # absl shows DEBUG at -v 1 only
+  assert metrics.read_jsonl(str(tmp_path / 'quiet' / 'metrics.jsonl')) == [
+      {'step': 4, 'rgrl/loss': 2.5, 'rgrl/edge': 1.0}
+  ]
+  config.verbose = True
+  writer = metrics.create_writer(str(tmp_path / 'verbose'), config)
+  writer.write_scalars(4, {'rgrl/loss': 2.5})
+  writer.close()
+  assert logged['info'] == ['[4] rgrl/loss=2.5']
+  metrics.create_writer(str(tmp_path / 'old'), None).close()  # a config saved before the logging keys

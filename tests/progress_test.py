@@ -3,6 +3,7 @@
 import io
 
 import pytest
+from absl import logging as absl_logging
 
 from rmdnet_jax import progress
 
@@ -98,3 +99,59 @@ def test_other_processes_report_nothing(lines, monkeypatch):
     p.update(step)
   p.close()
   assert stream.getvalue() == '' and lines() == []
+
+
+def test_each_evaluation_is_one_short_line_and_the_bar_shows_its_accuracy(monkeypatch, lines):
+  stream = io.StringIO()
+  monkeypatch.setattr(progress.sys, 'stderr', stream)
+  clock = Clock()
+  p = progress.Progress(
+      stage='rgrl', start_step=0, num_steps=20, steps_per_epoch=10, global_batch_size=32, bar=True, clock=clock
+  )
+  for step in range(1, 11):
+    clock.t = step * 0.25
+    p.update(step)
+  p.evaluated({'test_accuracy': 0.4123, 'train_accuracy_noisy_labels': 0.5})
+  assert lines() == ['rgrl: epoch 1/2, test_accuracy 0.4123, train_accuracy_noisy_labels 0.5000']
+  p.close()
+  assert 'test acc 41.2%' in stream.getvalue()
+
+
+def test_without_a_bar_an_evaluation_is_one_line_and_other_processes_say_nothing(lines):
+  p = progress.Progress(stage='rm', start_step=0, num_steps=8, steps_per_epoch=4, global_batch_size=8, bar=False)
+  p.update(4)
+  p.evaluated({'knn_accuracy': 0.25})
+  assert lines()[-1] == 'rm: epoch 1/2, knn_accuracy 0.2500'
+  quiet = progress.Progress(
+      stage='rm', start_step=0, num_steps=8, steps_per_epoch=4, global_batch_size=8, bar=False, enabled=False
+  )
+  quiet.evaluated({'knn_accuracy': 0.25})
+  assert len(lines()) == 2  # the first step's progress line and the evaluation, nothing from process 1
+  assert progress.headline_accuracy({'train_accuracy_clean_labels': 1.0, 'test_accuracy': 0.5}) == 'test_accuracy'
+  assert progress.headline_accuracy({'teacher_linear_probe_accuracy': 0.5}) == 'teacher_linear_probe_accuracy'
+  assert progress.headline_accuracy({'loss': 0.5}) is None
+
+
+class Terminal(io.StringIO):
+
+  def isatty(self):
+    return True
+
+
+def test_log_lines_go_above_the_bar_on_a_terminal_only():
+  handler = absl_logging.get_absl_handler().python_handler
+  original = handler.stream
+  try:
+    terminal = Terminal()
+    handler.setStream(terminal)
+    undo = progress._log_above_bars()  # pylint: disable=protected-access
+    assert handler.stream is not terminal  # tqdm's writer, which clears the bar around each line
+    handler.stream.write('I0101 a log line\n')
+    assert 'I0101 a log line\n' in terminal.getvalue()
+    undo()
+    assert handler.stream is terminal
+    handler.setStream(io.StringIO())  # a log file or a pipe: left as it is
+    progress._log_above_bars()()  # pylint: disable=protected-access
+    assert not isinstance(handler.stream, Terminal)
+  finally:
+    handler.setStream(original)

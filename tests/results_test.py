@@ -116,3 +116,73 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):
   (tmp_path / 'empty').mkdir()
   assert results.main([str(tmp_path / 'empty')]) == 2
   assert 'has no config.json' in capsys.readouterr().err
+
+
+def make_study_run(root, name, *, distill, K=1.0, results_json=None, diagnostics=None):
+  """A run of a per-run study: settings as config.json sections, results.json and the last metrics.jsonl row."""
+  workdir = root / name
+  workdir.mkdir()
+  config = {
+      'stages': 'rgrl',
+      'seed': 0,
+      'data': {'name': 'cifar10', 'data_dir': f'/data/{name}'},  # a path: never a setting
+      'noise': {'kind': 'symmetric', 'rate': 0.5},
+      'method': {'name': 'ce', 'distill': distill},
+      'relation': {'K': K, 'edge_kind': 'frobenius'},
+      'logging': {'verbose': name == 'k1'},  # logging never is a setting either
+  }
+  (workdir / 'config.json').write_text(json.dumps(config))
+  if results_json is not None:
+    (workdir / 'results.json').write_text(json.dumps(results_json))
+  if diagnostics is not None:
+    (workdir / 'metrics.jsonl').write_text(json.dumps({'step': 8, **{f'rgrl/{k}': v for k, v in diagnostics.items()}}))
+  return str(workdir)
+
+
+@pytest.fixture
+def study_runs(tmp_path):
+  finished = {
+      'test_accuracy_best': 0.415,
+      'test_accuracy_last': 0.412,
+      'train_memorized_noisy_subset': 0.0873,
+      'train_accuracy_clean_subset': 0.4459,
+  }
+  make_study_run(tmp_path, 'ce', distill=False, results_json=finished, diagnostics={'method': 2.121})
+  make_study_run(
+      tmp_path,
+      'k01',
+      distill=True,
+      K=0.1,
+      results_json={**finished, 'test_accuracy_best': 0.306, 'teacher_knn_accuracy': 0.246},
+      diagnostics={'node': 11.265, 'method': 2.187},
+  )
+  make_study_run(tmp_path, 'k1', distill=True)  # unfinished: no results.json, no metrics yet
+  return tmp_path
+
+
+def test_per_run_shows_the_settings_that_vary_and_four_results_by_default(study_runs, capsys):
+  assert results.main([str(study_runs / '*'), '--per_run']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == '| run | method.distill | relation.K | best | last | teacher kNN | memorised noisy |'
+  assert lines[2:5] == [
+      '| ce | False | 1.0 | 41.50 | 41.20 | — | 8.73 |',
+      '| k01 | True | 0.1 | 30.60 | 41.20 | 24.60 | 8.73 |',
+      '| k1 | True | 1.0 | — | — | — | — |',
+  ]
+  assert '--all adds' in lines[-1] and 'final:' not in lines[-1]
+
+
+def test_per_run_all_gives_every_column(study_runs, tmp_path_factory, capsys):
+  out = tmp_path_factory.mktemp('out') / 'table.md'
+  assert results.main([str(study_runs / '*'), '--per_run', '--all', f'--markdown={out}']) == 0
+  text = capsys.readouterr().out
+  assert out.read_text() == text
+  header = text.splitlines()[0].strip('| ').split(' | ')
+  assert header == (
+      ['run', 'method.distill', 'relation.K', 'best', 'last', 'teacher kNN', 'memorised noisy']
+      + ['clean-subset train acc']
+      + [f'final {d}' for d in results.DIAGNOSTICS]
+  )
+  k01 = next(line for line in text.splitlines() if line.startswith('| k01 |'))
+  assert '| 44.59 | 11.265 | — | 2.187 |' in k01
+  assert 'final: last logged training value' in text

@@ -84,7 +84,7 @@ def test_weak_teacher_warning_is_one_sentence(caplog):
 def test_per_run_table_and_k_figure(study, capsys):
   base, _, runs = study
   png = str(base / 'k.png')
-  assert results.main([str(base / '*'), '--per_run', '--k_figure', png]) == 0
+  assert results.main([str(base / '*'), '--per_run', '--all', '--k_figure', png]) == 0
   table = capsys.readouterr().out
   header = table.splitlines()[0]
   assert 'method.distill' in header and 'relation.K' in header and 'final node_diag_cos' in header

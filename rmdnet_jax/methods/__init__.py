@@ -10,8 +10,8 @@ Adding a method `mymethod`:
      `METHOD = base.mean_loss_method('mymethod', my_loss, check)` for a plain mean loss of (logits, labels);
   2. one line `'mymethod': mymethod.METHOD,` in `METHODS` below;
   3. its settings block `config.method.mymethod` in configs/default.py (a method without settings needs none).
-The method's functions receive that block as `settings`; see `base.py` for the interface and README "Adding a
-noisy-label method".
+The method's functions receive that block as `settings`; see `base.py` for the interface and docs/methods.md,
+"Adding a method".
 """
 
 from typing import Mapping

@@ -11,7 +11,7 @@ MixMatch on the division, two networks teaching each other.
                     partner (inputs and targets); L = L_x (CE, labelled positions) + lambda_u(t) L_u (squared
                     error, unlabelled positions) + KL(uniform || mean prediction).
 
-Fixed-shape variant (stated in the README): the reference draws equal-size batches from separate labelled and
+Fixed-shape variant (stated in docs/methods.md): the reference draws equal-size batches from separate labelled and
 unlabelled loaders; here every global batch is the same uniform sample as for the other methods, and each example
 is labelled or unlabelled by mask, so the step compiles once and the labelled/unlabelled ratio of a batch follows
 the division. Both networks are updated at every step (the reference alternates them within an epoch). Mixing
