@@ -163,7 +163,7 @@ def markdown(ladder: Ladder) -> str:
   ]
   if ladder.baseline:
     lines.append(
-        f'| none (CE, {len(ladder.baseline)} seeds) | — | — | — | {_fmt(base["best"])} | {_fmt(base["last"])} '
+        f'| none (CE, {len(ladder.baseline)} seed{"s" if len(ladder.baseline) > 1 else ""}) | — | — | — | {_fmt(base["best"])} | {_fmt(base["last"])} '
         f'| {_fmt(base["memorised"])} | — |'
     )
   for key in _sorted_cells(ladder):
