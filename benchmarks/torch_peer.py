@@ -9,11 +9,13 @@ settings and puts both figures, and their ratio, in one table.
 
 The networks are the JAX ones written in PyTorch (same parameter counts; `tests/benchmarks_test.py` checks it):
 torchvision-style ResNets with the CIFAR stem (3x3 conv stride 1, no max-pool) at any `--width`, the SimSiam
-projector (3 x linear + BN, the last BN without affine parameters) and predictor (bottleneck `predictor_dim`), the
-RGRL student (backbone + linear classifier + projection head into the teacher's feature space). The stage sizes
-and block kind come from `rmdnet_jax.models.BACKBONES`; every hyperparameter from `configs/default.py` (built by
-`benchmarks.throughput.make_config`, so both sides read the same config). BatchNorm uses flax's decay 0.9, which
-is torch's momentum 0.1. SGD: momentum 0.9, coupled weight decay 5e-4, as `train_state.make_optimizer`.
+projector (`model.projector_layers` x linear + BN, the last BN without affine parameters) and predictor (bottleneck
+`predictor_dim`), the RGRL student (backbone + linear classifier + projection head into the teacher's feature
+space). The stage sizes and block kind come from `rmdnet_jax.models.BACKBONES`; every hyperparameter from
+`configs/default.py` (built by `benchmarks.throughput.make_config`, so both sides read the same config), the
+initialisers too (`model.init`, `student.init`, `model.zero_init_residual`: `initialise`).
+`benchmarks/simsiam_reference.py` trains these networks. BatchNorm uses flax's decay 0.9, which is torch's momentum
+0.1. SGD: momentum 0.9, coupled weight decay 5e-4, as `train_state.make_optimizer`.
 
 Steps, each a forward, a backward and an optimizer update:
 
@@ -45,9 +47,11 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from typing import Callable, Optional, Sequence
 
 import ml_collections
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,20 +75,41 @@ def _bn1d(features: int, affine: bool = True) -> nn.BatchNorm1d:
   return nn.BatchNorm1d(features, eps=jax_models.BN_EPSILON, momentum=BN_MOMENTUM, affine=affine)
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+# Padding of the convolutions (`CifarResNet(padding=...)`). 'torch': kernel // 2 on every side, torchvision's.
+# 'same': XLA's SAME, what `models` uses (nn.Conv's padding='SAME'): for a stride-2 3x3 conv on an even input it pads
+# 0 before and 1 after, so its outputs are centred on odd pixels while the stride-2 1x1 shortcut samples even ones.
+PADDINGS = ('torch', 'same')
+
+
+class SameConv2d(nn.Conv2d):
+  """nn.Conv2d with XLA/TensorFlow SAME padding: total max((ceil(n / s) - 1) s + k - n, 0), the odd one after."""
+
+  def forward(self, x):
+    pads = []
+    for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+      total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+      pads += [total // 2, total - total // 2]
+    return super().forward(F.pad(x, pads))
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: str = 'torch') -> nn.Conv2d:
+  if padding not in PADDINGS:
+    raise ValueError(f'Unknown padding {padding!r}; use one of {PADDINGS}.')
+  if padding == 'same':
+    return SameConv2d(in_channels, out_channels, kernel, stride, padding=0, bias=False)
   return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False)
 
 
 class BasicBlock(nn.Module):
   """`models.BasicBlock`: post-activation residual block, 1x1 conv + BN projection when the shape changes."""
 
-  def __init__(self, in_channels: int, filters: int, stride: int):
+  def __init__(self, in_channels: int, filters: int, stride: int, padding: str = 'torch'):
     super().__init__()
-    self.conv1, self.bn1 = _conv(in_channels, filters, 3, stride), _bn2d(filters)
-    self.conv2, self.bn2 = _conv(filters, filters, 3), _bn2d(filters)
+    self.conv1, self.bn1 = _conv(in_channels, filters, 3, stride, padding), _bn2d(filters)
+    self.conv2, self.bn2 = _conv(filters, filters, 3, 1, padding), _bn2d(filters)
     self.shortcut = None
     if stride != 1 or in_channels != filters:
-      self.shortcut = nn.Sequential(_conv(in_channels, filters, 1, stride), _bn2d(filters))
+      self.shortcut = nn.Sequential(_conv(in_channels, filters, 1, stride, padding), _bn2d(filters))
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
@@ -95,11 +120,12 @@ class BasicBlock(nn.Module):
 class PreActBlock(nn.Module):
   """`models.PreActBlock`: pre-activation residual block, bare 1x1 conv projection."""
 
-  def __init__(self, in_channels: int, filters: int, stride: int):
+  def __init__(self, in_channels: int, filters: int, stride: int, padding: str = 'torch'):
     super().__init__()
-    self.bn1, self.conv1 = _bn2d(in_channels), _conv(in_channels, filters, 3, stride)
-    self.bn2, self.conv2 = _bn2d(filters), _conv(filters, filters, 3)
-    self.shortcut = _conv(in_channels, filters, 1, stride) if stride != 1 or in_channels != filters else None
+    self.bn1, self.conv1 = _bn2d(in_channels), _conv(in_channels, filters, 3, stride, padding)
+    self.bn2, self.conv2 = _bn2d(filters), _conv(filters, filters, 3, 1, padding)
+    shortcut = stride != 1 or in_channels != filters
+    self.shortcut = _conv(in_channels, filters, 1, stride, padding) if shortcut else None
 
   def forward(self, x):
     y = F.relu(self.bn1(x))
@@ -111,23 +137,57 @@ class PreActBlock(nn.Module):
 _BLOCKS = {jax_models.BasicBlock: BasicBlock, jax_models.PreActBlock: PreActBlock}
 
 
-class CifarResNet(nn.Module):
-  """`models.CifarResNet`: CIFAR stem (3x3 conv stride 1 + BN + ReLU, no max-pool), stages, global mean pool."""
+def initialise(module: nn.Module, init: str) -> nn.Module:
+  """Re-draws `module`'s convolution and linear weights as `models` does for `init` (`model.init`).
 
-  def __init__(self, name: str, width: int):
+  'torch': torchvision's ResNet initialisers, what `models` means by torch: conv kernels kaiming_normal(fan_out,
+  relu) (torch.nn.Conv2d's own default is kaiming_uniform(a=sqrt(5)), which torchvision replaces); linear layers
+  keep torch.nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. 'flax': flax's
+  defaults, lecun_normal (truncated normal, variance 1/fan_in) kernels and zero biases. BatchNorm starts at
+  scale 1, bias 0 either way (flax's and torch's default).
+  """
+  if init not in jax_models.INITS:
+    raise ValueError(f'Unknown initialiser {init!r}; use one of {jax_models.INITS}.')
+  for m in module.modules():
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+      if init == 'torch' and isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+      elif init == 'flax':
+        # flax's variance_scaling(1, fan_in, truncated_normal): a normal cut at 2 of its sigmas, sigma scaled up
+        # by 1/0.8796 (the std of a standard normal truncated to [-2, 2]) so the variance is 1/fan_in.
+        sigma = (1.0 / m.weight[0].numel()) ** 0.5 / 0.87962566103423978
+        nn.init.trunc_normal_(m.weight, std=sigma, a=-2.0 * sigma, b=2.0 * sigma)
+        if m.bias is not None:
+          nn.init.zeros_(m.bias)
+  return module
+
+
+class CifarResNet(nn.Module):
+  """`models.CifarResNet`: CIFAR stem (3x3 conv stride 1 + BN + ReLU, no max-pool), stages, global mean pool.
+
+  `init` and `zero_init_residual` are `model.init` and `model.zero_init_residual`; `padding` one of `PADDINGS`."""
+
+  def __init__(
+      self, name: str, width: int, init: str = 'torch', zero_init_residual: bool = False, padding: str = 'torch'
+  ):
     super().__init__()
     if name not in jax_models.BACKBONES:
       raise ValueError(f'Unknown model {name!r}; use one of {sorted(jax_models.BACKBONES)}.')
     spec = jax_models.BACKBONES[name].keywords
     block = _BLOCKS[spec['block_cls']]
-    self.stem = nn.Sequential(_conv(3, width, 3), _bn2d(width), nn.ReLU(inplace=True))
+    self.stem = nn.Sequential(_conv(3, width, 3, 1, padding), _bn2d(width), nn.ReLU(inplace=True))
     layers, channels = [], width
     for i, num_blocks in enumerate(spec['stage_sizes']):
       for j in range(num_blocks):
-        layers.append(block(channels, width * 2**i, 2 if i > 0 and j == 0 else 1))
+        layers.append(block(channels, width * 2**i, 2 if i > 0 and j == 0 else 1, padding))
         channels = width * 2**i
     self.blocks = nn.Sequential(*layers)
     self.feature_dim = channels
+    initialise(self, init)
+    if zero_init_residual:
+      for layer in layers:
+        if isinstance(layer, BasicBlock):  # as models.BasicBlock; a pre-activation branch ends in a conv
+          nn.init.zeros_(layer.bn2.weight)
 
   def forward(self, x):
     return torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1).float()
@@ -164,13 +224,19 @@ class Predictor(nn.Module):
 
 
 class SimSiamNet(nn.Module):
-  """`models.SimSiamNet`: backbone + projector + predictor; `encode` is the teacher's view (no predictor)."""
+  """`models.SimSiamNet`: backbone + projector + predictor; `encode` is the teacher's view (no predictor).
+  `padding`: the backbone's (`PADDINGS`)."""
 
-  def __init__(self, model_config: ml_collections.ConfigDict):
+  def __init__(self, model_config: ml_collections.ConfigDict, padding: str = 'torch'):
     super().__init__()
-    self.backbone = CifarResNet(model_config.name, model_config.width)
-    self.projector = Projector(self.backbone.feature_dim, model_config.projector_dim, model_config.projector_layers)
-    self.predictor = Predictor(model_config.projector_dim, model_config.predictor_dim)
+    self.backbone = CifarResNet(
+        model_config.name, model_config.width, model_config.init, model_config.zero_init_residual, padding
+    )
+    self.projector = initialise(
+        Projector(self.backbone.feature_dim, model_config.projector_dim, model_config.projector_layers),
+        model_config.init,
+    )
+    self.predictor = initialise(Predictor(model_config.projector_dim, model_config.predictor_dim), model_config.init)
 
   def forward(self, x):
     features = self.backbone(x)
@@ -187,18 +253,76 @@ class StudentNet(nn.Module):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__()
-    self.backbone = CifarResNet(config.student.name, config.student.width)
+    self.backbone = CifarResNet(config.student.name, config.student.width, config.student.init)
     features = self.backbone.feature_dim
     embedding = jax_models.teacher_feature_dim(config.model, config.relation.teacher_layer)
-    self.classifier = nn.Linear(features, config.data.num_classes)
+    self.classifier = initialise(nn.Linear(features, config.data.num_classes), config.student.init)
     if config.relation.projection_head == 'linear':
       self.head = nn.Linear(features, embedding)
     else:
       self.head = nn.Sequential(nn.Linear(features, embedding), nn.ReLU(), nn.Linear(embedding, embedding))
+    initialise(self.head, config.student.init)
 
   def forward(self, x):
     features = self.backbone(x)
     return {'features': features, 'logits': self.classifier(features).float(), 'embedding': self.head(features).float()}
+
+
+def _paths_in_order(tree, prefix=()):
+  """The leaf paths of a nested mapping in insertion order: for variables fresh from flax's `init`, the order the
+  modules were created (JAX's own tree functions sort dict keys, so trees they rebuild lose it)."""
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _paths_in_order(value, prefix + (key,))
+    else:
+      yield prefix + (key,)
+
+
+def torch_layout(array) -> np.ndarray:
+  """A flax array in torch's layout: conv kernels [kh, kw, in, out] -> [out, in, kh, kw], dense [in, out] ->
+  [out, in]; vectors unchanged."""
+  array = np.asarray(array)
+  return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T if array.ndim == 2 else array
+
+
+def flax_leaves(tree, like=None) -> list:
+  """The leaves of `tree` (params, batch_stats, gradients) in the creation order of `like` (default: `tree`
+  itself), the order of `load_flax_variables`; `like` is the `init` output whose tree `tree` has."""
+
+  def get(path):
+    node = tree
+    for key in path:
+      node = node[key]
+    return node
+
+  return [get(path) for path in _paths_in_order(tree if like is None else like)]
+
+
+def load_flax_variables(net: nn.Module, variables) -> nn.Module:
+  """Copies the flax variables ({'params', 'batch_stats'}) of the matching `models` network into `net`.
+
+  `variables` must be fresh from flax's `init` (or keep its dict order: see `flax_leaves`). Both networks create
+  their layers in the same order, so the parameters pair up in order: conv kernels
+  [kh, kw, in, out] -> [out, in, kh, kw], dense kernels [in, out] -> [out, in], BatchNorm scale/bias -> weight/bias,
+  mean/var -> running_mean/running_var. Every pair's shape is checked. For tests that run both steps on one network.
+  """
+  pairs = [
+      (list(net.parameters()), flax_leaves(variables['params'])),
+      (
+          [b for name, b in net.named_buffers() if name.endswith(('running_mean', 'running_var'))],
+          flax_leaves(variables.get('batch_stats', {})),
+      ),
+  ]
+  with torch.no_grad():
+    for tensors, arrays in pairs:
+      if len(tensors) != len(arrays):
+        raise ValueError(f'{len(arrays)} flax arrays for {len(tensors)} torch tensors: not the same network.')
+      for tensor, array in zip(tensors, arrays):
+        array = torch_layout(array)
+        if tuple(array.shape) != tuple(tensor.shape):
+          raise ValueError(f'A flax array of shape {array.shape} for a torch tensor of shape {tuple(tensor.shape)}.')
+        tensor.copy_(torch.from_numpy(np.array(array)))
+  return net
 
 
 def count_parameters(module: nn.Module) -> int:
