@@ -278,6 +278,7 @@ def train(
   def batches(order: torch.Tensor):
     # torch's usual input pipeline: `workers` processes make the views while the network trains; each is seeded
     # from torch's generator when the epoch starts (so the views depend on `workers`, the run on the seed alone).
+    # They are forked: this process imports JAX (for data.load and the networks' shapes) but never starts it.
     return torch.utils.data.DataLoader(
         two_views, batch_size=batch, sampler=order.tolist(), drop_last=True, num_workers=workers
     )

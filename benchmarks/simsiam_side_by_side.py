@@ -12,10 +12,12 @@ config is read from WORKDIR/config.json, so the network, data and keys are the r
 `collect` copies the small files of each run directory (the JAX run's metrics.jsonl, results.json, config.json and
 init.json; the reference's metrics.jsonl and run.json; no checkpoints) into OUT/<run directory's name>.
 
-`plot` reads OUT/jax_s*/ and OUT/torch_s*/ and writes OUT/side_by_side.png (loss, z_std and kNN accuracy against
-the epoch, each seed a thin line, each side's mean a thick one over its seeds' min-max band) and
+`plot` reads OUT/jax_s*/, OUT/torch_s*/ and any OUT/ablation_<flag>_<value>_s*/ (reference runs with one ablation
+flag, e.g. --padding=same) and writes OUT/side_by_side.png (loss, z_std and kNN accuracy against the epoch, each
+seed a thin line, each side's mean a thick one over its seeds' min-max band, each ablation's mean dashed) and
 OUT/side_by_side.md (per epoch: each side's mean and seed range, and whether this project's mean lies within the
-reference's range). No JAX and no torch needed.
+reference's range; the last epoch's mean ± sd of every group, an ablation's change paired with the plain reference
+run of its seed). No JAX and no torch needed.
 """
 
 import argparse
@@ -67,19 +69,28 @@ def torch_epochs(run_dir: str) -> dict:
 
 
 def load_runs(directory: str) -> dict:
-  """{'jax': {name: epochs}, 'torch': {name: epochs}} of DIRECTORY/jax_*/ and DIRECTORY/torch_*/."""
-  runs = {'jax': {}, 'torch': {}}
+  """{'jax': {name: epochs}, 'torch': {name: epochs}, 'ablations': {ablation: {name: epochs}}} of DIRECTORY/jax_*/,
+  DIRECTORY/torch_*/ and DIRECTORY/ablation_<ablation>_s<seed>/ (reference runs with one ablation flag)."""
+  runs = {'jax': {}, 'torch': {}, 'ablations': {}}
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
     if not os.path.isdir(path):
       continue
     side = name.split('_', 1)[0]
-    if side in runs:
+    if side in ('jax', 'torch'):
       runs[side][name] = (jax_epochs if side == 'jax' else torch_epochs)(path)
-  for side, found in runs.items():
-    if not found:
+    elif side == 'ablation':
+      ablation = name[len('ablation_') :].rsplit('_s', 1)[0]
+      runs['ablations'].setdefault(ablation, {})[name] = torch_epochs(path)
+  for side in ('jax', 'torch'):
+    if not runs[side]:
       raise ValueError(f'No {side}_* run directory in {directory}.')
   return runs
+
+
+def seed_of(name: str) -> str:
+  """'s0' of 'torch_s0', 'jax_s0' or 'ablation_padding_same_s0'."""
+  return name.rsplit('_', 1)[-1]
 
 
 def per_epoch(runs: dict, metric: str) -> tuple:
@@ -134,8 +145,49 @@ def table(runs: dict) -> str:
   return '\n'.join(lines)
 
 
+def _seeds(n: int) -> str:
+  return f'{n} seed' + ('s' if n != 1 else '')
+
+
+def _mean_sd(values) -> str:
+  values = np.asarray([v for v in values if v is not None], float)
+  if not len(values):
+    return '–'
+  if len(values) == 1:
+    return f'{values[0]:.4f}'
+  return f'{values.mean():.4f} ± {values.std(ddof=1):.4f}'
+
+
+def final_table(runs: dict) -> str:
+  """The last epoch: each group's mean ± sd over seeds; for an ablation, also its mean change against the plain
+  reference run of the same seed (same initial weights and data order: a paired difference)."""
+  last = max(max(r) for r in runs['torch'].values())
+  groups = [('rmdnet_jax (JAX)', runs['jax'], None), ('PyTorch reference', runs['torch'], None)]
+  groups += [(f'PyTorch reference, --{a.replace("_", "=", 1)}', r, a) for a, r in sorted(runs['ablations'].items())]
+  lines = [
+      '| run | seeds | loss | z_std | kNN accuracy | paired change vs the reference (loss, z_std, kNN) |',
+      '|---|---|---|---|---|---|',
+  ]
+  plain = {seed_of(name): epochs for name, epochs in runs['torch'].items()}
+  for label, group, ablation in groups:
+    values = {m: [epochs.get(last, {}).get(m) for epochs in group.values()] for m in METRICS}
+    paired = '–'
+    if ablation is not None:
+      deltas = {m: [] for m in METRICS}
+      for name, epochs in group.items():
+        reference = plain.get(seed_of(name), {}).get(last)
+        if reference is not None and last in epochs:
+          for m in METRICS:
+            deltas[m].append(epochs[last][m] - reference[m])
+      if deltas['loss']:
+        paired = ', '.join(f'{np.mean(deltas[m]):+.4f}' for m in METRICS) + f' ({_seeds(len(deltas["loss"]))})'
+    seeds = ', '.join(seed_of(n) for n in group)
+    lines.append(f'| {label} | {seeds} | ' + ' | '.join(_mean_sd(values[m]) for m in METRICS) + f' | {paired} |')
+  return f'Epoch {last} (mean ± standard deviation over seeds):\n\n' + '\n'.join(lines)
+
+
 def markdown(runs: dict, directory: str) -> str:
-  names = {side: ', '.join(sorted(r)) for side, r in runs.items()}
+  names = {side: ', '.join(sorted(runs[side])) for side in ('jax', 'torch')}
   return '\n'.join(
       [
           '# SimSiam: rmdnet_jax beside an independent PyTorch reference',
@@ -146,6 +198,8 @@ def markdown(runs: dict, directory: str) -> str:
           "means over each epoch's steps (each step's value before its update), kNN is after the epoch.",
           '',
           table(runs),
+          '',
+          final_table(runs),
           '',
           'Written by `python -m benchmarks.simsiam_side_by_side plot ' + directory + '` (benchmarks/README.md).',
           '',
@@ -160,8 +214,22 @@ def figure(runs: dict, path: str, title: str = '', healthy_z_std: Optional[float
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   colors = {'jax': 'tab:blue', 'torch': 'tab:orange'}
+  ablation_colors = iter(['tab:green', 'tab:purple', 'tab:brown', 'tab:gray'])
+  ablation_colors = {a: next(ablation_colors, 'black') for a in sorted(runs['ablations'])}
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for ax, metric in zip(axes, METRICS):
+    for ablation, group in sorted(runs['ablations'].items()):
+      epochs, values = per_epoch(group, metric)
+      mean = _nan_stats(values)[0]
+      keep = ~np.isnan(mean)
+      ax.plot(
+          epochs[keep],
+          mean[keep],
+          color=ablation_colors[ablation],
+          linewidth=1.5,
+          linestyle='--',
+          label=f'PyTorch reference --{ablation.replace("_", "=", 1)}, {_seeds(len(group))}',
+      )
     for side in ('torch', 'jax'):
       epochs, values = per_epoch(runs[side], metric)
       mean, low, high = _nan_stats(values)
@@ -177,18 +245,18 @@ def figure(runs: dict, path: str, title: str = '', healthy_z_std: Optional[float
           linewidth=2,
           marker='o',
           markersize=3,
-          label=f'{SIDES[side]}, {len(runs[side])} seeds',
+          label=f'{SIDES[side]}, {_seeds(len(runs[side]))}',
       )
     if metric == 'z_std' and healthy_z_std:
       ax.axhline(healthy_z_std, color='gray', linestyle='--', linewidth=1, label='1/sqrt(dim)')
     ax.set_xlabel('epoch (0 = initial network)')
     ax.set_title(LABELS[metric])
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  axes[1].legend(fontsize=8)
+  handles, labels = axes[1].get_legend_handles_labels()  # the z_std panel's: every line, and 1/sqrt(dim)
+  fig.legend(handles[::-1], labels[::-1], loc='lower center', ncol=min(len(labels), 5), fontsize=8, frameon=False)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

@@ -298,19 +298,20 @@ def flax_leaves(tree, like=None) -> list:
   return [get(path) for path in _paths_in_order(tree if like is None else like)]
 
 
-def load_flax_variables(net: nn.Module, variables) -> nn.Module:
+def load_flax_variables(net: nn.Module, variables, like=None) -> nn.Module:
   """Copies the flax variables ({'params', 'batch_stats'}) of the matching `models` network into `net`.
 
-  `variables` must be fresh from flax's `init` (or keep its dict order: see `flax_leaves`). Both networks create
+  `variables` must be fresh from flax's `init`, or `like` (an `init` output of the same network) gives the order
+  (restored or updated trees lose it: see `flax_leaves`). Both networks create
   their layers in the same order, so the parameters pair up in order: conv kernels
   [kh, kw, in, out] -> [out, in, kh, kw], dense kernels [in, out] -> [out, in], BatchNorm scale/bias -> weight/bias,
   mean/var -> running_mean/running_var. Every pair's shape is checked. For tests that run both steps on one network.
   """
   pairs = [
-      (list(net.parameters()), flax_leaves(variables['params'])),
+      (list(net.parameters()), flax_leaves(variables['params'], like and like['params'])),
       (
           [b for name, b in net.named_buffers() if name.endswith(('running_mean', 'running_var'))],
-          flax_leaves(variables.get('batch_stats', {})),
+          flax_leaves(variables.get('batch_stats', {}), like and like.get('batch_stats', {})),
       ),
   ]
   with torch.no_grad():

@@ -62,9 +62,16 @@ def test_plot_writes_the_figure_and_the_per_epoch_table(tmp_path):
   _jax_run(tmp_path / 'jax_s1', [-0.3, -0.4], [0.030, 0.020], [0.22, 0.27], init=(0.0, 0.050, 0.20))
   _torch_run(tmp_path / 'torch_s0', [0.0, -0.1, -0.2], [0.05, 0.045, 0.035], [0.18, 0.21, 0.24])
   _torch_run(tmp_path / 'torch_s1', [0.0, -0.1, -0.2], [0.05, 0.040, 0.030], [0.20, 0.23, 0.28])
+  _torch_run(tmp_path / 'ablation_padding_same_s1', [0.0, -0.05, -0.15], [0.05, 0.042, 0.034], [0.2, 0.2, 0.2])
   png, md = map(pathlib.Path, side_by_side.plot(str(tmp_path)))
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   lines = md.read_text().splitlines()
+  # The last epoch's summary; the ablation's change is paired with torch_s1: -0.15 - -0.2, 0.034 - 0.030, 0.2 - 0.28.
+  assert '| PyTorch reference | s0, s1 | -0.2000 ± 0.0000 | 0.0325 ± 0.0035 | 0.2600 ± 0.0283 | – |' in lines
+  assert (
+      '| PyTorch reference, --padding=same | s1 | -0.1500 | 0.0340 | 0.2000 | +0.0500, +0.0040, -0.0800 (1 seed) |'
+      in lines
+  )
   rows = [line for line in lines if line.startswith('| ') and line[2].isdigit()]
   assert len(rows) == 3  # epochs 0, 1, 2
   epoch1 = [cell.strip() for cell in rows[1].strip('|').split('|')]
@@ -125,7 +132,8 @@ def reference():
 
 def test_reference_trains_one_epoch_and_logs_each_epoch(reference, tmp_path):
   config = helpers.tiny_config()  # resnet_tiny width 4, 64 random 8x8 images, batch 16, 1 epoch
-  rows = reference.train(config, str(tmp_path), threads=1, log=lambda _: None)
+  # workers=0: no DataLoader process, as forking a process whose JAX is running (the tests') can deadlock.
+  rows = reference.train(config, str(tmp_path), threads=1, workers=0, log=lambda _: None)
   saved = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert saved == rows and [r['epoch'] for r in rows] == [0, 1] and rows[1]['step'] == 4
   for row in rows:
