@@ -296,7 +296,10 @@ def check_augment_and_knn(config: ml_collections.ConfigDict) -> None:
       ('rgrl.augment.flip_prob', config.rgrl.augment.flip_prob),
   ):
     _require(0 <= value <= 1, f'{key}={value} is a probability and must be in [0, 1].')
-  _require(config.rgrl.augment.pad >= 0, f'rgrl.augment.pad={config.rgrl.augment.pad} must be >= 0.')
+  _require(
+      0 <= config.rgrl.augment.pad <= 64,
+      f'rgrl.augment.pad={config.rgrl.augment.pad} must be between 0 and 64 pixels (CIFAR uses 4).',
+  )
   _require(
       config.rm.knn_k >= 1 and config.rm.knn_temperature > 0,
       f'rm.knn_k={config.rm.knn_k} must be positive and rm.knn_temperature={config.rm.knn_temperature} must be > 0.',
