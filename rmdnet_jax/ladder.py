@@ -16,10 +16,11 @@ plots best and last test accuracy against teacher kNN, one line per (K, node kin
 import dataclasses
 import io
 import json
+import math
 import os
 from typing import Optional, Sequence
 
-from rmdnet_jax import fileio
+from rmdnet_jax import fileio, results
 
 DIAGNOSTIC = 'diagnostic: trained on clean labels'
 
@@ -40,10 +41,6 @@ class LadderRun:
     return node
 
 
-def _read_json(path: str) -> dict:
-  return json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
-
-
 def load_runs(directory: str) -> list:
   """Every run (a subdirectory with config.json) under `directory`, sorted by name."""
   runs = []
@@ -52,7 +49,10 @@ def load_runs(directory: str) -> list:
     if fileio.exists(os.path.join(path, 'config.json')):
       runs.append(
           LadderRun(
-              name, _read_json(os.path.join(path, 'config.json')), _read_json(os.path.join(path, 'results.json')), path
+              name,
+              results._read_json(os.path.join(path, 'config.json')),
+              results._read_json(os.path.join(path, 'results.json')),
+              path,
           )
       )
   return runs
@@ -94,19 +94,12 @@ def teacher_of(run: LadderRun) -> str:
   return name + (f'@{step}' if step else '') if name else '(this run)'
 
 
-def _mean_std(values: Sequence[float]) -> tuple:
-  n = len(values)
-  mean = sum(values) / n
-  std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
-  return mean, std
-
-
 def _fmt(stats: Optional[tuple], pct: bool = True) -> str:
   if stats is None:
     return '—'
   scale = 100.0 if pct else 1.0
   mean, std = stats
-  return f'{scale * mean:.1f}' + (f' ± {scale * std:.1f}' if std is not None else '')
+  return f'{scale * mean:.1f}' + (f' ± {scale * std:.1f}' if std is not None and not math.isnan(std) else '')
 
 
 METRICS = (
@@ -125,7 +118,7 @@ class Ladder:
 
   def stats(self, runs: Sequence[LadderRun], key: str) -> Optional[tuple]:
     values = [r.results[key] for r in runs if r.results.get(key) is not None]
-    return _mean_std(values) if values else None
+    return results.mean_std(values) if values else None
 
 
 def build(runs: Sequence[LadderRun]) -> Ladder:
