@@ -132,6 +132,7 @@ def _run_cli(**flag_values):
       flags_.unparse_flags()
 
 
+@pytest.mark.slow
 def test_cli_writes_figures_and_aucs(finished_runs, tmp_path):
   rmdnet, baseline = finished_runs
   out = str(tmp_path / 'figures')

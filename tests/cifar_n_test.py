@@ -256,6 +256,7 @@ def tiny_human_config(**overrides):
   )
 
 
+@pytest.mark.slow
 def test_human_noise_run_saves_the_column_and_resume_reloads_it(monkeypatch, tmp_path):
   arrays = label_file_arrays(64)
   human = {k: v for k, v in arrays.items() if k != 'clean_label'}

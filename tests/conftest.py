@@ -32,10 +32,13 @@ def shared_dir():
   return SHARED
 
 
-# Many tests build the same steps (each pipeline.run makes new pmapped functions): a persistent compilation cache
-# for the session turns their repeated XLA compiles into cache hits. It is this session's own, fresh folder:
-# several pytest processes writing one shared folder at once can leave an entry that crashes the reader.
-# RMDNET_TEST_COMPILATION_CACHE names a folder to keep between sessions instead (one session at a time).
+# Many tests build the same steps (each pipeline.run makes new pmapped functions), and many start
+# `python -m rmdnet_jax.main` as a child: one persistent compilation cache for the whole session, shared by the
+# parallel workers and every child they start (through the JAX_* variables below, which children inherit), turns
+# their repeated XLA compiles into cache hits. A size limit makes JAX lock the folder (the `filelock` package)
+# around every read and write: without the lock, a process can read an entry another one is still writing, and
+# crash. The first process of the session (pytest's controller, before it starts the workers) makes the folder and
+# removes it at exit; RMDNET_TEST_COMPILATION_CACHE names a folder to keep between sessions instead.
 import atexit  # noqa: E402
 import gc  # noqa: E402
 import shutil  # noqa: E402
@@ -43,12 +46,18 @@ import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
-_CACHE_DIR = os.environ.get('RMDNET_TEST_COMPILATION_CACHE')
-if not _CACHE_DIR:
-  _CACHE_DIR = tempfile.mkdtemp(prefix='rmdnet_jax_test_xla_cache_')
-  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+if not os.environ.get('RMDNET_TEST_COMPILATION_CACHE'):
+  os.environ['RMDNET_TEST_COMPILATION_CACHE'] = tempfile.mkdtemp(prefix='rmdnet_jax_test_xla_cache_')
+  atexit.register(shutil.rmtree, os.environ['RMDNET_TEST_COMPILATION_CACHE'], ignore_errors=True)
+CACHE_ENV = {
+    'JAX_COMPILATION_CACHE_DIR': os.environ['RMDNET_TEST_COMPILATION_CACHE'],
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+    'JAX_COMPILATION_CACHE_MAX_SIZE': str(16 << 30),  # bytes; any limit turns the lock on
+}
+os.environ.update(CACHE_ENV)
+jax.config.update('jax_compilation_cache_dir', CACHE_ENV['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_compilation_cache_max_size', 16 << 30)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -86,7 +95,23 @@ SLOWEST_FILES = (
 )
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+  parser.addoption(
+      '--slow',
+      action='store_true',
+      help='also run the tests marked slow: whole runs whose parts the other tests cover (CONTRIBUTING: docs/contributing.md)',
+  )
+
+
+def pytest_collection_modifyitems(config, items):
+  # The default suite is what CI runs in its 10 minutes on 2 cores; `--slow` (or RMDNET_SLOW_TESTS=1) adds the
+  # whole-run tests marked slow, each of which repeats, end to end, what faster tests check in parts.
+  if not (config.getoption('--slow') or os.environ.get('RMDNET_SLOW_TESTS') == '1'):
+    skip = pytest.mark.skip(reason='slow: a whole run the faster tests cover in parts; run with --slow')
+    for item in items:
+      if 'slow' in item.keywords:
+        item.add_marker(skip)
+
   def rank(item):
     name = item.path.name
     return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)

@@ -17,6 +17,8 @@ import sys
 import termios
 import time
 
+import pytest
+
 from tests import helpers
 
 # A scalar on the console: `name=value` with a number (the long lines are `rgrl/edge=10.3186, ...`).
@@ -98,6 +100,7 @@ def test_a_run_on_a_terminal_shows_the_bar_and_short_lines(tmp_path):
   assert '"rgrl/edge_offdiag_rms"' in (workdir / 'metrics.jsonl').read_text()
 
 
+@pytest.mark.slow
 def test_verbose_brings_back_every_scalar_on_the_console(tmp_path):
   workdir = tmp_path / 'ce'
   status, output = run_main_on_a_terminal(

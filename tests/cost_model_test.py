@@ -143,6 +143,7 @@ def test_bad_input_is_one_sentence(argv, message):
     cost_model.main(argv)
 
 
+@pytest.mark.slow
 def test_xla_flops_per_image_at_a_tiny_width(tmp_path):
   record = cost_model.main(
       [

@@ -146,6 +146,7 @@ def test_bfloat16_distillation_trains_with_float32_master_weights():
   assert floats and all(x.dtype == jnp.float32 for x in floats)
 
 
+@pytest.mark.slow
 def test_term_gradient_norms_log_each_term_and_leave_the_update_unchanged():
   """The diagnostic's update is the sum of its per-term gradients, i.e. the plain step's; each norm is that of the
   gradient of its term alone (node_weight=0 gives a zero node gradient); 8 devices log what 1 device does."""

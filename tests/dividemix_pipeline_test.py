@@ -6,11 +6,13 @@ import os
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from rmdnet_jax import pipeline
 from tests import helpers
 
 
+@pytest.mark.slow
 def test_dividemix_run_divides_after_warmup_into_the_checkpointed_state(tmp_path):
   config = helpers.tiny_config(
       **{

@@ -27,11 +27,10 @@ TRAIN, TEST = 96, 32
 
 
 def _env(tmp_path) -> dict:
-  """The children's environment: one CPU device (no 8-device flag), quick compiles, a compilation cache shared by
-  the tiny run's processes (they run one after another)."""
+  """The children's environment: one CPU device (no 8-device flag), quick compiles and the session's compilation
+  cache (tests/conftest.py; the children inherit its JAX_* variables)."""
   flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', os.environ.get('XLA_FLAGS', '')).strip()
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.2')
   return env
 
 
@@ -245,6 +244,7 @@ def test_two_benchmark_processes_make_one_table(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_tiny_produces_every_output_through_the_real_runs(prepared, tmp_path):
   npz, _ = prepared
   out, scratch = tmp_path / 'out', tmp_path / 'scratch'

@@ -82,11 +82,10 @@ class Job:
               'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes} {conftest.TEST_XLA_FLAGS}',
               'JAX_PLATFORMS': 'cpu',
               'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
-              # One cache per process count, so that reruns compile nothing. JAX writes it from process 0 only; process
-              # 1 reads it too, or it would compile while process 0 (a cache hit) waits in the first collective, and
-              # gloo gives up on a peer after 30 s.
-              'JAX_COMPILATION_CACHE_DIR': str(tmp / f'xla_cache_{num_processes}_processes'),
-              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+              # The session's compilation cache (tests/conftest.py), so that reruns compile nothing. JAX writes it
+              # from process 0 only; process 1 reads it too, or it would compile while process 0 (a cache hit) waits
+              # in the first collective, and gloo gives up on a peer after 30 s.
+              **conftest.CACHE_ENV,
           }
       )
       argv = [sys.executable, '-m', 'rmdnet_jax.main', '--config=configs/tiny.py', f'--workdir={self.workdir}']
@@ -227,12 +226,14 @@ def test_two_processes_resumed_after_preemption_match_one_process(resumed, refer
   _assert_same_run(resumed, reference)
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_resumes_on_one_process(tmp, preempted, reference):
   _, copy = preempted
   Job(tmp, copy, 1, 'one_process_resume').expect(0)
   _assert_same_run(copy, reference)
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two_processes(tmp, reference, resumed):
   # `resumed` first: the 2-process compile cache is then warm, so neither process waits on the other's compile.
   job = Job(tmp, tmp / 'one_then_two', 1, 'one_process_preempted')

@@ -11,7 +11,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -68,10 +67,6 @@ def subprocess_env(tmp):
       {
           'JAX_PLATFORMS': 'cpu',
           'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
-          'JAX_COMPILATION_CACHE_DIR': os.environ.get(
-              'RMDNET_TEST_COMPILATION_CACHE', os.path.join(tempfile.gettempdir(), 'rmdnet_jax_test_xla_cache')
-          ),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.2',
           'WANDB_SILENT': 'true',
           'WANDB_CONFIG_DIR': str(tmp / 'wandb_config'),
           'WANDB_CACHE_DIR': str(tmp / 'wandb_cache'),
@@ -136,6 +131,7 @@ def test_gs_paths_go_through_fsspec_not_tensorflow():
   assert fsspec.get_filesystem_class('gs').__module__.startswith('gcsfs')
 
 
+@pytest.mark.slow
 def test_tiny_run_without_tensorflow_writes_tensorboard_events(run_without_tensorflow):
   from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
 
@@ -168,6 +164,7 @@ def test_tiny_run_reports_the_linear_probe_as_a_teacher_monitor(run_without_tens
   assert 'not a noisy-label result' in result.stderr and 'linear probe' in result.stderr
 
 
+@pytest.mark.slow
 def test_tiny_run_without_a_terminal_logs_progress_lines(run_without_tensorflow):
   _, result = run_without_tensorflow
   lines = [line for line in result.stderr.splitlines() if 'progress.py' in line]

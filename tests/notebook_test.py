@@ -7,7 +7,6 @@ conftest.py, and conftest's persistent compilation cache, so that a second run s
 
 import os
 import pathlib
-import tempfile
 
 import pytest
 
@@ -26,10 +25,6 @@ def kernel_env(workdir):
           'RMDNET_NOTEBOOK_WORKDIR': str(workdir),
           'JAX_PLATFORMS': 'cpu',
           'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
-          'JAX_COMPILATION_CACHE_DIR': os.environ.get(
-              'RMDNET_TEST_COMPILATION_CACHE', os.path.join(tempfile.gettempdir(), 'rmdnet_jax_test_xla_cache')
-          ),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.2',
           'TF_CPP_MIN_LOG_LEVEL': '3',
       }
   )

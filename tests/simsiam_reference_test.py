@@ -108,6 +108,7 @@ def test_collect_copies_only_the_small_files(tmp_path):
   assert sorted(p.name for p in (out / 'torch_s0').iterdir()) == sorted(side_by_side.TORCH_FILES)
 
 
+@pytest.mark.slow
 def test_jax_init_gives_the_initial_networks_epoch_0(tmp_path):
   config = helpers.tiny_config()
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())

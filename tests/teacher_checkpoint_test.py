@@ -87,6 +87,7 @@ def test_a_work_directory_with_both_stages_must_name_one(tmp_path):
   assert checkpoints.teacher_directory(str(tmp_path / 'run')) == str(tmp_path / 'run' / 'rgrl')
 
 
+@pytest.mark.slow
 def test_a_two_network_student_teaches_with_its_first_network(tmp_path):
   config = helpers.tiny_config(**{'method.name': 'coteaching'})
   state = distill.create_distill_state(jax.random.key(3), config, helpers.IMAGE_SHAPE, lambda step: 0.0)

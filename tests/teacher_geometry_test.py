@@ -45,6 +45,7 @@ def test_teacher_geometry_of_relu_features(rm_dir):
   assert table.count('\n') == len(out) + 1
 
 
+@pytest.mark.slow
 def test_teacher_geometry_command_prints_the_table(rm_dir, tmp_path):
   out = tmp_path / 'geometry.json'
   proc = subprocess.run(
