@@ -35,7 +35,9 @@ import jax.numpy as jnp
 
 from benchmarks import throughput
 from configs import default
-from rmdnet_jax import data, distill, models, parallel, simsiam
+from rmdnet_jax.core import models, parallel
+from rmdnet_jax.datasets import data
+from rmdnet_jax.stages import distill, simsiam
 
 # As rmdnet_jax.main: the steps whose FLOPs are counted are the ones training compiles.
 jax.config.update('jax_threefry_partitionable', False)

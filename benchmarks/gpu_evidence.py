@@ -5,7 +5,7 @@ Here, on a machine with the data (CPU is enough), prepare the trip once:
   python -m benchmarks.gpu_evidence prepare --data_dir=../shared/data/tfds
 
 It writes `.data/gpu_evidence/cifar10_subset.npz` (the first 15,000 training and 2,000 test images of CIFAR-10 in
-id order, uint8, clean labels, read with `rmdnet_jax.data`; ~46 MiB) and `.whl/` (the wheels of the runtime
+id order, uint8, clean labels, read with `rmdnet_jax.datasets.data`; ~46 MiB) and `.whl/` (the wheels of the runtime
 dependencies the device machine lacks), both git-ignored, and prints their sizes against the 64 MiB that travels.
 
 There (one H200; carry `.data/gpu_evidence` and `.whl`), after installing the carried wheels:
@@ -18,7 +18,7 @@ runs four steps, each with a printed time budget, inside ~540 s:
                  SimSiam throughput fits in the step's budget, kNN every few epochs;
   3. train       CE against RMDNet (K in {0.1, 1} x relation.node_kind in {frobenius, cosine}) at 50% symmetric
                  noise, the step-2 SimSiam as the teacher, the runs side by side on the one GPU;
-  4. results     `rmdnet_jax.results`' per-run table and accuracy-vs-K figure, the SimSiam kNN curve, the steps.
+  4. results     `rmdnet_jax.report.results`' per-run table and accuracy-vs-K figure, the SimSiam kNN curve, the steps.
 Every run goes through `rmdnet_jax.main` (configs/default.py + `--config.*` overrides, data.source=npz) in its own
 process. A step that would not fit in what is left is skipped with a message; one that reaches its limit is stopped
 (SIGTERM: a training run checkpoints and exits), and the later steps keep their time. OUT receives at most 8 files
@@ -214,13 +214,13 @@ PRESETS = {p.name: p for p in (H200, TINY)}
 
 
 def write_subset(data_dir: str, out_dir: str, train: int = TRAIN_IMAGES, test: int = TEST_IMAGES) -> str:
-  """Reads CIFAR-10 from the tfds `data_dir` with `rmdnet_jax.data` and writes its first `train` training and
+  """Reads CIFAR-10 from the tfds `data_dir` with `rmdnet_jax.datasets.data` and writes its first `train` training and
   `test` test images (id order, as data.train_subset / data.test_subset take them) to OUT/cifar10_subset.npz.
 
   The file holds x_train, y_train, x_test, y_test and ids_train (the original CIFAR indices), is read back by
   `data.load` with data.source=npz, and is returned.
   """
-  from rmdnet_jax import data  # noqa: PLC0415  (numpy, ml_collections and tfds; no JAX)
+  from rmdnet_jax.datasets import data  # noqa: PLC0415  (numpy, ml_collections and tfds; no JAX)
   import numpy as np  # noqa: PLC0415
 
   try:
@@ -347,7 +347,7 @@ def size_report(paths: Sequence[str], tree: Optional[int]) -> tuple[str, int]:
 
 def prepare(args) -> int:
   start = time.perf_counter()
-  print(f'Reading cifar10 from {args.data_dir} (rmdnet_jax.data; decoding takes ~20 s)...', flush=True)
+  print(f'Reading cifar10 from {args.data_dir} (rmdnet_jax.datasets.data; decoding takes ~20 s)...', flush=True)
   npz = write_subset(args.data_dir, args.out, args.train, args.test)
   print(f'Wrote {npz}: the first {args.train} training and {args.test} test images.', flush=True)
   paths = [npz]
@@ -782,7 +782,7 @@ class Evidence:
 
   def results(self, allowed: float) -> str:
     del allowed  # seconds of work: the table, the figure, the archive
-    from rmdnet_jax import results as results_lib  # noqa: PLC0415  (imports no JAX)
+    from rmdnet_jax.report import results as results_lib  # noqa: PLC0415  (imports no JAX)
 
     workdirs = [r['workdir'] for r in self.record['runs'] if os.path.isfile(os.path.join(r['workdir'], 'config.json'))]
     keys, rows = results_lib.run_rows(workdirs) if workdirs else ([], [])
@@ -984,8 +984,8 @@ def parse_budgets(text: str) -> dict:
 
 
 def load_subset(npz: str, preset: Preset):
-  """The npz as the runs will read it (rmdnet_jax.data, with the preset's subsets); a one-sentence error else."""
-  from rmdnet_jax import data  # noqa: PLC0415  (no JAX)
+  """The npz as the runs will read it (rmdnet_jax.datasets.data, with the preset's subsets); a one-sentence error else."""
+  from rmdnet_jax.datasets import data  # noqa: PLC0415  (no JAX)
 
   if not os.path.isfile(npz):
     raise EvidenceError(
@@ -1044,7 +1044,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m benchmarks.gpu_evidence', description=__doc__.split('\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
   p = commands.add_parser('prepare', help='here: the CIFAR-10 subset (.npz) and the missing wheels')
-  p.add_argument('--data_dir', required=True, help='tfds data_dir with cifar10 prepared (rmdnet_jax.prepare_data)')
+  p.add_argument(
+      '--data_dir', required=True, help='tfds data_dir with cifar10 prepared (rmdnet_jax.datasets.prepare_data)'
+  )
   p.add_argument('--out', default=DATA_DIR, help='folder of the .npz (default .data/gpu_evidence)')
   p.add_argument('--train', type=int, default=TRAIN_IMAGES, help='training images (the first, in id order)')
   p.add_argument('--test', type=int, default=TEST_IMAGES, help='test images (the first, in id order)')

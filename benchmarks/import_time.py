@@ -1,6 +1,6 @@
 """Start-up cost: wall time of importing a module in a fresh Python process, and whether it imports TensorFlow.
 
-  python -m benchmarks.import_time [--module=rmdnet_jax.pipeline] [--repeats=5] [--repo=DIR] [--out=FILE.json]
+  python -m benchmarks.import_time [--module=rmdnet_jax.run.pipeline] [--repeats=5] [--repo=DIR] [--out=FILE.json]
 
 `--repo` measures another checkout (e.g. an older commit in a `git worktree`) with this interpreter, so that two
 versions are compared in one environment. Each repeat is a new process (`python -c "import MODULE"`), timed from
@@ -48,7 +48,7 @@ def measure(module: str, repeats: int, repo: str) -> dict:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m benchmarks.import_time', description=__doc__.split('\n')[0])
-  parser.add_argument('--module', default='rmdnet_jax.pipeline')
+  parser.add_argument('--module', default='rmdnet_jax.run.pipeline')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--repo', default='.', help='the checkout whose module is imported [this one]')
   parser.add_argument('--out', help='write the result as JSON')

@@ -56,7 +56,7 @@ from ml_collections import config_flags
 from torchvision.transforms import v2
 
 from benchmarks import torch_peer
-from rmdnet_jax import data
+from rmdnet_jax.datasets import data
 
 # The crop of the views: 'torchvision' (the recipe, v2.RandomResizedCrop) or 'jax' (an ablation: JaxBoxCrop).
 CROPS = ('torchvision', 'jax')

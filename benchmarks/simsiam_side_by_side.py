@@ -316,8 +316,11 @@ def jax_init(workdir: str) -> dict:
   import ml_collections  # noqa: PLC0415
 
   jax.config.update('jax_threefry_partitionable', False)  # as rmdnet_jax.main: the run's random numbers
-  from rmdnet_jax import config_files, data, parallel, simsiam  # noqa: PLC0415
-  from rmdnet_jax import workdir as workdir_lib  # noqa: PLC0415
+  from rmdnet_jax.core import parallel  # noqa: PLC0415
+  from rmdnet_jax.datasets import data
+  from rmdnet_jax.run import config_files
+  from rmdnet_jax.stages import simsiam
+  from rmdnet_jax.run import workdir as workdir_lib  # noqa: PLC0415
 
   start = time.perf_counter()
   flat = workdir_lib.read_saved_config(workdir)

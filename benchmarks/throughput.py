@@ -43,7 +43,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import default
-from rmdnet_jax import augment, config_checks, data, distill, loop, models, noise, parallel, relation, simsiam
+from rmdnet_jax.core import augment, models, parallel, relation
+from rmdnet_jax.datasets import data, noise
+from rmdnet_jax.stages import distill, simsiam
+from rmdnet_jax.training import config_checks, loop
 
 # As rmdnet_jax.main: training runs with this setting, which changes the compiled random-number code.
 jax.config.update('jax_threefry_partitionable', False)

@@ -11,7 +11,7 @@ The networks are the JAX ones written in PyTorch (same parameter counts; `tests/
 torchvision-style ResNets with the CIFAR stem (3x3 conv stride 1, no max-pool) at any `--width`, the SimSiam
 projector (`model.projector_layers` x linear + BN, the last BN without affine parameters) and predictor (bottleneck
 `predictor_dim`), the RGRL student (backbone + linear classifier + projection head into the teacher's feature
-space). The stage sizes and block kind come from `rmdnet_jax.models.BACKBONES`; every hyperparameter from
+space). The stage sizes and block kind come from `rmdnet_jax.core.models.BACKBONES`; every hyperparameter from
 `configs/default.py` (built by `benchmarks.throughput.make_config`, so both sides read the same config), the
 initialisers too (`model.init`, `student.init`, `model.zero_init_residual`: `initialise`).
 `benchmarks/simsiam_reference.py` trains these networks. BatchNorm uses flax's decay 0.9, which is torch's momentum
@@ -22,7 +22,7 @@ Steps, each a forward, a backward and an optimizer update:
 * simsiam: two views, each its own forward pass (BatchNorm statistics per view, as the JAX step), the symmetric
   negative-cosine loss with the stop-gradient on the target.
 * rgrl: the student's forward, CE on the labels, the frozen teacher's forward (eval mode, no gradient) and the
-  relation terms of `rmdnet_jax.relation` (`relation.K`, node and edge weights and kinds from the config): the
+  relation terms of `rmdnet_jax.core.relation` (`relation.K`, node and edge weights and kinds from the config): the
   edge term is the Frobenius norm between the teacher's and the student's cosine-similarity graphs, the node term
   ||cos(t_i, s_j) - I||_F. Like the JAX losses they run in float32 whatever the compute dtype.
 * ce: the student's forward and CE only.
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import throughput
-from rmdnet_jax import models as jax_models
+from rmdnet_jax.core import models as jax_models
 
 STEPS = throughput.STEPS
 DTYPES = throughput.DTYPES

@@ -12,7 +12,7 @@ curve. The teachers come from other runs of this config:
 
   launch/grid.sh --cells=results/ladder/cells.txt --base=workdirs/ladder --data-dir=DIR
 
-runs every cell of the ladder, and `python -m rmdnet_jax.results --ladder results/ladder/runs` its table and figure.
+runs every cell of the ladder, and `python -m rmdnet_jax.report.results --ladder results/ladder/runs` its table and figure.
 """
 
 try:

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic_image_size = 32
   config.data.synthetic_seed = 0
   # True: the training set is put on every device once and the host sends only each batch's row numbers
-  # (rmdnet_jax/device_data.py); False: the host ships the images every step. Same batches, same results.
+  # (rmdnet_jax/datasets/device_data.py); False: the host ships the images every step. Same batches, same results.
   config.data.resident_on_device = True
 
   config.noise = ml_collections.ConfigDict()

@@ -24,7 +24,8 @@ try:
   from rmdnet_jax.configs import default  # the installed package (the wheel ships configs/ there)
 except ModuleNotFoundError:
   from configs import default  # a source checkout
-from rmdnet_jax import data, methods
+from rmdnet_jax import methods
+from rmdnet_jax.datasets import data
 
 DATASETS = {'cifar10': 10, 'cifar100': 100}
 NOISES = {

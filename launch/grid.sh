@@ -287,7 +287,7 @@ trap 'echo "[grid] stopped by a signal"; exit 143' TERM INT HUP
 ((DRY_RUN)) || mkdir -p "$LOG_DIR"
 failed=()
 total=${#NAMES[@]}
-PREEMPTED=75  # rmdnet_jax.loop.PREEMPTED_EXIT_CODE (EX_TEMPFAIL)
+PREEMPTED=75  # rmdnet_jax.training.loop.PREEMPTED_EXIT_CODE (EX_TEMPFAIL)
 for i in "${!NAMES[@]}"; do
   name=${NAMES[i]}
   eval "words=(${ARGS[i]})"

@@ -23,6 +23,6 @@ for dir in "$base"/*/; do
     [[ -f $dir/$file ]] && cp "$dir/$file" "$out/runs/$cell/"
   done
 done
-"$python" -m rmdnet_jax.results --ladder "$out/runs" --markdown="$out/table.md" --figure="$out/ladder.png" \
+"$python" -m rmdnet_jax.report.results --ladder "$out/runs" --markdown="$out/table.md" --figure="$out/ladder.png" \
   --wide="$out/wide.md" > /dev/null
 echo "wrote $out/table.md, $out/ladder.png, $out/wide.md and $out/runs/"

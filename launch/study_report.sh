@@ -24,10 +24,10 @@ for dir in "$base"/study_*/; do
   done
 done
 for epoch in 5 20; do
-  "$python" -m rmdnet_jax.teacher_geometry --config=configs/cifar10_cpu_study.py \
+  "$python" -m rmdnet_jax.report.teacher_geometry --config=configs/cifar10_cpu_study.py \
     --config.data.data_dir="$data_dir" --config.relation.teacher_checkpoint="$base/study_simsiam/rm" \
     --config.relation.teacher_step=$((epoch * 32)) --out="$out/teacher_geometry_epoch$epoch.json" > /dev/null
 done
-"$python" -m rmdnet_jax.results "$out/runs/*" --per_run --all --markdown="$out/table.md" \
+"$python" -m rmdnet_jax.report.results "$out/runs/*" --per_run --all --markdown="$out/table.md" \
   --k_figure="$out/accuracy_vs_k.png" > /dev/null
 echo "wrote $out/table.md, $out/accuracy_vs_k.png, $out/teacher_geometry_epoch{5,20}.md and $out/runs/"

@@ -310,7 +310,7 @@ cmd_setup() {
     steps+=(".venv/bin/python -m pip install -q -r requirements-prepare.txt $(quote "$JAX_SPEC")")
     for dataset in "${datasets[@]}"; do
       # Each worker loads the data from its own disk (tfds' default ~/tensorflow_datasets, the configs' default).
-      steps+=(".venv/bin/python -m rmdnet_jax.prepare_data --dataset=$(quote "$dataset")")
+      steps+=(".venv/bin/python -m rmdnet_jax.datasets.prepare_data --dataset=$(quote "$dataset")")
     done
   fi
   steps+=(".venv/bin/python -c 'import jax; print(\"jax\", jax.__version__)'")

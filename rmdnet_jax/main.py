@@ -13,7 +13,9 @@ from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rmdnet_jax import checkpoints, config_checks, config_files, data, loop, noise, pipeline, workdir  # noqa: E402
+from rmdnet_jax.datasets import data, noise  # noqa: E402
+from rmdnet_jax.run import config_files, pipeline, workdir
+from rmdnet_jax.training import checkpoints, config_checks, loop
 
 # Per-example keys are never sharded, so the partitionable threefry buys nothing here, and on CPU it makes every
 # random op compile ~10x slower. Fixed for every run so that numbers stay comparable.

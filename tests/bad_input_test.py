@@ -2,8 +2,8 @@
 
 The work directory (a file, under a file, not writable, in use by another run, a damaged run file), data that is
 refused after a start (no config.json or labels are left behind to refuse the corrected command), and the
-command line itself for one case of each error class. The data files' own refusals are in tests/data_test.py and
-tests/cifar_n_test.py; WORKDIR/run.lock and the saved config's own behaviour in tests/workdir_test.py.
+command line itself for one case of each error class. The data files' own refusals are in tests/datasets/data_test.py and
+tests/datasets/cifar_n_test.py; WORKDIR/run.lock and the saved config's own behaviour in tests/run/workdir_test.py.
 """
 
 import json
@@ -13,8 +13,10 @@ import socket
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, data, metrics, noise, pipeline
-from rmdnet_jax import workdir as workdir_lib
+from rmdnet_jax.datasets import data, noise
+from rmdnet_jax.run import pipeline
+from rmdnet_jax.training import checkpoints, metrics
+from rmdnet_jax.run import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import assert_one_sentence, lock_of
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from benchmarks import throughput
-from rmdnet_jax import data, distill, models, relation, simsiam
+from rmdnet_jax.core import models, relation
+from rmdnet_jax.datasets import data
+from rmdnet_jax.stages import distill, simsiam
 
 # resnet_tiny at width 4 on 8x8 images, 2 images per (fake) device, one timed step.
 TINY_MODEL = ['--model=resnet_tiny', '--width=4', '--image_size=8', '--projector_dim=16']
@@ -124,7 +126,7 @@ def _jax_parameter_count(module, image_size=8, **kwargs):
 def test_torch_backbone_has_the_jax_parameter_count(torch_peer, name, expected):
   with torch_peer.torch.device('meta'):
     backbone = torch_peer.CifarResNet(name, 64)
-  assert torch_peer.count_parameters(backbone) == expected  # tests/models_test.py's flax figures
+  assert torch_peer.count_parameters(backbone) == expected  # tests/core/models_test.py's flax figures
 
 
 def test_torch_networks_have_the_jax_parameter_counts(torch_peer):

@@ -27,8 +27,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import tiny
-from rmdnet_jax import augment, config_checks, data, distill, methods, models, noise, relation, simsiam
-from rmdnet_jax import train_state
+from rmdnet_jax import methods
+from rmdnet_jax.core import augment, models, relation
+from rmdnet_jax.datasets import data, noise
+from rmdnet_jax.stages import distill, simsiam
+from rmdnet_jax.training import config_checks
+from rmdnet_jax.core import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG_FILE = os.path.join(ROOT, 'configs', 'tiny.py')

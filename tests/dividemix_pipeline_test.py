@@ -1,5 +1,5 @@
 """DivideMix through the pipeline: warm-up, then the per-epoch GMM division (an epoch hook on the host) stored in the
-train state and so in its checkpoint (which resume restores with the rest of the state, tests/pipeline_test.py)."""
+train state and so in its checkpoint (which resume restores with the rest of the state, tests/run/pipeline_test.py)."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rmdnet_jax import pipeline
+from rmdnet_jax.run import pipeline
 from tests import helpers
 
 

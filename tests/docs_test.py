@@ -12,7 +12,7 @@ import re
 import pytest
 
 from configs import default
-from rmdnet_jax import config_files
+from rmdnet_jax.run import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / 'README.md', ROOT / 'benchmarks' / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))

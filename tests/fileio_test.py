@@ -2,7 +2,8 @@
 
 import os
 
-from rmdnet_jax import fileio, metrics
+from rmdnet_jax import fileio
+from rmdnet_jax.training import metrics
 
 
 def test_write_is_atomic_and_leaves_no_temporary(tmp_path):

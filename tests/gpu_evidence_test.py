@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 
 from benchmarks import gpu_evidence
 from configs import default
-from rmdnet_jax import data
+from rmdnet_jax.datasets import data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOCK_EXAMPLES = 128

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 
 from configs import default, tiny
-from rmdnet_jax import data, noise, parallel
-from rmdnet_jax import workdir as workdir_lib
+from rmdnet_jax.core import parallel
+from rmdnet_jax.datasets import data, noise
+from rmdnet_jax.run import workdir as workdir_lib
 
 IMAGE_SHAPE = (8, 8, 3)
 

@@ -150,7 +150,7 @@ def test_setup_from_repo_runs_on_all_workers(env):
   commands = simple_commands(command)
   assert ['else', 'git', 'clone', url, 'rmdnet_jax'] in commands  # or git pull, in an existing clone
   assert ['.venv/bin/python', '-m', 'pip', 'install', '-q', '-r', 'requirements.txt', 'jax[tpu]==0.10.2'] in commands
-  assert ['.venv/bin/python', '-m', 'rmdnet_jax.prepare_data', '--dataset=cifar10'] in commands
+  assert ['.venv/bin/python', '-m', 'rmdnet_jax.datasets.prepare_data', '--dataset=cifar10'] in commands
   # TensorFlow only where data is prepared, before preparing it.
   prepare_pins = [
       '.venv/bin/python',
@@ -163,7 +163,7 @@ def test_setup_from_repo_runs_on_all_workers(env):
       'jax[tpu]==0.10.2',
   ]
   assert commands.index(prepare_pins) < commands.index(
-      ['.venv/bin/python', '-m', 'rmdnet_jax.prepare_data', '--dataset=cifar10']
+      ['.venv/bin/python', '-m', 'rmdnet_jax.datasets.prepare_data', '--dataset=cifar10']
   )
   assert ['python3.11', '-m', 'venv', '.venv'] in commands
   assert not any('cifar100' in word for word in words)

@@ -26,7 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rmdnet_jax import analysis, checkpoints, data, loop, metrics, simsiam
+from rmdnet_jax.datasets import data
+from rmdnet_jax.report import analysis
+from rmdnet_jax.stages import simsiam
+from rmdnet_jax.training import checkpoints, loop, metrics
 from tests import conftest, helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -104,7 +104,7 @@ def run_without_tensorflow(tmp_path_factory):
 def test_training_modules_do_not_import_tensorflow():
   code = (
       'import sys\n'
-      'import rmdnet_jax.main, rmdnet_jax.pipeline, rmdnet_jax.analysis, rmdnet_jax.results, rmdnet_jax.cli\n'
+      'import rmdnet_jax.main, rmdnet_jax.run.pipeline, rmdnet_jax.report.analysis, rmdnet_jax.report.results, rmdnet_jax.cli\n'
       'print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")))'
   )
   result = subprocess.run(
@@ -201,7 +201,8 @@ def test_tensorboard_events_in_a_bucket_are_uploaded_whole_through_fileio(tmp_pa
   """gs:// event files go through fileio (etils.epath -> gcsfs): each upload replaces the object with the whole
   file, which tensorboard's reader loads. The bucket is faked by catching fileio.write_bytes."""
   from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
-  from rmdnet_jax import fileio, metrics  # noqa: PLC0415
+  from rmdnet_jax import fileio  # noqa: PLC0415
+  from rmdnet_jax.training import metrics
 
   uploads = {}
   monkeypatch.setattr(fileio, 'write_bytes', lambda path, data: uploads.__setitem__(path, data))

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from configs import default, noisy_cifar
-from rmdnet_jax import config_checks, config_files, methods
+from rmdnet_jax import methods
+from rmdnet_jax.run import config_files
+from rmdnet_jax.training import config_checks
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 
 .ci/run also builds the wheel, installs it in a fresh virtual environment and runs `rmdnet-train` with the
 packaged tiny config from another directory; these are the checks that need no build. The console commands'
-functions are tested in tests/cli_test.py, the config path resolution in tests/config_files_test.py.
+functions are tested in tests/cli_test.py, the config path resolution in tests/run/config_files_test.py.
 """
 
 import os
@@ -86,7 +86,7 @@ def test_configs_import_default_from_the_installed_package_layout(tmp_path):
         sys.exit('a top-level configs package is importable')
       except ModuleNotFoundError:
         pass
-      from rmdnet_jax import config_files
+      from rmdnet_jax.run import config_files
       for name in ('tiny', 'cifar10_rmdnet', 'cifar100_rmdnet', 'simsiam_cifar10', 'noisy_cifar'):
         module = importlib.import_module('rmdnet_jax.configs.' + name)
         assert module.__file__.startswith(sys.argv[1]), module.__file__

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from benchmarks import simsiam_side_by_side as side_by_side
-from rmdnet_jax import metrics, models, relation
-from rmdnet_jax import train_state as train_state_lib
+from rmdnet_jax.core import models, relation
+from rmdnet_jax.training import metrics
+from rmdnet_jax.core import train_state as train_state_lib
 from tests import helpers
 
 
@@ -195,7 +196,7 @@ def test_reference_networks_start_from_the_jax_initialisers(reference, init):
 
 
 def test_reference_jax_crop_ablation_is_the_jax_crop(reference):
-  from rmdnet_jax import augment  # noqa: PLC0415
+  from rmdnet_jax.core import augment  # noqa: PLC0415
 
   torch = reference.torch
   image = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
@@ -231,7 +232,7 @@ def test_reference_step_is_the_jax_step_on_the_same_weights_and_views(reference)
   the same views agree (with the ablation padding='same', the JAX networks' SAME padding)."""
   import optax  # noqa: PLC0415
 
-  from rmdnet_jax import simsiam  # noqa: PLC0415
+  from rmdnet_jax.stages import simsiam  # noqa: PLC0415
 
   torch = reference.torch
   config = helpers.tiny_config(**{'rm.epochs': 2, 'rm.learning_rate': 0.5})  # a large step: a visible update

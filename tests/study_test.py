@@ -1,6 +1,6 @@
 """The CPU study's machinery on tiny data: a teacher from a chosen RM step, the weak-teacher warning, the relation
 diagnostics in metrics.jsonl, the per-run results table and K figure (the teacher-geometry measurement is in
-tests/teacher_geometry_test.py)."""
+tests/report/teacher_geometry_test.py)."""
 
 import json
 import logging
@@ -10,8 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, config_files, data, distill, pipeline, results, simsiam
-from rmdnet_jax import workdir as workdir_lib
+from rmdnet_jax.datasets import data
+from rmdnet_jax.report import results
+from rmdnet_jax.run import config_files, pipeline
+from rmdnet_jax.stages import distill, simsiam
+from rmdnet_jax.training import checkpoints
+from rmdnet_jax.run import workdir as workdir_lib
 from tests import helpers
 
 RM_STEPS_PER_EPOCH = 4  # 64 images / batch 16

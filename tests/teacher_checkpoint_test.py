@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from rmdnet_jax import checkpoints, data, distill, parallel, simsiam
+from rmdnet_jax.core import parallel
+from rmdnet_jax.datasets import data
+from rmdnet_jax.stages import distill, simsiam
+from rmdnet_jax.training import checkpoints
 from tests import helpers
 
 TINY = (

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from rmdnet_jax import config_checks, metrics
+from rmdnet_jax.training import config_checks, metrics
 from tests import helpers
 
 wandb = pytest.importorskip('wandb')

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from rmdnet_jax import parallel
+from rmdnet_jax.core import parallel
 
 # A method's settings: its config block, frozen (attribute access, hashable, no later edits).
 Settings = ml_collections.FrozenConfigDict

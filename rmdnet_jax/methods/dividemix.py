@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rmdnet_jax import parallel
+from rmdnet_jax.core import parallel
 from rmdnet_jax.methods import base, gmm
 
 

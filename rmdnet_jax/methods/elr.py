@@ -13,7 +13,7 @@ checkpointed with the network. Every device applies the whole global batch's upd
 import jax
 import jax.numpy as jnp
 
-from rmdnet_jax import parallel
+from rmdnet_jax.core import parallel
 from rmdnet_jax.methods import base
 
 CLAMP = 1e-4  # the reference clamps probabilities to [1e-4, 1 - 1e-4] so log(1 - <t, p>) stays finite

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rmdnet_jax import methods, parallel
+from rmdnet_jax import methods
+from rmdnet_jax.core import parallel
 from rmdnet_jax.methods import base, ce
 from tests.methods import method_helpers
 

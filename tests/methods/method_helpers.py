@@ -12,8 +12,12 @@ from flax import linen as nn
 from jax import lax
 
 from configs import default
-from rmdnet_jax import config_checks, data, distill, methods, parallel
-from rmdnet_jax import train_state as train_state_lib
+from rmdnet_jax import methods
+from rmdnet_jax.core import parallel
+from rmdnet_jax.datasets import data
+from rmdnet_jax.stages import distill
+from rmdnet_jax.training import config_checks
+from rmdnet_jax.core import train_state as train_state_lib
 from rmdnet_jax.methods import base
 from tests import helpers
 

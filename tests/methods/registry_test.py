@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from rmdnet_jax import config_checks, methods
+from rmdnet_jax import methods
+from rmdnet_jax.training import config_checks
 from tests.methods import method_helpers
 
 
