@@ -32,6 +32,7 @@ def get_config():
   config.rgrl.epochs = 10
   config.rgrl.batch_size = 128
   config.rgrl.track_memorization = False
+  config.relation.node_kind = 'frobenius'  # the default when the study ran (its cells name cosine where they use it)
   config.rm.knn_k = 50
   config.eval_batch_size = 512
   return config

@@ -115,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.relation.node_weight = 1.0  # w_node
   config.relation.edge_weight = 0.3  # w_edge
   config.relation.edge_kind = 'frobenius'  # frobenius | kl | mse
-  config.relation.node_kind = 'frobenius'  # frobenius | cosine
+  config.relation.node_kind = 'cosine'  # cosine | frobenius (EGA's; the default before docs/evidence.md)
   config.relation.center = False  # True: Pearson-correlation graphs (rows centred)
   config.relation.batch_center = False  # True: centre each feature over the global batch before the graphs
   config.relation.normalize = 'none'  # none (EGA) | per_node: Frobenius terms divided by the global batch B

@@ -17,7 +17,7 @@ python=${PYTHON:-python}
 mkdir -p "$out/runs"
 for dir in "$base"/*/; do
   cell=$(basename "$dir")
-  [[ -f $dir/config.json ]] || continue
+  [[ -f $dir/results.json ]] || continue  # finished runs only
   mkdir -p "$out/runs/$cell"
   for file in config.json results.json metrics.jsonl; do
     [[ -f $dir/$file ]] && cp "$dir/$file" "$out/runs/$cell/"

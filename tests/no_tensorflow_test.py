@@ -155,6 +155,7 @@ def test_tiny_run_without_tensorflow_writes_tensorboard_events(run_without_tenso
   assert 'config/text_summary' in accumulator.Tags()['tensors']  # the config, as text
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_the_linear_probe_as_a_teacher_monitor(run_without_tensorflow):
   workdir, result = run_without_tensorflow
   results = json.loads((workdir / 'results.json').read_text())

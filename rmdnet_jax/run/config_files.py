@@ -147,6 +147,7 @@ DEFAULTS_CHANGED = (
     'model.init',  # flax -> torch
     'model.zero_init_residual',
     'student.init',  # flax -> torch
+    'relation.node_kind',  # frobenius -> cosine (the teacher-quality ladder, docs/evidence.md)
 )
 
 # Old key -> today's key: the method settings were flat keys `method.<name>_<setting>` before they were nested.

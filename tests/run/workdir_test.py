@@ -105,15 +105,18 @@ def test_a_run_saved_before_the_recipe_changed_resumes_with_its_saved_recipe(tmp
   workdir_lib.check_config(helpers.tiny_config(), str(tmp_path))
   raw = json.loads((tmp_path / 'config.json').read_text())
   raw['rm']['learning_rate'], raw['model']['projector_layers'] = 0.06, 3
+  raw['relation']['node_kind'] = 'frobenius'  # the default before the ladder
   for block in ('model', 'student'):
     del raw[block]['init']
   del raw['model']['zero_init_residual']
   (tmp_path / 'config.json').write_text(json.dumps(raw))
   config = helpers.tiny_config()
   assert (config.rm.learning_rate, config.model.projector_layers, config.model.init) == (0.03, 2, 'torch')
+  assert config.relation.node_kind == 'cosine'
   workdir_lib.check_config(config, str(tmp_path))
   assert (config.rm.learning_rate, config.model.projector_layers) == (0.06, 3)
   assert (config.model.init, config.student.init, config.model.zero_init_residual) == ('flax', 'flax', False)
+  assert config.relation.node_kind == 'frobenius'
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model']['init'] == 'flax' and saved['rm']['learning_rate'] == 0.06
   with pytest.raises(workdir_lib.WorkdirConfigMismatch, match=r'model.projector_layers: 3 -> 4'):

@@ -93,7 +93,7 @@ def test_distill_loss_equals_hand_computed_objective():
       {'params': state.params, 'batch_stats': state.batch_stats}, views, train=True, mutable=['batch_stats']
   )[0]
   ce = optax.softmax_cross_entropy_with_integer_labels(out['logits'], batch['labels']).mean()
-  node = relation.node_matching_loss(t, out['embedding'])
+  node = relation.node_matching_loss(t, out['embedding'], kind=config.relation.node_kind)
   edge = relation.edge_matching_loss(t, out['embedding'])
   expected = ce + config.relation.K * (1.0 * node + 0.3 * edge)
   np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-4)
