@@ -377,7 +377,7 @@ def stage(
       evaluate=functools.partial(evaluate, config, dataset, noisy, apply_logits),
       epoch_start=method_epoch_hook(config, dataset, noisy, method),
       before_training=before_training,
-      summarize=functools.partial(final_report, config, dataset, noisy, apply_logits),
+      summarize=functools.partial(_summarize, config, dataset, noisy, apply_logits, report),
       report=report,
   )
 
@@ -445,6 +445,21 @@ def method_epoch_hook(config, dataset: data.Dataset, noisy: noise.NoisyLabels, m
     return state.replace(method_state=parallel.replicate(jax.tree.map(np.asarray, new)))
 
   return epoch_start
+
+
+def _summarize(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, report: dict, state, workdir):
+  """`final_report`, and the teacher's kNN accuracy as logged at the start of training when this process did not
+  measure it: a finished stage run again skips `before_training`, and its results.json must not lose the value."""
+  out = final_report(config, dataset, noisy, apply, state, workdir)
+  if config.method.distill and 'teacher_knn_accuracy' not in report:
+    logged = [
+        row['teacher/knn_accuracy']
+        for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+        if 'teacher/knn_accuracy' in row
+    ]
+    if logged:
+      out['teacher_knn_accuracy'] = logged[-1]
+  return out
 
 
 def final_report(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, state, workdir) -> dict:

@@ -98,6 +98,12 @@ def test_finished_run_is_not_redone(finished_run, monkeypatch):
   monkeypatch.setattr(loop, 'feed', lambda *args: pytest.fail('a finished stage was trained again'))
   again = pipeline.run(_config(), workdir)
   assert again['test_accuracy_last'] == results['test_accuracy_last']
+  # Every number is reported again, the teacher's kNN accuracy too (measured only when training starts).
+  assert again == results
+  assert (
+      again['teacher_knn_accuracy']
+      == json.loads(open(os.path.join(workdir, 'results.json')).read())['teacher_knn_accuracy']
+  )
 
 
 def _preempt_at(monkeypatch, calls_before_sigterm):
