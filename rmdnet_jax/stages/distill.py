@@ -377,7 +377,7 @@ def stage(
       evaluate=functools.partial(evaluate, config, dataset, noisy, apply_logits),
       epoch_start=method_epoch_hook(config, dataset, noisy, method),
       before_training=before_training,
-      summarize=functools.partial(_summarize, config, dataset, noisy, apply_logits, report),
+      summarize=functools.partial(final_report, config, dataset, noisy, apply_logits, report),
       report=report,
   )
 
@@ -447,30 +447,17 @@ def method_epoch_hook(config, dataset: data.Dataset, noisy: noise.NoisyLabels, m
   return epoch_start
 
 
-def _summarize(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, report: dict, state, workdir):
-  """`final_report`, and the teacher's kNN accuracy as logged at the start of training when this process did not
-  measure it: a finished stage run again skips `before_training`, and its results.json must not lose the value."""
-  out = final_report(config, dataset, noisy, apply, state, workdir)
-  if config.method.distill and 'teacher_knn_accuracy' not in report:
-    logged = [
-        row['teacher/knn_accuracy']
-        for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-        if 'teacher/knn_accuracy' in row
-    ]
-    if logged:
-      out['teacher_knn_accuracy'] = logged[-1]
-  return out
-
-
-def final_report(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, state, workdir) -> dict:
+def final_report(
+    config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply: Callable, report: dict, state, workdir
+) -> dict:
   """Best and last test accuracy, and how the student treats the clean and the mislabelled training examples
-  (clean labels are used for this report only); `apply` = `logits_fn(...)`."""
+  (clean labels are used for this report only); `apply` = `logits_fn(...)`. With the teacher's kNN accuracy as
+  logged when training started if this process did not measure it (`report`, the stage's report so far): a
+  finished stage run again skips `before_training`, and its results.json must not lose the value."""
   last = evaluate(config, dataset, noisy, apply, state)['test_accuracy']
-  history = [
-      row['rgrl/test_accuracy']
-      for row in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-      if 'rgrl/test_accuracy' in row
-  ]
+  rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  history = [row['rgrl/test_accuracy'] for row in rows if 'rgrl/test_accuracy' in row]
+  logged_knn = [row['teacher/knn_accuracy'] for row in rows if 'teacher/knn_accuracy' in row]
   preds = predict(config, state.variables, dataset.train_images, apply)
   is_clean = noisy.labels == dataset.train_labels
 
@@ -485,4 +472,9 @@ def final_report(config, dataset: data.Dataset, noisy: noise.NoisyLabels, apply:
       'train_memorized_noisy_subset': mean_or_nan(preds[~is_clean] == noisy.labels[~is_clean]),
       'noise_realized_rate': noisy.realized_rate,
       'rgrl_steps': int(state.step),
+      **(
+          {'teacher_knn_accuracy': logged_knn[-1]}
+          if config.method.distill and 'teacher_knn_accuracy' not in report and logged_knn
+          else {}
+      ),
   }
