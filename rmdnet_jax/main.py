@@ -4,6 +4,7 @@ Kept short on purpose (as flax examples/imagenet): everything else is importable
 """
 
 import os
+import re
 import sys
 
 # TensorFlow is imported by tfds/clu; hide accelerators from it so it never reserves GPU memory JAX needs.
@@ -76,12 +77,29 @@ def _config_flag_error(argv, error: Exception) -> str:
     renamed = config_files.renamed_override_message(argv)
     if renamed:
       return renamed
-    key = str(error).strip('\'"')
+    # ml_collections raises KeyError("'key'"), possibly wrapped in an AttributeError and followed by a line
+    # 'Did you mean "other" instead of "key"?', or, below a value, "Attribute <class 'int'>.key does not exist ...".
+    message = error
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]
+    message = str(message)
+    below_value = re.search(r"Attribute <class '(\w+)'>\.(\w+) does not exist.*lookup: (\S+)", message, re.S)
+    if below_value:
+      kind, key, path = below_value.groups()
+      parent = path.rsplit('.', 1)[0]
+      return (
+          f'--config.{path}: config.{parent} is a value ({kind}), not a section with a key {key!r}; '
+          'configs/default.py lists every key (overrides look like --config.rgrl.epochs=10).'
+      )
+    named = re.search(r"'([^']+)'", message)
+    key = named.group(1) if named else message.strip('\'"')
+    suggested = re.search(r'Did you mean "([^"]+)"', message)
     override = next(
         (a for a in argv if a.startswith('--config.') and key in a.split('=', 1)[0].split('.')), f'--config...{key}'
     )
+    hint = f' (did you mean {suggested.group(1)!r}?)' if suggested else ''
     return (
-        f'{override.split("=", 1)[0]}: the config has no key {key!r}; configs/default.py lists every key '
+        f'{override.split("=", 1)[0]}: the config has no key {key!r}{hint}; configs/default.py lists every key '
         '(overrides look like --config.rgrl.epochs=10).'
     )
   if isinstance(error, flags.Error):

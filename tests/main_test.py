@@ -23,12 +23,20 @@ def _assert_one_sentence(proc, *words):
     [
         (['--config=configs/tiny.py', '--config.no_such=1'], ['--config.no_such', "no key 'no_such'", 'default.py']),
         (['--config=configs/tiny.py', '--config.rgrl.no_such=1'], ['--config.rgrl.no_such', "no key 'no_such'"]),
+        (
+            ['--config=configs/tiny.py', '--config.rgrl.epochz=3'],
+            ['--config.rgrl.epochz', "no key 'epochz' (did you mean 'epochs'?)", 'default.py'],
+        ),
+        (
+            ['--config=configs/tiny.py', '--config.seed.bits=1'],
+            ['--config.seed.bits: config.seed is a value (int), not a section', "'bits'"],
+        ),
         (['--config=configs/nope.py'], ['--config=configs/nope.py names no config file', 'configs/tiny.py']),
     ],
 )
 def test_bad_config_flag_is_one_sentence(tmp_path, args, words):
   proc = _main(*args, f'--workdir={tmp_path}/w', timeout=120)
-  _assert_one_sentence(proc, *words)
+  helpers.assert_one_sentence(_assert_one_sentence(proc, *words)[len('error: ') :])
   assert len(proc.stderr.splitlines()) <= 5, proc.stderr
   assert not (tmp_path / 'w').exists()
 
