@@ -6,10 +6,10 @@ first module pytest loads.
 
 import os
 
-# Tests are dominated by XLA compile time, not run time: LLVM's optimisation level 0 halves it.
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+from tests import xla_flags  # noqa: E402  (no JAX import)
+
 os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 ' + TEST_XLA_FLAGS
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 ' + xla_flags.FAST_COMPILE
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # As rmdnet_jax.main sets it (see there); also keeps CPU compile times of random ops low.

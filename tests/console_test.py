@@ -20,6 +20,7 @@ import time
 import pytest
 
 from tests import helpers
+from tests import xla_flags
 
 # A scalar on the console: `name=value` with a number (the long lines are `rgrl/edge=10.3186, ...`).
 SCALAR = re.compile(r'[\w/]+=-?(\d|nan|inf)')
@@ -35,7 +36,7 @@ def run_main_on_a_terminal(*args, timeout=300) -> tuple:
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+      XLA_FLAGS=xla_flags.FAST_COMPILE,
       TERM='xterm',
   )
   main, terminal = pty.openpty()

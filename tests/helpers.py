@@ -13,6 +13,7 @@ from configs import default, tiny
 from rmdnet_jax.core import parallel
 from rmdnet_jax.datasets import data, noise
 from rmdnet_jax.run import workdir as workdir_lib
+from tests import xla_flags
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -168,12 +169,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_main(*args, timeout=300):
   """`python -m rmdnet_jax.main ARGS` as a user types it, from the repository root (one CPU device, and the
-  fast-compile flags of tests/conftest.py)."""
+  fast-compile flags of tests/xla_flags.py)."""
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+      XLA_FLAGS=xla_flags.FAST_COMPILE,
   )
   return subprocess.run(
       [sys.executable, '-m', 'rmdnet_jax.main', *args],

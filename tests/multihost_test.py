@@ -30,7 +30,7 @@ from rmdnet_jax.datasets import data
 from rmdnet_jax.report import analysis
 from rmdnet_jax.stages import simsiam
 from rmdnet_jax.training import checkpoints, loop, metrics
-from tests import conftest, helpers
+from tests import conftest, helpers, xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -82,7 +82,7 @@ class Job:
       env = dict(os.environ)
       env.update(
           {
-              'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes} {conftest.TEST_XLA_FLAGS}',
+              'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes} {xla_flags.FAST_COMPILE}',
               'JAX_PLATFORMS': 'cpu',
               'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
               # The session's compilation cache (tests/conftest.py), so that reruns compile nothing. JAX writes it

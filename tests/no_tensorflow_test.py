@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from tests import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Hides TensorFlow as an uninstalled package is hidden: find_spec returns None and `import tensorflow` raises
@@ -66,7 +68,7 @@ def subprocess_env(tmp):
   env.update(
       {
           'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+          'XLA_FLAGS': xla_flags.FAST_COMPILE,
           'WANDB_SILENT': 'true',
           'WANDB_CONFIG_DIR': str(tmp / 'wandb_config'),
           'WANDB_CACHE_DIR': str(tmp / 'wandb_cache'),
@@ -178,6 +180,7 @@ def test_tiny_run_without_a_terminal_logs_progress_lines(run_without_tensorflow)
   ), lines
 
 
+@pytest.mark.slow
 def test_tiny_run_logs_to_wandb_offline(run_without_tensorflow):
   """The same scalars, the config and the final summary reach the offline W&B run (no network)."""
   workdir, _ = run_without_tensorflow

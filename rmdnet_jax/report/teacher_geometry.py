@@ -39,9 +39,14 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset, teacher, b
   """{form: {teacher_graph_mean, top_direction_share, aligned_node_loss, collapsed_node_loss}} on the first `batch`
   training images."""
   images = dataset.train_images[:batch]
+  features = {}  # per teacher layer: each is one compiled program and one pass over the images
   out = {}
   for name, layer, center, batch_center in FORMS:
-    t = np.asarray(simsiam.encoder_features_fn(config.model, dataset, layer)(teacher, images), np.float32)
+    if layer not in features:
+      features[layer] = np.asarray(
+          simsiam.encoder_features_fn(config.model, dataset, layer)(teacher, images), np.float32
+      )
+    t = features[layer]
     graphs = dict(center=center, batch_center=batch_center)
     diag = relation.relation_diagnostics(t, t, **graphs)
     centred = t - t.mean(axis=0, keepdims=True)

@@ -1,5 +1,7 @@
 """Model shapes and sizes: the CIFAR ResNet-18 has the well-known 11.17M parameters."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,8 +30,9 @@ def test_simsiam_and_student_output_shapes():
   config = helpers.tiny_config()
   net = models.simsiam_net(config.model)
   x = jnp.zeros((4,) + helpers.IMAGE_SHAPE)
-  variables = net.init(jax.random.key(0), x, train=False)
-  out = net.apply(variables, x, train=False)
+  # Shapes and trees only: traced, never compiled.
+  variables = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
+  out = jax.eval_shape(lambda v: net.apply(v, x, train=False), variables)
   assert out['features'].shape == (4, 32) and out['z'].shape == (4, 16) and out['p'].shape == (4, 16)
   # The projector's last BatchNorm has no affine parameters (SimSiam); the CIFAR recipe's projector has 2 layers.
   assert config.model.projector_layers == 2
@@ -37,23 +40,27 @@ def test_simsiam_and_student_output_shapes():
   assert 'BatchNorm_1' not in variables['params']['projector']
   assert 'scale' in variables['params']['projector']['BatchNorm_0']
   student = distill.student_net(config)
-  out = student.apply(student.init(jax.random.key(1), x, train=False), x, train=False)
+  out = jax.eval_shape(lambda: student.apply(student.init(jax.random.key(1), x, train=False), x, train=False))
   assert out['logits'].shape == (4, 10) and out['embedding'].shape == (4, 32)  # teacher backbone dim
 
 
 def test_bfloat16_compute_keeps_float32_params():
   config = helpers.tiny_config(**{'model.dtype': 'bfloat16'})
   net = models.simsiam_net(config.model)
-  variables = net.init(jax.random.key(0), jnp.zeros((2,) + helpers.IMAGE_SHAPE), train=False)
+  variables = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((2,) + helpers.IMAGE_SHAPE), train=False))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables['params']))
-  assert net.apply(variables, jnp.ones((2,) + helpers.IMAGE_SHAPE), train=False)['z'].dtype == jnp.float32
+  out = jax.eval_shape(lambda v: net.apply(v, jnp.ones((2,) + helpers.IMAGE_SHAPE), train=False), variables)
+  assert out['z'].dtype == jnp.float32
 
 
+@functools.cache  # shared by the two initialiser tests
 def _student_and_rm_params(init):
   config = helpers.tiny_config(**{'model.init': init, 'student.init': init, 'relation.projection_head': 'mlp'})
   x = jnp.zeros((2,) + helpers.IMAGE_SHAPE)
-  rm = models.simsiam_net(config.model).init(jax.random.key(0), x, train=False)['params']
-  student = distill.student_net(config).init(jax.random.key(0), x, train=False)['params']
+  # Jitted: one compile each instead of one per operation.
+  rm = jax.jit(models.simsiam_net(config.model).init, static_argnames='train')(jax.random.key(0), x, train=False)
+  student = jax.jit(distill.student_net(config).init, static_argnames='train')(jax.random.key(0), x, train=False)
+  rm, student = rm['params'], student['params']
   return rm, student
 
 
@@ -91,7 +98,7 @@ def test_flax_initialisers_are_flax_defaults_and_the_trees_agree():
 
 def test_zero_init_residual_starts_every_block_as_its_shortcut():
   config = helpers.tiny_config(**{'model.zero_init_residual': True})
-  variables = models.simsiam_net(config.model).init(jax.random.key(0), jnp.zeros((2,) + helpers.IMAGE_SHAPE))
+  variables = jax.jit(models.simsiam_net(config.model).init)(jax.random.key(0), jnp.zeros((2,) + helpers.IMAGE_SHAPE))
   blocks = {k: v for k, v in variables['params']['backbone'].items() if k.startswith('BasicBlock')}
   assert blocks
   for block in blocks.values():

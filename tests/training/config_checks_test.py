@@ -188,6 +188,7 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / 'config.json')
 
 
+@pytest.mark.slow
 def test_cli_tiny_run_writes_checkpoint_metrics_and_summary(tmp_path):
   result = _main(
       '--config=configs/tiny.py',
