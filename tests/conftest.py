@@ -70,28 +70,40 @@ def _release_compiled_programs():
   gc.collect()
 
 
-# The slowest files first: the parallel runner hands out whole files in collection order, so starting with the
-# longest ones keeps one worker from running a long file alone at the end (longest-processing-time-first).
+# pytest-xdist hands out whole files, those with the most tests first; files with as many tests go in this order,
+# the slowest first, so that no worker runs a long file alone at the end (longest-processing-time-first). (Handing
+# out the files in this order alone, --no-loadscope-reorder, was slower: multihost_test's processes and
+# pipeline_test's 8-device runs at the same time took 1,250 CPU-seconds for the suite instead of 1,010.) Files
+# that share tests/run/pipeline_test.py's config (helpers.SHARED_EPOCHS) have fewer tests than it and run after it,
+# from the session's compilation cache.
 SLOWEST_FILES = (
     'multihost_test.py',
     'pipeline_test.py',
-    'analysis_test.py',
-    'distill_test.py',
-    'study_test.py',
-    'config_checks_test.py',
-    'dividemix_pipeline_test.py',
     'simsiam_test.py',
-    'benchmarks_test.py',
-    'gpu_evidence_test.py',
+    'distill_test.py',
     'dividemix_test.py',
-    'notebook_test.py',
+    'main_test.py',
+    'benchmarks_test.py',
+    'data_test.py',
+    'console_test.py',
+    'study_test.py',
+    'teacher_checkpoint_test.py',
+    'analysis_test.py',
+    'config_checks_test.py',
+    'relation_test.py',
+    'augment_test.py',
+    'bad_input_test.py',
     'teacher_geometry_test.py',
+    'models_test.py',
+    'dividemix_pipeline_test.py',
+    'gpu_evidence_test.py',
+    'notebook_test.py',
     'cifar_n_test.py',
     'device_data_test.py',
-    'data_test.py',
     'coteaching_test.py',
     'jocor_test.py',
     'elr_test.py',
+    'config_fuzz_test.py',
 )
 
 

@@ -31,12 +31,13 @@ MAX_SCALARS_PER_LINE = 6
 
 def run_main_on_a_terminal(*args, timeout=300) -> tuple:
   """(exit status, everything the command wrote) for `python -m rmdnet_jax.main ARGS` with a pseudo-terminal of
-  120 x 40 as its stdin, stdout and stderr (one CPU device and the fast-compile flags, as `helpers.run_main`)."""
+  120 x 40 as its stdin, stdout and stderr (8 CPU devices and the fast-compile flags, as the tests' own process, so
+  that the session's compilation cache serves the programs the tests compiled)."""
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=xla_flags.FAST_COMPILE,
+      XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {xla_flags.FAST_COMPILE}',
       TERM='xterm',
   )
   main, terminal = pty.openpty()
@@ -82,7 +83,8 @@ def scalars(line: str) -> int:
 
 def test_a_run_on_a_terminal_shows_the_bar_and_short_lines(tmp_path):
   workdir = tmp_path / 'tiny'
-  status, output = run_main_on_a_terminal('--config=configs/tiny.py', f'--workdir={workdir}')
+  # The tiny config at tests/run/pipeline_test.py's sizes: 2 epochs per stage, programs from the session's cache.
+  status, output = run_main_on_a_terminal(*helpers.tiny_config_flags(**helpers.SHARED_EPOCHS), f'--workdir={workdir}')
   assert status == 0, output[-3000:]
   assert (workdir / 'results.json').exists()
   lines = screen_lines(output)

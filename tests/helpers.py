@@ -18,21 +18,33 @@ from tests import xla_flags
 IMAGE_SHAPE = (8, 8, 3)
 
 
+# configs/tiny.py shrunk further: width 4, 8x8 images, 64 training images, 16-d projector, one epoch per stage.
+TINY_OVERRIDES = {
+    'data.synthetic_image_size': 8,
+    'data.synthetic_train_size': 64,
+    'data.synthetic_test_size': 32,
+    'model.width': 4,
+    'student.width': 4,
+    'model.projector_dim': 16,
+    'model.predictor_dim': 32,
+    'rm.batch_size': 16,
+    'rgrl.batch_size': 16,
+    'rm.epochs': 1,
+    'rgrl.epochs': 1,
+    'rm.knn_k': 5,
+    'eval_batch_size': 32,
+}
+
+# The epochs of tests/run/pipeline_test.py's runs. Test files whose runs can share that config use them too: the
+# learning-rate schedule, so the number of steps, is compiled into each step, and with the same config the session's
+# compilation cache (tests/conftest.py) already holds every program of their runs.
+SHARED_EPOCHS = {'rm.epochs': 2, 'rgrl.epochs': 2}
+
+
 def tiny_config(**overrides):
-  """configs/tiny.py shrunk further: width 4, 8x8 images, 16-d projector."""
+  """configs/tiny.py with TINY_OVERRIDES, then `overrides` ({'rgrl.epochs': 2, ...})."""
   config = tiny.get_config()
-  config.data.synthetic_image_size = 8
-  config.data.synthetic_train_size = 64
-  config.data.synthetic_test_size = 32
-  config.model.width = config.student.width = 4
-  config.model.projector_dim = 16
-  config.model.predictor_dim = 32
-  for stage in (config.rm, config.rgrl):
-    stage.batch_size = 16
-    stage.epochs = 1
-  config.rm.knn_k = 5
-  config.eval_batch_size = 32
-  for key, value in overrides.items():
+  for key, value in {**TINY_OVERRIDES, **overrides}.items():
     target = config
     *path, leaf = key.split('.')
     for p in path:
@@ -165,6 +177,11 @@ def tfds_config(name: str, **overrides):
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config_flags(**overrides) -> list[str]:
+  """The command-line form of tiny_config(**overrides): --config=configs/tiny.py and one --config.KEY=VALUE each."""
+  return ['--config=configs/tiny.py'] + [f'--config.{k}={v}' for k, v in {**TINY_OVERRIDES, **overrides}.items()]
 
 
 def run_main(*args, timeout=300):

@@ -1,6 +1,9 @@
 """The command line as a user meets it (subprocesses of `python -m rmdnet_jax.main`): a bad --config flag is one
 sentence, and a diverging run stops with one sentence once its pending checkpoint is written."""
 
+import subprocess
+import sys
+
 import pytest
 
 from tests import helpers
@@ -39,6 +42,22 @@ def test_bad_config_flag_is_one_sentence(tmp_path, args, words):
   helpers.assert_one_sentence(_assert_one_sentence(proc, *words)[len('error: ') :])
   assert len(proc.stderr.splitlines()) <= 5, proc.stderr
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_bad_flag_is_refused_before_jax_is_imported(tmp_path):
+  # The flags and the config are read first; JAX, Orbax and the stages (~5 s of imports) only for a valid command.
+  code = (
+      'import runpy, sys\n'
+      f'sys.argv = ["rmdnet_jax.main", "--config=configs/tiny.py", "--workdir={tmp_path}/w", "--config.rgrl.epochz=3"]\n'
+      'try:\n'
+      '  runpy.run_module("rmdnet_jax.main", run_name="__main__")\n'
+      'except SystemExit as e:\n'
+      '  print("exit:", e.code)\n'
+      'print("imported:", sorted(m for m in ("jax", "orbax.checkpoint", "flax") if m in sys.modules))\n'
+  )
+  proc = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=60)
+  assert "exit: error: --config.rgrl.epochz: the config has no key 'epochz'" in proc.stdout, proc.stderr[-2000:]
+  assert 'imported: []' in proc.stdout, proc.stdout
 
 
 def test_diverging_run_stops_with_one_sentence_and_no_half_written_checkpoint(tmp_path):

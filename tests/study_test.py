@@ -29,8 +29,8 @@ def study(tmp_path_factory):
   pipeline.run(helpers.tiny_config(**{'rm.epochs': 2, 'stages': 'rm', 'max_to_keep': 5}), rm_dir)
   cells = {'k1': {'relation.K': 1.0}, 'k01': {'relation.K': 0.1}, 'ce': {'method.distill': False}}
   common = {
+      **helpers.SHARED_EPOCHS,  # the session's compilation cache has the K=1 and CE steps
       'stages': 'rgrl',
-      'rm.epochs': 2,
       'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm'),
       'relation.teacher_step': RM_STEPS_PER_EPOCH,
   }
@@ -115,7 +115,7 @@ def test_work_directory_from_before_the_new_relation_keys_resumes(study):
   config = helpers.tiny_config(
       **{
           'stages': 'rgrl',
-          'rm.epochs': 2,
+          **helpers.SHARED_EPOCHS,
           'relation.K': 0.1,
           'relation.teacher_checkpoint': summary['workdir'] + '/../simsiam/rm',
       }

@@ -1,5 +1,6 @@
 """A teacher from any trained backbone (`relation.teacher_checkpoint` naming an RGRL work directory): a student
-trained on clean labels becomes the teacher of another run, through the command a user types."""
+trained on clean labels becomes the teacher of another run; a teacher that cannot serve is refused in one sentence
+by the command a user types."""
 
 import json
 import os
@@ -10,40 +11,30 @@ import pytest
 
 from rmdnet_jax.core import parallel
 from rmdnet_jax.datasets import data
+from rmdnet_jax.run import pipeline
 from rmdnet_jax.stages import distill, simsiam
 from rmdnet_jax.training import checkpoints
 from tests import helpers
 
-TINY = (
-    '--config=configs/tiny.py',
-    '--config.rm.epochs=1',
-    '--config.rgrl.epochs=1',
-    '--config.data.synthetic_train_size=128',
-    '--config.data.synthetic_test_size=64',
-)
-CLEAN_CE = ('--config.stages=rgrl', '--config.method.distill=False', '--config.noise.kind=none')
+# The session's compilation cache has the programs of the CE and RMDNet runs with these epochs.
+EPOCHS = helpers.SHARED_EPOCHS
 
 
 @pytest.fixture(scope='module')
 def clean_teacher(tmp_path_factory):
   """A CE student trained on the clean labels of the tiny config: WORKDIR/rgrl."""
   workdir = tmp_path_factory.mktemp('clean_teacher')
-  result = helpers.run_main(*TINY, *CLEAN_CE, f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
+  config = helpers.tiny_config(**EPOCHS, **{'stages': 'rgrl', 'method.distill': False, 'noise.kind': 'none'})
+  pipeline.run(config, str(workdir))
   return workdir
 
 
 def test_an_rgrl_work_directory_is_a_teacher_of_its_backbone(clean_teacher, tmp_path):
-  result = helpers.run_main(
-      *TINY, '--config.stages=rgrl', f'--config.relation.teacher_checkpoint={clean_teacher}', f'--workdir={tmp_path}'
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  config = helpers.tiny_config(**EPOCHS, **{'stages': 'rgrl', 'relation.teacher_checkpoint': str(clean_teacher)})
+  pipeline.run(config, str(tmp_path))
   summary = json.loads((tmp_path / 'results.json').read_text())
   assert 0.0 <= summary['teacher_knn_accuracy'] <= 1.0 and summary['rgrl_steps'] > 0
   # The restored teacher is exactly the student's backbone, BatchNorm statistics included.
-  config = helpers.tiny_config()
-  config.data.synthetic_image_size, config.data.synthetic_train_size = 16, 128
-  config.model.width = config.student.width = 8
   config.relation.teacher_checkpoint = str(clean_teacher / 'rgrl')
   dataset = data.load(config.data)
   teacher = simsiam.load_teacher(config, dataset, workdir='')
@@ -59,21 +50,17 @@ def test_an_rgrl_work_directory_is_a_teacher_of_its_backbone(clean_teacher, tmp_
 
 def test_a_teacher_network_that_does_not_fit_is_refused_naming_both(clean_teacher, tmp_path):
   result = helpers.run_main(
-      *TINY,
-      '--config.stages=rgrl',
-      '--config.model.width=16',
+      *helpers.tiny_config_flags(**EPOCHS, **{'stages': 'rgrl', 'model.width': 16}),
       f'--config.relation.teacher_checkpoint={clean_teacher / "rgrl"}',
       f'--workdir={tmp_path}',
   )
-  helpers.assert_user_error(result, 'holds a student resnet_tiny of width 8', 'resnet_tiny of width 16')
+  helpers.assert_user_error(result, 'holds a student resnet_tiny of width 4', 'resnet_tiny of width 16')
   assert not (tmp_path / 'config.json').exists()  # refused before the run wrote anything
 
 
 def test_a_student_teacher_has_no_projector_layer(clean_teacher, tmp_path):
   result = helpers.run_main(
-      *TINY,
-      '--config.stages=rgrl',
-      '--config.relation.teacher_layer=projector',
+      *helpers.tiny_config_flags(**EPOCHS, **{'stages': 'rgrl', 'relation.teacher_layer': 'projector'}),
       f'--config.relation.teacher_checkpoint={clean_teacher}',
       f'--workdir={tmp_path}',
   )

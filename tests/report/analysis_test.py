@@ -18,14 +18,14 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def _config(**overrides):
-  base = {'rm.epochs': 1, 'rgrl.epochs': 1, 'data.synthetic_train_size': 64}
+  base = {**helpers.SHARED_EPOCHS, 'data.synthetic_train_size': 64}  # the session's cache has their programs
   base.update(overrides)
   return helpers.tiny_config(**base)
 
 
 @pytest.fixture(scope='module')
 def finished_runs(tmp_path_factory):
-  """An RMDNet run (RM + RGRL) and its CE baseline (RGRL only, no teacher), one epoch each on 64 images."""
+  """An RMDNet run (RM + RGRL) and its CE baseline (RGRL only, no teacher), two epochs each on 64 images."""
   rmdnet = str(tmp_path_factory.mktemp('rmdnet'))
   baseline = str(tmp_path_factory.mktemp('ce'))
   pipeline.run(_config(), rmdnet)
@@ -149,7 +149,7 @@ def test_cli_writes_figures_and_aucs(finished_runs, tmp_path):
     assert 0.0 <= auc <= 1.0
   assert summary['tsne']['points_per_class'] == {'0': 4, '1': 4}
   assert summary['memorization_curve'] is True  # the tiny runs log the train accuracy on noisy / clean labels
-  assert summary['runs']['rmdnet']['rgrl_steps'] == summary['runs']['ce']['rgrl_steps'] == 4
+  assert summary['runs']['rmdnet']['rgrl_steps'] == summary['runs']['ce']['rgrl_steps'] == 8
 
 
 def _one_sentence_error(fn, match):
@@ -175,4 +175,4 @@ def test_unfinished_run_is_refused_with_one_sentence(finished_runs, tmp_path):
   # As if the run had been stopped before its first RGRL checkpoint.
   for entry in os.listdir(os.path.join(unfinished, 'rgrl')):
     shutil.rmtree(os.path.join(unfinished, 'rgrl', entry))
-  _one_sentence_error(lambda: analysis.analyse(rmdnet, unfinished, str(tmp_path / 'out')), 'stopped at step 0 of 4')
+  _one_sentence_error(lambda: analysis.analyse(rmdnet, unfinished, str(tmp_path / 'out')), 'stopped at step 0 of 8')

@@ -20,7 +20,7 @@ from tests import helpers
 
 
 def _config(**overrides):
-  base = {'rm.epochs': 2, 'rgrl.epochs': 2, 'data.synthetic_train_size': 64}
+  base = {**helpers.SHARED_EPOCHS, 'data.synthetic_train_size': 64}
   base.update(overrides)
   return helpers.tiny_config(**base)
 
@@ -175,8 +175,8 @@ def test_teacher_of_other_architecture_is_refused(finished_run, tmp_path):
 
 
 def test_ce_baseline_runs_without_teacher(tmp_path):
-  results = pipeline.run(_config(stages='rgrl', **{'method.distill': False, 'rgrl.epochs': 1}), str(tmp_path))
-  assert results['rmdnet'] is False and results['rgrl_steps'] == 4
+  results = pipeline.run(_config(stages='rgrl', **{'method.distill': False}), str(tmp_path))
+  assert results['rmdnet'] is False and results['rgrl_steps'] == 8
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert not any('rgrl/edge' in r for r in rows)
 
