@@ -70,7 +70,7 @@ def test_readme_setup_installs_what_the_readme_test_command_needs():
 def test_ci_builds_the_wheel_and_runs_the_packaged_tiny_config_elsewhere():
   script = (ROOT / '.ci' / 'run').read_text()
   # The pinned set, installed by uv (README's `pip install -r requirements-dev.txt` installs the same pins).
-  assert 'uv pip install -q -r requirements-dev.txt' in script and 'python -m pytest -q' in script
+  assert 'uv pip install -q --compile-bytecode -r requirements-dev.txt' in script and 'python -m pytest -q' in script
   assert 'python -m build --wheel' in script
   assert 'bin/rmdnet-train" --config=configs/tiny.py' in script and 'cd "$ELSEWHERE"' in script
 
