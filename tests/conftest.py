@@ -74,8 +74,8 @@ def _release_compiled_programs():
 # the slowest first, so that no worker runs a long file alone at the end (longest-processing-time-first). (Handing
 # out the files in this order alone, --no-loadscope-reorder, was slower: multihost_test's processes and
 # pipeline_test's 8-device runs at the same time took 1,250 CPU-seconds for the suite instead of 1,010.) Files
-# that share tests/run/pipeline_test.py's config (helpers.SHARED_EPOCHS) have fewer tests than it and run after it,
-# from the session's compilation cache.
+# that share tests/run/pipeline_test.py's config (helpers.SHARED_EPOCHS) have fewer tests than it, so they are handed
+# out after it and find its programs in the session's compilation cache when it has got that far.
 SLOWEST_FILES = (
     'multihost_test.py',
     'pipeline_test.py',

@@ -36,8 +36,8 @@ TINY_OVERRIDES = {
 }
 
 # The epochs of tests/run/pipeline_test.py's runs. Test files whose runs can share that config use them too: the
-# learning-rate schedule, so the number of steps, is compiled into each step, and with the same config the session's
-# compilation cache (tests/conftest.py) already holds every program of their runs.
+# learning-rate schedule, so the number of steps, is compiled into each step, and with the same config their programs
+# come from the session's compilation cache (tests/conftest.py) once pipeline_test has compiled them.
 SHARED_EPOCHS = {'rm.epochs': 2, 'rgrl.epochs': 2}
 
 
