@@ -8,9 +8,7 @@ import os
 
 from tests import xla_flags  # noqa: E402  (no JAX import)
 
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 ' + xla_flags.FAST_COMPILE
-).strip()
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags.with_devices(8)).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # As rmdnet_jax.main sets it (see there); also keeps CPU compile times of random ops low.
 os.environ['JAX_THREEFRY_PARTITIONABLE'] = '0'

@@ -37,7 +37,7 @@ def run_main_on_a_terminal(*args, timeout=300) -> tuple:
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {xla_flags.FAST_COMPILE}',
+      XLA_FLAGS=xla_flags.with_devices(8),
       TERM='xterm',
   )
   main, terminal = pty.openpty()

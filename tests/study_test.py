@@ -29,7 +29,7 @@ def study(tmp_path_factory):
   pipeline.run(helpers.tiny_config(**{'rm.epochs': 2, 'stages': 'rm', 'max_to_keep': 5}), rm_dir)
   cells = {'k1': {'relation.K': 1.0}, 'k01': {'relation.K': 0.1}, 'ce': {'method.distill': False}}
   common = {
-      **helpers.SHARED_EPOCHS,  # the session's compilation cache has the K=1 and CE steps
+      **helpers.SHARED_EPOCHS,  # pipeline_test's epochs: its K=1 and CE steps can come from the session's cache
       'stages': 'rgrl',
       'relation.teacher_checkpoint': os.path.join(rm_dir, 'rm'),
       'relation.teacher_step': RM_STEPS_PER_EPOCH,

@@ -16,21 +16,22 @@ from rmdnet_jax.stages import distill, simsiam
 from rmdnet_jax.training import checkpoints
 from tests import helpers
 
-# The session's compilation cache has the programs of the CE and RMDNet runs with these epochs.
-EPOCHS = helpers.SHARED_EPOCHS
-
 
 @pytest.fixture(scope='module')
 def clean_teacher(tmp_path_factory):
   """A CE student trained on the clean labels of the tiny config: WORKDIR/rgrl."""
   workdir = tmp_path_factory.mktemp('clean_teacher')
-  config = helpers.tiny_config(**EPOCHS, **{'stages': 'rgrl', 'method.distill': False, 'noise.kind': 'none'})
+  config = helpers.tiny_config(
+      **helpers.SHARED_EPOCHS, **{'stages': 'rgrl', 'method.distill': False, 'noise.kind': 'none'}
+  )
   pipeline.run(config, str(workdir))
   return workdir
 
 
 def test_an_rgrl_work_directory_is_a_teacher_of_its_backbone(clean_teacher, tmp_path):
-  config = helpers.tiny_config(**EPOCHS, **{'stages': 'rgrl', 'relation.teacher_checkpoint': str(clean_teacher)})
+  config = helpers.tiny_config(
+      **helpers.SHARED_EPOCHS, **{'stages': 'rgrl', 'relation.teacher_checkpoint': str(clean_teacher)}
+  )
   pipeline.run(config, str(tmp_path))
   summary = json.loads((tmp_path / 'results.json').read_text())
   assert 0.0 <= summary['teacher_knn_accuracy'] <= 1.0 and summary['rgrl_steps'] > 0
@@ -50,7 +51,7 @@ def test_an_rgrl_work_directory_is_a_teacher_of_its_backbone(clean_teacher, tmp_
 
 def test_a_teacher_network_that_does_not_fit_is_refused_naming_both(clean_teacher, tmp_path):
   result = helpers.run_main(
-      *helpers.tiny_config_flags(**EPOCHS, **{'stages': 'rgrl', 'model.width': 16}),
+      *helpers.tiny_config_flags(**helpers.SHARED_EPOCHS, **{'stages': 'rgrl', 'model.width': 16}),
       f'--config.relation.teacher_checkpoint={clean_teacher / "rgrl"}',
       f'--workdir={tmp_path}',
   )
@@ -60,7 +61,7 @@ def test_a_teacher_network_that_does_not_fit_is_refused_naming_both(clean_teache
 
 def test_a_student_teacher_has_no_projector_layer(clean_teacher, tmp_path):
   result = helpers.run_main(
-      *helpers.tiny_config_flags(**EPOCHS, **{'stages': 'rgrl', 'relation.teacher_layer': 'projector'}),
+      *helpers.tiny_config_flags(**helpers.SHARED_EPOCHS, **{'stages': 'rgrl', 'relation.teacher_layer': 'projector'}),
       f'--config.relation.teacher_checkpoint={clean_teacher}',
       f'--workdir={tmp_path}',
   )

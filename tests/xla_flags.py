@@ -7,3 +7,8 @@ jitter and 8-vs-1-device SimSiam tests; `--xla_cpu_parallel_codegen_split_count=
 """
 
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+
+
+def with_devices(count: int) -> str:
+  """XLA_FLAGS for a process with `count` fake CPU devices and the fast compiles."""
+  return f'--xla_force_host_platform_device_count={count} {FAST_COMPILE}'

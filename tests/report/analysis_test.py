@@ -18,7 +18,7 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def _config(**overrides):
-  base = {**helpers.SHARED_EPOCHS, 'data.synthetic_train_size': 64}  # the session's cache has their programs
+  base = {**helpers.SHARED_EPOCHS, 'data.synthetic_train_size': 64}  # pipeline_test's config: programs from the cache
   base.update(overrides)
   return helpers.tiny_config(**base)
 
