@@ -31,13 +31,13 @@ MAX_SCALARS_PER_LINE = 6
 
 def run_main_on_a_terminal(*args, timeout=300) -> tuple:
   """(exit status, everything the command wrote) for `python -m rmdnet_jax.main ARGS` with a pseudo-terminal of
-  120 x 40 as its stdin, stdout and stderr (8 CPU devices and the fast-compile flags, as the tests' own process, so
-  that the session's compilation cache serves the programs the tests compiled)."""
+  120 x 40 as its stdin, stdout and stderr (8 CPU devices, as the tests' own process, and the child runs'
+  fast-compile flags, tests/xla_flags.CHILD_RUNS)."""
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=xla_flags.with_devices(8),
+      XLA_FLAGS=xla_flags.with_devices(8, xla_flags.CHILD_RUNS),
       TERM='xterm',
   )
   main, terminal = pty.openpty()
@@ -83,7 +83,7 @@ def scalars(line: str) -> int:
 
 def test_a_run_on_a_terminal_shows_the_bar_and_short_lines(tmp_path):
   workdir = tmp_path / 'tiny'
-  # The tiny config at tests/run/pipeline_test.py's sizes: 2 epochs per stage, programs from the session's cache.
+  # The tiny config with 2 epochs per stage: two evaluation lines each.
   status, output = run_main_on_a_terminal(*helpers.tiny_config_flags(**helpers.SHARED_EPOCHS), f'--workdir={workdir}')
   assert status == 0, output[-3000:]
   assert (workdir / 'results.json').exists()

@@ -186,12 +186,12 @@ def tiny_config_flags(**overrides) -> list[str]:
 
 def run_main(*args, timeout=300):
   """`python -m rmdnet_jax.main ARGS` as a user types it, from the repository root (one CPU device, and the
-  fast-compile flags of tests/xla_flags.py)."""
+  child runs' fast-compile flags, tests/xla_flags.CHILD_RUNS)."""
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=xla_flags.FAST_COMPILE,
+      XLA_FLAGS=xla_flags.CHILD_RUNS,
   )
   return subprocess.run(
       [sys.executable, '-m', 'rmdnet_jax.main', *args],

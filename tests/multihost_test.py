@@ -72,7 +72,7 @@ class Job:
       env = dict(os.environ)
       env.update(
           {
-              'XLA_FLAGS': xla_flags.with_devices(8 // num_processes),
+              'XLA_FLAGS': xla_flags.with_devices(8 // num_processes, xla_flags.CHILD_RUNS),
               'JAX_PLATFORMS': 'cpu',
               'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
               # The session's compilation cache (tests/conftest.py), so that reruns compile nothing. JAX writes it

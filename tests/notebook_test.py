@@ -26,7 +26,7 @@ def kernel_env(workdir):
           'RMDNET_NOTEBOOK_TINY': '1',
           'RMDNET_NOTEBOOK_WORKDIR': str(workdir),
           'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': xla_flags.FAST_COMPILE,
+          'XLA_FLAGS': xla_flags.CHILD_RUNS,
           'TF_CPP_MIN_LOG_LEVEL': '3',
       }
   )
