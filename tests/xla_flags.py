@@ -9,12 +9,25 @@ than round-off: under them the colour-jitter-against-numpy, 8-vs-1-device SimSia
 tests fail. So the test processes, which hold the comparisons against numpy and across device counts, compile with
 XLA's default emitters, and only the runs the tests start as child processes (`python -m rmdnet_jax.main` through
 the CLI, the 2-process runs) use the older ones: those tests check what a run does (exit statuses, files, console,
-preemption and resume) and compare a child's numbers only with another child's, compiled the same way.
+preemption and resume) and compare a child's numbers only with another child's, compiled the same way. The older
+emitters are gone from jaxlib 0.11 on (XLA refuses the flag and the process stops), so the children use them only
+on the jaxlib 0.10 of the pinned set; on a newer stack (an accelerator image's) they compile as the test processes.
 (`--xla_cpu_parallel_codegen_split_count=1` changes nothing measurable.)
 """
 
+import importlib.metadata
+
+
+def _has_older_emitters() -> bool:
+  try:
+    version = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  return tuple(int(part) for part in version.split('.')[:2]) < (0, 11)
+
+
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-CHILD_RUNS = f'{FAST_COMPILE} --xla_cpu_use_fusion_emitters=false'
+CHILD_RUNS = f'{FAST_COMPILE} --xla_cpu_use_fusion_emitters=false' if _has_older_emitters() else FAST_COMPILE
 
 
 def with_devices(count: int, flags: str = FAST_COMPILE) -> str:
