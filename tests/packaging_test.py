@@ -72,7 +72,7 @@ def test_ci_builds_the_wheel_and_runs_the_packaged_tiny_config_elsewhere():
   # The pinned set, installed by uv (README's `pip install -r requirements-dev.txt` installs the same pins).
   assert 'uv pip install -q --compile-bytecode -r requirements-dev.txt' in script and 'python -m pytest -q' in script
   assert 'python -m build --wheel' in script
-  assert 'bin/rmdnet-train" --config=configs/tiny.py' in script and 'cd "$ELSEWHERE"' in script
+  assert 'bin/rmdnet-train" --config=configs/tiny.py' in script and 'cd "$elsewhere"' in script
 
 
 def test_configs_import_default_from_the_installed_package_layout(tmp_path):
