@@ -20,7 +20,6 @@ import time
 import pytest
 
 from tests import helpers
-from tests import xla_flags
 
 # A scalar on the console: `name=value` with a number (the long lines are `rgrl/edge=10.3186, ...`).
 SCALAR = re.compile(r'[\w/]+=-?(\d|nan|inf)')
@@ -31,15 +30,8 @@ MAX_SCALARS_PER_LINE = 6
 
 def run_main_on_a_terminal(*args, timeout=300) -> tuple:
   """(exit status, everything the command wrote) for `python -m rmdnet_jax.main ARGS` with a pseudo-terminal of
-  120 x 40 as its stdin, stdout and stderr (8 CPU devices, as the tests' own process, and the child runs'
-  fast-compile flags, tests/xla_flags.CHILD_RUNS)."""
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=xla_flags.with_devices(8, xla_flags.CHILD_RUNS),
-      TERM='xterm',
-  )
+  120 x 40 as its stdin, stdout and stderr (the environment of `helpers.run_main`)."""
+  env = helpers.child_env(TERM='xterm')
   main, terminal = pty.openpty()
   fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 120, 0, 0))
   process = subprocess.Popen(

@@ -184,19 +184,18 @@ def tiny_config_flags(**overrides) -> list[str]:
   return ['--config=configs/tiny.py'] + [f'--config.{k}={v}' for k, v in {**TINY_OVERRIDES, **overrides}.items()]
 
 
+def child_env(**extra) -> dict:
+  """The environment of a `python -m rmdnet_jax.main` the tests start: one CPU device and the child runs'
+  fast-compile flags (tests/xla_flags.CHILD_RUNS), and `extra`."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS=xla_flags.CHILD_RUNS, **extra)
+
+
 def run_main(*args, timeout=300):
-  """`python -m rmdnet_jax.main ARGS` as a user types it, from the repository root (one CPU device, and the
-  child runs' fast-compile flags, tests/xla_flags.CHILD_RUNS)."""
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS=xla_flags.CHILD_RUNS,
-  )
+  """`python -m rmdnet_jax.main ARGS` as a user types it, from the repository root, in child_env()."""
   return subprocess.run(
       [sys.executable, '-m', 'rmdnet_jax.main', *args],
       cwd=REPO_ROOT,
-      env=env,
+      env=child_env(),
       capture_output=True,
       text=True,
       timeout=timeout,

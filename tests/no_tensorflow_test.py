@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests import xla_flags
+from tests import helpers, xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,22 +45,7 @@ sys.argv = ['rmdnet_jax.main'] + sys.argv[1:]
 runpy.run_module('rmdnet_jax.main', run_name='__main__', alter_sys=True)
 """
 
-TINY = [
-    '--config=configs/tiny.py',
-    '--config.data.synthetic_image_size=8',
-    '--config.data.synthetic_train_size=64',
-    '--config.data.synthetic_test_size=32',
-    '--config.model.width=4',
-    '--config.student.width=4',
-    '--config.model.projector_dim=16',
-    '--config.model.predictor_dim=32',
-    '--config.rm.batch_size=16',
-    '--config.rgrl.batch_size=16',
-    '--config.rm.epochs=1',
-    '--config.rgrl.epochs=1',
-    '--config.rm.knn_k=5',
-    '--config.eval_batch_size=32',
-]
+TINY = helpers.tiny_config_flags()
 
 
 def subprocess_env(tmp):
